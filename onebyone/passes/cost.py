@@ -1,0 +1,44 @@
+"""Exact MAC cost model of a convolution and of its bottlenecked form.
+
+All counts are per batch item. `spatial_in` / `spatial_out` are the products of the input and output spatial
+dims; `kernel` is the product of the kernel dims. A 1x1 bottleneck runs at the *input* resolution, so a strided
+conv has a lower break-even rank than a stride-1 conv.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def conv_macs(spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int) -> int:
+    """MACs of a (grouped) conv: every output element sums over in_channels/groups * kernel inputs."""
+    return spatial_out * out_channels * (in_channels // groups) * kernel
+
+
+def bottleneck_macs(
+    spatial_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int, rank: int
+) -> int:
+    """MACs of Conv1x1(B: groups*rank x in_channels/groups) followed by Conv(W': out_channels x rank x kernel).
+
+    `rank` is per group.
+    """
+    squeeze = spatial_in * groups * rank * (in_channels // groups)
+    expand = spatial_out * out_channels * rank * kernel
+    return squeeze + expand
+
+
+def break_even_rank(
+    spatial_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int
+) -> float:
+    """The per-group rank at which the bottlenecked conv costs as much as the original.
+
+    A rewrite with rank r lowers MACs if and only if r < break_even_rank(...).
+    """
+    original = conv_macs(spatial_out, out_channels, in_channels, groups, kernel)
+    per_rank = bottleneck_macs(spatial_in, spatial_out, out_channels, in_channels, groups, kernel, 1)
+    return original / per_rank
+
+
+def max_profitable_rank(break_even: float) -> int:
+    """The largest integer rank strictly below the break-even rank (0 when none)."""
+    return max(0, math.ceil(break_even) - 1)

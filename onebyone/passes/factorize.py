@@ -1,0 +1,100 @@
+"""Factorizations of a conv weight along its input channels: plain numpy, no graph.
+
+For a weight W[N, C/g, *kernel] with g groups, group i's unfolded matrix is
+M_i = W[i*N/g:(i+1)*N/g].swapaxes(0, 1).reshape(C/g, -1). A rank-r factorization M_i = B_i^T A_i gives the
+1x1 bottleneck B[g*r, C/g, 1..] (group i's rows i*r..(i+1)*r) and the new weight W'[N, r, *kernel].
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+def unfold(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """The per-group matrices M_i of shape (C/g, N/g * prod(kernel)), in float64."""
+    n = weight.shape[0]
+    per_group = n // groups
+    w = weight.astype(np.float64)
+    return [
+        w[i * per_group : (i + 1) * per_group].swapaxes(0, 1).reshape(w.shape[1], -1) for i in range(groups)
+    ]
+
+
+def singular_values(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """Singular values (descending) of each group's unfolded matrix."""
+    return [np.linalg.svd(m, compute_uv=False) for m in unfold(weight, groups)]
+
+
+def numerical_rank(svals: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> int:
+    """Rank at the precision of `dtype`: singular values above s_max * max(shape) * eps(dtype).
+
+    This is numpy.linalg.matrix_rank's default rule, with the epsilon of the weight's storage type
+    (float32 for most models) rather than float64, so rounding noise of a stored low-rank weight is not rank.
+    """
+    if svals.size == 0 or svals[0] == 0:
+        return 0
+    eps = np.finfo(dtype).eps if np.issubdtype(dtype, np.floating) else np.finfo(np.float32).eps
+    tol = svals[0] * max(shape) * eps
+    return int(np.count_nonzero(svals > tol))
+
+
+def energy_rank(svals: np.ndarray, energy: float) -> int:
+    """Smallest r whose leading singular values keep at least `energy` of the sum of squares."""
+    sq = np.asarray(svals, dtype=np.float64) ** 2
+    total = sq.sum()
+    if total == 0:
+        return 0
+    kept = np.cumsum(sq) / total
+    return int(min(len(sq), np.searchsorted(kept, energy - 1e-12) + 1))
+
+
+@dataclasses.dataclass(frozen=True)
+class Factors:
+    """B[g*r, C/g, 1, ...] and W'[N, r, *kernel] with W ≈ W' ∘ B; `rel_error` = ‖W - W'∘B‖_F / ‖W‖_F."""
+
+    bottleneck: np.ndarray
+    weight: np.ndarray
+    rel_error: float
+
+
+def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
+    """The single conv weight equal to applying `bottleneck` (1x1) then `weight` (inverse of factorize)."""
+    n, r = weight.shape[:2]
+    c_per_group = bottleneck.shape[1]
+    per_group = n // groups
+    b = bottleneck.reshape(groups, r, c_per_group).astype(np.float64)
+    w = weight.astype(np.float64)
+    out = np.empty((n, c_per_group) + weight.shape[2:], dtype=np.float64)
+    for i in range(groups):
+        wi = w[i * per_group : (i + 1) * per_group]  # [N/g, r, *k]
+        out[i * per_group : (i + 1) * per_group] = np.einsum("nr...,rc->nc...", wi, b[i])
+    return out
+
+
+def factorize_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
+    """Best rank-`rank` factorization of each group in the Frobenius norm (truncated SVD).
+
+    B has orthonormal rows per group (activations keep their scale); W' carries the singular values.
+    Both factors have the dtype of `weight`.
+    """
+    n = weight.shape[0]
+    kernel = weight.shape[2:]
+    per_group = n // groups
+    c_per_group = weight.shape[1]
+    b = np.zeros((groups * rank, c_per_group), dtype=np.float64)
+    w_new = np.zeros((n, rank) + kernel, dtype=np.float64)
+    for i, m in enumerate(unfold(weight, groups)):
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        k = min(rank, len(s))
+        b[i * rank : i * rank + k] = u[:, :k].T
+        a = s[:k, None] * vt[:k]  # [k, N/g * prod(kernel)]
+        w_new[i * per_group : (i + 1) * per_group, :k] = a.reshape((k, per_group) + kernel).swapaxes(0, 1)
+    bottleneck = b.reshape((groups * rank, c_per_group) + (1,) * len(kernel)).astype(weight.dtype)
+    w_new = w_new.astype(weight.dtype)
+    approx = compose(bottleneck, w_new, groups)
+    ref = weight.astype(np.float64)
+    norm = np.linalg.norm(ref)
+    rel = float(np.linalg.norm(ref - approx) / norm) if norm > 0 else 0.0
+    return Factors(bottleneck=bottleneck, weight=w_new, rel_error=rel)

@@ -1,0 +1,82 @@
+"""The graph edit for one conv: Conv(x, W, b) becomes Conv(Conv1x1(x, B), W', b)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onebyone.passes.factorize import Factors
+
+
+class UniqueNames:
+    """Hands out value/initializer names not yet used in a graph, derived from a readable stem."""
+
+    def __init__(self, graph: ir.Graph) -> None:
+        self.taken = {v.name for v in graph.initializers.values()}
+        self.taken |= {v.name for v in graph.inputs if v.name}
+        for node in ir.traversal.RecursiveGraphIterator(graph):
+            self.taken |= {v.name for v in node.outputs if v is not None and v.name}
+            self.taken |= {v.name for v in node.inputs if v is not None and v.name}
+            if node.name:
+                self.taken.add(node.name)
+
+    def __call__(self, stem: str) -> str:
+        name, k = stem, 1
+        while name in self.taken:
+            name = f"{stem}_{k}"
+            k += 1
+        self.taken.add(name)
+        return name
+
+
+def insert_bottleneck(
+    graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict[int, tuple[ir.Value, ir.Value]]
+) -> ir.Node:
+    """Rewrite `node` in place and return the inserted 1x1 conv.
+
+    The original node keeps its name, attributes (pads, auto_pad, strides, dilations, group, kernel_shape), bias
+    and outputs; only its data input and weight change. The 1x1 conv has no bias, so zero padding of its output
+    equals padding of the original input. `shared` maps id(Factors) to initializers already created for it.
+    """
+    x = node.inputs[0]
+    groups = node.attributes.get_int("group", 1)
+    ndim = factors.weight.ndim - 2
+    key = id(factors)
+    if key not in shared:
+        b_val = _initializer(graph, names(f"{node.name}.bottleneck.weight"), factors.bottleneck)
+        w_val = _initializer(graph, names(f"{node.name}.weight"), factors.weight)
+        shared[key] = (b_val, w_val)
+    b_val, w_val = shared[key]
+    mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
+    mid.dtype = ir.DataType.from_numpy(factors.bottleneck.dtype)
+    squeeze = ir.node(
+        "Conv",
+        [x, b_val],
+        {"kernel_shape": [1] * ndim, "strides": [1] * ndim, "pads": [0] * (2 * ndim), "group": groups},
+        outputs=[mid],
+        name=names(f"{node.name}/bottleneck"),
+    )
+    graph.insert_before(node, squeeze)
+    node.replace_input_with(0, mid)
+    node.replace_input_with(1, w_val)
+    return squeeze
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
+    value.shape = ir.Shape(array.shape)
+    value.dtype = ir.DataType.from_numpy(array.dtype)
+    graph.register_initializer(value)
+    return value
+
+
+def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
+    """Drop an initializer or Constant node output that nothing uses any more (graph inputs/outputs stay)."""
+    if value.uses() or value.is_graph_output() or value.is_graph_input():
+        return
+    if value.is_initializer():
+        graph.initializers.pop(value.name, None)
+        return
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
+        graph.remove(producer, safe=True)

@@ -1,0 +1,49 @@
+"""Plots for the report: singular-value spectra of the candidate convs, with ranks and break-even marked."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+
+from onebyone.report import Report
+
+
+def plot_spectra(report: Report, path: str | os.PathLike, max_layers: int = 24) -> int:
+    """Write a PNG grid of cumulative-energy curves (one panel per conv with singular values); returns panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = [l for l in report.layers if l.singular_values][:max_layers]
+    if not layers:
+        return 0
+    cols = min(4, len(layers))
+    rows = math.ceil(len(layers) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    for ax, layer in zip(axes.ravel(), layers):
+        for s in layer.singular_values:
+            sq = np.asarray(s) ** 2
+            ax.plot(np.arange(1, len(sq) + 1), np.cumsum(sq) / max(sq.sum(), 1e-30), lw=1)
+        ax.axvline(layer.break_even_rank, color="tab:red", ls="--", lw=1, label="break-even")
+        if layer.action == "rewritten":
+            ax.axvline(layer.rank, color="tab:green", lw=1, label=f"rank {layer.rank}")
+        ax.set_title(_short(layer.name), fontsize=8)
+        ax.set_ylim(0, 1.02)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, loc="lower right")
+    for ax in axes.ravel()[len(layers):]:
+        ax.axis("off")
+    fig.suptitle(f"{report.model}: energy kept vs rank ({report.policy})", fontsize=10)
+    fig.supxlabel("rank (per group)", fontsize=8)
+    fig.supylabel("fraction of squared singular values", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return len(layers)
+
+
+def _short(name: str, width: int = 36) -> str:
+    return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2) :]

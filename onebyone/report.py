@@ -1,0 +1,102 @@
+"""The report: the single record of what onebyone did, read by the CLI tables, the JSON file and the plots."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+@dataclasses.dataclass
+class LayerReport:
+    """One Conv: what was done to it and why. `rank` is per group; MACs are per batch item."""
+
+    name: str
+    action: str  # "rewritten" or "skipped"
+    reason: str
+    kernel: list[int]
+    in_channels: int
+    out_channels: int
+    groups: int
+    strides: list[int]
+    input_shape: list[int] | None
+    output_shape: list[int] | None
+    weight_source: str
+    rank: int | None
+    numerical_rank: int | None
+    break_even_rank: float
+    lossless: bool
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+    weight_rel_error: float | None = None
+    energy_kept: float | None = None
+    singular_values: list[list[float]] | None = None
+
+
+@dataclasses.dataclass
+class Totals:
+    """Sums over all Conv nodes (MACs) and over all constant tensors of the model (params)."""
+
+    convs: int
+    rewritten: int
+    lossless: int
+    macs_before: int
+    macs_after: int
+    params_before: int
+    params_after: int
+
+    @property
+    def mac_ratio(self) -> float:
+        return self.macs_after / self.macs_before if self.macs_before else 1.0
+
+
+@dataclasses.dataclass
+class Report:
+    """Everything about one optimize (or inspect) run."""
+
+    model: str
+    policy: str
+    input_shapes: dict[str, list[int]]
+    layers: list[LayerReport]
+    totals: Totals
+    verification: dict[str, Any] | None = None
+    output: str | None = None
+
+    def to_dict(self, with_spectra: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["totals"]["mac_ratio"] = self.totals.mac_ratio
+        if not with_spectra:
+            for layer in d["layers"]:
+                layer.pop("singular_values", None)
+        return d
+
+    def write_json(self, path: str | os.PathLike, with_spectra: bool = True) -> None:
+        """Write the report as JSON, atomically."""
+        write_json_atomic(path, self.to_dict(with_spectra=with_spectra))
+
+
+def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
+    """Write `data` as indented JSON to `path` through a temp file and a rename."""
+    out = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, default=_jsonable)
+            f.write("\n")
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if dataclasses.is_dataclass(obj):
+        return dataclasses.asdict(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -1,0 +1,90 @@
+"""Rich tables of a report and a verification, for the terminal."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from onebyone.report import Report
+
+
+def _short(name: str, width: int = 34) -> str:
+    return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2) :]
+
+
+def _macs(n: int) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= div:
+            return f"{n / div:.2f}{unit}"
+    return str(n)
+
+
+def layer_table(report: Report) -> Table:
+    """One row per Conv: geometry, rank vs break-even, MACs before -> after, and the action with its reason."""
+    t = Table(title=f"{report.model} — policy: {report.policy}", show_lines=False, header_style="bold")
+    for col in ("conv", "kernel", "C→N /g", "stride", "in→out", "weight", "rank / b.e.", "MACs", "action", "reason"):
+        t.add_column(col, no_wrap=col != "reason", overflow="fold")
+    for l in report.layers:
+        spatial = (
+            f"{'x'.join(map(str, l.input_shape[2:]))}→{'x'.join(map(str, l.output_shape[2:]))}"
+            if l.input_shape and l.output_shape
+            else "?"
+        )
+        rank = f"{l.rank if l.rank is not None else '-'} / {l.break_even_rank:.1f}"
+        macs = _macs(l.macs_before) if l.action == "skipped" else f"{_macs(l.macs_before)}→{_macs(l.macs_after)}"
+        style = "green" if l.action == "rewritten" else "dim"
+        action = ("lossless" if l.lossless else "rewritten") if l.action == "rewritten" else "skipped"
+        t.add_row(
+            _short(l.name),
+            "x".join(map(str, l.kernel)),
+            f"{l.in_channels}→{l.out_channels}" + (f" /{l.groups}" if l.groups > 1 else ""),
+            "x".join(map(str, l.strides)),
+            spatial,
+            {"initializer": "init", "Constant node": "const"}.get(l.weight_source, l.weight_source),
+            rank,
+            macs,
+            f"[{style}]{action}[/]",
+            l.reason,
+        )
+    return t
+
+
+def totals_line(report: Report) -> str:
+    t = report.totals
+    return (
+        f"{t.rewritten} of {t.convs} convs rewritten ({t.lossless} lossless); conv MACs {_macs(t.macs_before)} → "
+        f"{_macs(t.macs_after)} ({t.mac_ratio:.3f}x); params {t.params_before:,} → {t.params_after:,}"
+    )
+
+
+def verification_table(v: dict[str, Any]) -> Table:
+    """One row per output: max-abs, worst relative L2, cosine, top-1/top-5 agreement."""
+    tol = v["tolerances"]
+    t = Table(
+        title=f"verification: {v['candidate']} vs {v['reference']} on {v['samples']} {v['inputs']} input(s) — "
+        f"tolerances: rel ≤ {tol['max_rel_l2']:g}, cos ≥ {tol['min_cosine']:g}, top-1 ≥ {tol['min_top1']:g}",
+        header_style="bold",
+    )
+    for col in ("output", "shape", "max-abs", "rel L2 (worst)", "cosine", "top-1", "top-5"):
+        t.add_column(col)
+    for o in v["outputs"]:
+        t.add_row(
+            _short(o["name"], 28),
+            "x".join(map(str, o["shape"])),
+            f"{o['max_abs']:.3g}",
+            f"{o['worst_rel_l2']:.3g}",
+            f"{o['cosine']:.6f}",
+            "-" if o["top1"] is None else f"{o['top1']:.3f}",
+            "-" if o["top5"] is None else f"{o['top5']:.3f}",
+        )
+    return t
+
+
+def print_verification(console: Console, v: dict[str, Any]) -> None:
+    console.print(verification_table(v))
+    if v["passed"]:
+        console.print("[bold green]PASS[/]: every output is within tolerance")
+    else:
+        console.print("[bold red]FAIL[/]: " + "; ".join(v["failures"]))

@@ -1,0 +1,122 @@
+"""Verification inputs: K samples per model input, from random data, an .npz file or a folder of images."""
+
+from __future__ import annotations
+
+import dataclasses
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from onebyone.errors import OneByOneError
+
+Samples = list[dict[str, np.ndarray]]  # one feed dict per sample
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def random_samples(
+    input_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype], count: int = 4, seed: int = 0
+) -> Samples:
+    """`count` feeds of standard-normal floats (zeros for integer and bool inputs), reproducible by seed."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        feed = {}
+        for name, shape in input_shapes.items():
+            dtype = np.dtype(dtypes[name])
+            if np.issubdtype(dtype, np.floating):
+                feed[name] = rng.standard_normal(shape).astype(dtype)
+            else:
+                feed[name] = np.zeros(shape, dtype=dtype)
+        out.append(feed)
+    return out
+
+
+def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]) -> Samples:
+    """Samples from an .npz holding, per model input name, an array [K, *input_shape]."""
+    p = Path(path)
+    if not p.is_file():
+        raise OneByOneError(f"{p}: no such inputs file")
+    try:
+        with np.load(p, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise OneByOneError(f"{p}: not a readable .npz file ({exc})") from None
+    unknown = sorted(set(arrays) - set(input_shapes))
+    if unknown:
+        raise OneByOneError(f"{p}: unknown input name {unknown[0]!r}; the model's inputs are {sorted(input_shapes)}")
+    missing = sorted(set(input_shapes) - set(arrays))
+    if missing:
+        raise OneByOneError(f"{p}: no array for model input {missing[0]!r}")
+    counts = set()
+    for name, arr in arrays.items():
+        want = tuple(input_shapes[name])
+        if tuple(arr.shape[1:]) != want:
+            raise OneByOneError(
+                f"{p}: array {name!r} has shape {list(arr.shape)}, expected [K, {', '.join(map(str, want))}]"
+            )
+        counts.add(arr.shape[0])
+    if len(counts) != 1 or 0 in counts:
+        raise OneByOneError(f"{p}: arrays must hold the same number K >= 1 of samples, got {sorted(counts)}")
+    k = counts.pop()
+    return [{n: arrays[n][i].astype(dtypes[n], copy=False) for n in arrays} for i in range(k)]
+
+
+@dataclasses.dataclass(frozen=True)
+class ImagePreprocess:
+    """How a photo becomes a model input: resize to (height, width), optional BGR order, then
+    (pixel * scale - mean) / std per channel, laid out NCHW or NHWC with a batch of 1."""
+
+    height: int
+    width: int
+    layout: str = "NCHW"
+    bgr: bool = False
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("NCHW", "NHWC"):
+            raise OneByOneError(f"image layout must be NCHW or NHWC, got {self.layout!r}")
+
+    def apply(self, rgb: np.ndarray) -> np.ndarray:
+        """An HxWx3 uint8 RGB image -> float32 [1, 3, H, W] (or [1, H, W, 3])."""
+        from PIL import Image
+
+        img = Image.fromarray(rgb).convert("RGB").resize((self.width, self.height), Image.Resampling.BILINEAR)
+        x = np.asarray(img, dtype=np.float32)
+        if self.bgr:
+            x = x[..., ::-1]
+        x = (x * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        x = x[None]
+        if self.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise OneByOneError(f"{path}: not a readable image ({exc})") from None
+
+
+def image_samples(images: list[np.ndarray], input_name: str, prep: ImagePreprocess) -> Samples:
+    """One sample per RGB image, fed to `input_name`."""
+    return [{input_name: prep.apply(img)} for img in images]
+
+
+def folder_images(folder: str | Path) -> list[np.ndarray]:
+    """Every image file in `folder` (sorted by name) as RGB arrays."""
+    p = Path(folder)
+    if not p.is_dir():
+        raise OneByOneError(f"{p}: no such image folder")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise OneByOneError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in folder")
+    return [load_rgb(f) for f in files]

@@ -1,0 +1,43 @@
+"""Running ONNX models with onnxruntime (the reference numerics)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+
+from onebyone.errors import OneByOneError
+from onebyone.modelio import has_external_data
+
+
+def session(model: ir.Model | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
+    """A CPU onnxruntime session for a model object or file; OneByOneError when onnxruntime cannot load it."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    try:
+        if isinstance(model, ir.Model):
+            if has_external_data(model):
+                with tempfile.TemporaryDirectory() as tmp:
+                    path = Path(tmp) / "model.onnx"
+                    ir.save(model, path, external_data="model.onnx.data")
+                    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            data = ir.serde.serialize_model(model).SerializeToString()
+            return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types; all mean "cannot run"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OneByOneError(f"onnxruntime cannot load {label}: {first[:300]}") from None
+
+
+def run_samples(sess: ort.InferenceSession, samples: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+    """Outputs per output name, one array per sample, in sample order."""
+    names = [o.name for o in sess.get_outputs()]
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    for feed in samples:
+        for n, arr in zip(names, sess.run(names, feed)):
+            outs[n].append(arr)
+    return outs
