@@ -48,7 +48,11 @@ def insert_bottleneck(
         shared[key] = (b_val, w_val)
     b_val, w_val = shared[key]
     mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
-    mid.dtype = ir.DataType.from_numpy(factors.bottleneck.dtype)
+    if x.shape is not None and x.dtype is not None and len(x.shape) == ndim + 2:
+        # Same as the input but with the bottleneck's channels (only when the input's type is known: older IR
+        # versions require a shape for every typed value).
+        mid.dtype = x.dtype
+        mid.shape = ir.Shape([x.shape[0], factors.bottleneck.shape[0], *x.shape[2:]])
     squeeze = ir.node(
         "Conv",
         [x, b_val],

@@ -1,0 +1,64 @@
+"""Generated standard architectures (ResNet, VGG, Inception) as ONNX, with random or exactly low-rank weights.
+
+`low_rank=f` gives every spatial conv a weight of rank round(f * C/g) along its input channels, so the `exact`
+policy can rewrite it losslessly; `low_rank=None` gives full-rank random weights (nothing is lossless).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import onnx
+
+from onebyone.models.builder import NetBuilder
+
+
+def resnet(size: int = 32, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1), classes: int = 10, seed: int = 0,
+           low_rank: float | None = None, weights_as: str = "initializer", opset: int = 17) -> onnx.ModelProto:
+    """A ResNet of basic blocks (two 3x3 convs, identity or strided 1x1 projection shortcut)."""
+    b = NetBuilder(3, size, seed, low_rank, weights_as)
+    x = b.conv("input", 3, width, k=3)
+    c = width
+    for stage, n in enumerate(blocks):
+        out_c = width * 2**stage
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            y = b.conv(x, c, out_c, k=3, stride=stride)
+            y = b.conv(y, out_c, out_c, k=3, relu=False)
+            shortcut = x if stride == 1 and c == out_c else b.conv(x, c, out_c, k=1, stride=stride, relu=False)
+            x = b.op("Relu", [b.op("Add", [y, shortcut])])
+            c = out_c
+    return b.model(b.head(x, c, classes), "resnet", opset)
+
+
+def vgg(size: int = 32, widths: tuple[int, ...] = (16, 32, 64), convs_per_stage: int = 2, classes: int = 10,
+        seed: int = 0, low_rank: float | None = None, weights_as: str = "initializer", opset: int = 17) -> onnx.ModelProto:
+    """A VGG: stages of 3x3 conv + ReLU, each followed by 2x2 max pooling."""
+    b = NetBuilder(3, size, seed, low_rank, weights_as)
+    x, c = "input", 3
+    for w in widths:
+        for _ in range(convs_per_stage):
+            x = b.conv(x, c, w, k=3)
+            c = w
+        x = b.op("MaxPool", [x], kernel_shape=[2, 2], strides=[2, 2])
+    return b.model(b.head(x, c, classes), "vgg", opset)
+
+
+def inception(size: int = 32, width: int = 16, modules: int = 2, classes: int = 10, seed: int = 0,
+              low_rank: float | None = None, weights_as: str = "initializer", opset: int = 17) -> onnx.ModelProto:
+    """A GoogLeNet-style net: modules of parallel 1x1, 3x3, 5x5 and pool-projection branches, concatenated."""
+    b = NetBuilder(3, size, seed, low_rank, weights_as)
+    x = b.conv("input", 3, width * 2, k=3, stride=2)
+    c = width * 2
+    for _ in range(modules):
+        b1 = b.conv(x, c, width, k=1)
+        b3 = b.conv(x, c, width, k=3)
+        b5 = b.conv(x, c, width // 2, k=5)
+        pool = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1])
+        bp = b.conv(pool, c, width // 2, k=1)
+        x = b.op("Concat", [b1, b3, b5, bp], axis=1)
+        c = width * 3
+    return b.model(b.head(x, c, classes), "inception", opset)
+
+
+GENERATORS: dict[str, Callable[..., onnx.ModelProto]] = {"resnet": resnet, "vgg": vgg, "inception": inception}

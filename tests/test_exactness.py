@@ -1,0 +1,103 @@
+"""Exactly low-rank convs of every shape are rewritten losslessly: onnxruntime outputs match to 1e-5."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from conftest import conv_macs_of, rel_err, run_ort
+from onebyone import RankPolicy, optimize
+from onebyone.models.single_conv import single_conv_model
+from onebyone.models.weights import low_rank_weight
+
+
+@st.composite
+def conv_cases(draw):
+    nd = draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 1, 2, 3]))
+    c_per_group = draw(st.integers(3, 8))
+    n_per_group = draw(st.integers(4, 8))
+    kernel = tuple(draw(st.integers(1, 5 if nd < 3 else 3)) for _ in range(nd))
+    if all(k == 1 for k in kernel):
+        kernel = (3,) + kernel[1:]
+    strides = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
+    dilations = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
+    padding = draw(st.sampled_from(["pads", "pads", "SAME_UPPER", "SAME_LOWER", "VALID", "none"]))
+    if padding.startswith("SAME"):
+        dilations = (1,) * nd  # onnxruntime does not run SAME auto_pad with dilations
+    eff = [d * (k - 1) + 1 for k, d in zip(kernel, dilations)]
+    spatial = tuple(draw(st.integers(e, e + (6 if nd < 3 else 3))) for e in eff)
+    pads = None
+    if padding == "pads":
+        pads = tuple(draw(st.integers(0, 2)) for _ in range(2 * nd))
+    rank = draw(st.integers(1, max(1, c_per_group // 2)))
+    return dict(
+        nd=nd, groups=groups, c=c_per_group * groups, n=n_per_group * groups, kernel=kernel, strides=strides,
+        dilations=dilations, pads=pads, auto_pad=padding if padding not in ("pads", "none") else None,
+        spatial=spatial, rank=rank, bias=draw(st.booleans()),
+        weights_as=draw(st.sampled_from(["initializer", "constant"])),
+        opset=draw(st.sampled_from([11, 13, 17, 21])), dynamic_batch=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**16)),
+    )
+
+
+def build(case):
+    rng = np.random.default_rng(case["seed"])
+    g = case["groups"]
+    w = low_rank_weight(case["n"], case["c"] // g, case["kernel"], g, case["rank"], rng)
+    b = rng.standard_normal(case["n"]).astype(np.float32) if case["bias"] else None
+    batch = "N" if case["dynamic_batch"] else 2
+    model = single_conv_model(
+        (batch, case["c"]) + case["spatial"], w, b, strides=case["strides"], dilations=case["dilations"],
+        pads=case["pads"], auto_pad=case["auto_pad"], group=g, weights_as=case["weights_as"], opset=case["opset"],
+    )
+    x = rng.standard_normal((2, case["c"]) + case["spatial"]).astype(np.float32)
+    return model, x
+
+
+def check_exact(case) -> str:
+    model, x = build(case)
+    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), verify=False)
+    layer = report.layers[0]
+    proto = ir.serde.serialize_model(optimized)
+    onnx.checker.check_model(proto, full_check=True)
+    (ref,) = run_ort(model, {"x": x})
+    (got,) = run_ort(proto, {"x": x})
+    assert got.shape == ref.shape
+    if layer.action == "rewritten":
+        assert layer.lossless and layer.rank == case["rank"]
+        assert rel_err(ref, got) <= 1e-5, layer
+        shapes = {"x": (1, case["c"]) + case["spatial"]}
+        before, after = conv_macs_of(model, shapes), conv_macs_of(proto, shapes)
+        assert after < before
+        assert (before, after) == (layer.macs_before, layer.macs_after)
+        assert [n.op_type for n in proto.graph.node if n.op_type == "Conv"] == ["Conv", "Conv"]
+    else:
+        assert "break-even" in layer.reason
+        assert np.array_equal(ref, got)
+    return layer.action
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_cases())
+def test_exact_rewrite_matches_onnxruntime(case):
+    event(check_exact(case))
+
+
+@pytest.mark.parametrize("nd", [1, 2, 3])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("padding", ["pads", "SAME_UPPER", "SAME_LOWER", "VALID"])
+@pytest.mark.parametrize("weights_as", ["initializer", "constant"])
+def test_profitable_low_rank_convs_are_rewritten(nd, groups, padding, weights_as):
+    """Wide, low-rank convs are always below break-even: these must be rewritten (not just pass)."""
+    case = dict(
+        nd=nd, groups=groups, c=16 * groups, n=16 * groups, kernel=(3,) * nd, strides=(2,) + (1,) * (nd - 1),
+        dilations=(1,) * (nd - 1) + (1 if padding.startswith("SAME") else 2,), pads=(1,) * (2 * nd) if padding == "pads" else None,
+        auto_pad=None if padding == "pads" else padding, spatial=(9,) * nd, rank=3, bias=True,
+        weights_as=weights_as, opset=13, dynamic_batch=True, seed=nd * 10 + groups,
+    )
+    assert check_exact(case) == "rewritten"
