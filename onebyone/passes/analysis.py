@@ -103,6 +103,12 @@ def _ints(node: ir.Node, key: str, default: list[int]) -> tuple[int, ...]:
     return tuple(attr.as_ints()) if attr is not None else tuple(default)
 
 
+def _static_dims(value: ir.Value | None) -> tuple[int, ...] | None:
+    if value is None or value.shape is None or not all(isinstance(d, int) for d in value.shape):
+        return None
+    return tuple(value.shape)
+
+
 def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     """The conv's constant weight, recording its source; None (with skip_reason set) when not constant."""
     w = node.inputs[1] if len(node.inputs) > 1 else None
@@ -148,19 +154,22 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     weight = _weight_tensor(node, info)
     info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
     info.groups = node.attributes.get_int("group", 1)
-    if weight is not None:
-        info.out_channels = weight.shape[0]
-        info.in_channels = weight.shape[1] * info.groups
-        info.kernel = tuple(int(k) for k in weight.shape[2:])
+    wshape = weight.shape if weight is not None else _static_dims(node.inputs[1] if len(node.inputs) > 1 else None)
+    info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
+    info.output_shape = shapes.get(node.outputs[0].name)
+    if wshape is not None:
+        info.out_channels = int(wshape[0])
+        info.in_channels = int(wshape[1]) * info.groups
+        info.kernel = tuple(int(k) for k in wshape[2:])
     else:
         info.kernel = _ints(node, "kernel_shape", [])
+        info.in_channels = info.input_shape[1] if info.input_shape else 0
+        info.out_channels = info.output_shape[1] if info.output_shape else 0
     nd = len(info.kernel)
     info.strides = _ints(node, "strides", [1] * nd)
     info.dilations = _ints(node, "dilations", [1] * nd)
     info.pads = _ints(node, "pads", [0] * 2 * nd)
     info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
-    info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
-    info.output_shape = shapes.get(node.outputs[0].name)
     if info.skip_reason is not None:
         return info
     if node.graph is not model.graph:

@@ -36,7 +36,7 @@ def break_even_rank(
     """
     original = conv_macs(spatial_out, out_channels, in_channels, groups, kernel)
     per_rank = bottleneck_macs(spatial_in, spatial_out, out_channels, in_channels, groups, kernel, 1)
-    return original / per_rank
+    return original / per_rank if per_rank else 0.0
 
 
 def max_profitable_rank(break_even: float) -> int:
