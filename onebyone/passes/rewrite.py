@@ -43,8 +43,9 @@ def insert_bottleneck(
     ndim = factors.weight.ndim - 2
     key = id(factors)
     if key not in shared:
-        b_val = _initializer(graph, names(f"{node.name}.bottleneck.weight"), factors.bottleneck)
-        w_val = _initializer(graph, names(f"{node.name}.weight"), factors.weight)
+        rank = factors.weight.shape[1]
+        b_val = _initializer(graph, names(f"{node.name}.bottleneck.r{rank}"), factors.bottleneck)
+        w_val = _initializer(graph, names(f"{node.name}.weight.r{rank}"), factors.weight)
         shared[key] = (b_val, w_val)
     b_val, w_val = shared[key]
     mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))

@@ -1,0 +1,96 @@
+"""Factorization, rank rules and the cost model against numpy and brute-force references."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from onebyone.passes import cost, factorize
+from onebyone.passes.rank_policy import RankPolicy
+from onebyone.models.weights import low_rank_weight, random_weight
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_factorize_reconstructs_low_rank_weights(groups, rng):
+    w = low_rank_weight(16, 8, (3, 5), groups, 3, rng)
+    svals = factorize.singular_values(w, groups)
+    assert [factorize.numerical_rank(s, (8, 16 // groups * 15), w.dtype) for s in svals] == [3] * groups
+    f = factorize.factorize_svd(w, groups, 3)
+    assert f.bottleneck.shape == (3 * groups, 8, 1, 1) and f.weight.shape == (16, 3, 3, 5)
+    assert f.rel_error < 1e-6
+    np.testing.assert_allclose(factorize.compose(f.bottleneck, f.weight, groups), w, rtol=0, atol=1e-6)
+
+
+def test_truncated_svd_error_equals_discarded_energy(rng):
+    """Eckart-Young: the relative Frobenius error of rank r is sqrt of the discarded squared singular values."""
+    w = random_weight(24, 12, (3, 3), rng)
+    (s,) = factorize.singular_values(w, 1)
+    for r in (1, 4, 8, 11):
+        f = factorize.factorize_svd(w, 1, r)
+        expected = np.sqrt((s[r:] ** 2).sum() / (s**2).sum())
+        assert f.rel_error == pytest.approx(expected, rel=1e-5)
+
+
+def test_unfold_matches_the_definition(rng):
+    w = random_weight(6, 4, (3, 3), rng)
+    (m,) = factorize.unfold(w, 1)
+    np.testing.assert_array_equal(m, w.transpose(1, 0, 2, 3).reshape(4, -1))
+
+
+def test_numerical_rank_ignores_float32_rounding_but_not_real_rank(rng):
+    w = low_rank_weight(32, 32, (3, 3), 1, 5, rng)
+    (s,) = factorize.singular_values(w, 1)
+    assert factorize.numerical_rank(s, (32, 288), np.dtype(np.float32)) == 5
+    assert np.linalg.matrix_rank(w.transpose(1, 0, 2, 3).reshape(32, -1).astype(np.float64)) > 5  # rounding is rank in float64
+    full = random_weight(32, 32, (3, 3), rng)
+    (s2,) = factorize.singular_values(full, 1)
+    assert factorize.numerical_rank(s2, (32, 288), np.dtype(np.float32)) == 32
+
+
+def test_energy_rank():
+    s = np.sqrt(np.array([50.0, 30.0, 15.0, 5.0]))
+    assert factorize.energy_rank(s, 0.5) == 1
+    assert factorize.energy_rank(s, 0.8) == 2
+    assert factorize.energy_rank(s, 0.81) == 3
+    assert factorize.energy_rank(s, 1.0) == 4
+
+
+def test_rank_policies(rng):
+    w = random_weight(16, 16, (3, 3), rng)
+    svals = factorize.singular_values(w, 1)
+    shape = (16, 144)
+    assert RankPolicy("rank", rank=5).choose(svals, shape, w.dtype) == (5, False)
+    assert RankPolicy("rank", rank=0.25).choose(svals, shape, w.dtype)[0] == 4
+    assert RankPolicy("rank", rank=5, round_to=8).choose(svals, shape, w.dtype)[0] == 8
+    assert RankPolicy("rank", rank=15, round_to=8).choose(svals, shape, w.dtype)[0] == 16  # capped at C/g
+    assert RankPolicy("exact").choose(svals, shape, w.dtype) == (16, True)
+    r, _ = RankPolicy("energy", energy=0.9).choose(svals, shape, w.dtype)
+    sq = svals[0] ** 2
+    assert sq[:r].sum() / sq.sum() >= 0.9 > sq[: r - 1].sum() / sq.sum()
+
+
+@pytest.mark.parametrize("bad", [dict(kind="rank"), dict(kind="rank", rank=1.5), dict(kind="energy", energy=1.5),
+                                 dict(kind="exact", round_to=0), dict(kind="svd")])
+def test_bad_policies_are_refused(bad):
+    with pytest.raises(ValueError):
+        RankPolicy(**bad)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    h=st.integers(1, 64), stride=st.integers(1, 3), c=st.integers(1, 64), n=st.integers(1, 64),
+    groups=st.sampled_from([1, 2, 4]), k=st.sampled_from([1, 3, 5, 9, 25, 27]), rank=st.integers(1, 64),
+)
+def test_break_even_is_exactly_where_macs_stop_falling(h, stride, c, n, groups, k, rank):
+    c, n = c * groups, n * groups
+    rank = min(rank, c // groups)
+    hin, hout = h * h, ((h + stride - 1) // stride) ** 2
+    before = cost.conv_macs(hout, n, c, groups, k)
+    after = cost.bottleneck_macs(hin, hout, n, c, groups, k, rank)
+    # brute-force count of the two convs, loop-free but from first principles
+    assert before == hout * n * (c // groups) * k
+    assert after == hin * (groups * rank) * (c // groups) + hout * n * rank * k
+    assert (after < before) == (rank < cost.break_even_rank(hin, hout, n, c, groups, k))
+    assert cost.max_profitable_rank(cost.break_even_rank(hin, hout, n, c, groups, k)) < cost.break_even_rank(hin, hout, n, c, groups, k)

@@ -1,0 +1,55 @@
+"""Verification metrics against hand computations, and tolerance checks that fail when they should."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from onebyone import APPROXIMATE, LOSSLESS, RankPolicy, optimize, verify
+from onebyone.models import generators
+from onebyone.verify.metrics import compare_output, cosine, rel_l2, topk_agreement
+from onebyone.verify.tolerances import Tolerances
+
+
+def test_metrics_by_hand():
+    ref = np.array([[3.0, 4.0]], np.float32)
+    got = np.array([[3.0, 4.5]], np.float32)
+    assert rel_l2(ref, got) == pytest.approx(0.5 / 5.0)
+    assert cosine(ref, got) == pytest.approx((9 + 18) / (5 * np.hypot(3, 4.5)))
+    m = compare_output("y", [ref], [got])
+    assert m.max_abs == pytest.approx(0.5) and m.top1 == 1.0 and m.top5 is None
+    # Relative error of an all-zero reference uses the absolute floor instead of dividing by zero.
+    assert rel_l2(np.zeros(4), np.full(4, 1e-7), atol=1e-6) == pytest.approx(0.1)
+    assert cosine(np.zeros(3), np.zeros(3)) == 1.0
+
+
+def test_topk():
+    ref = np.array([[0.1, 0.5, 0.2, 0.0, 0.9, 0.3, 0.05], [1, 0, 0, 0, 0, 0, 0]], np.float32)
+    got = ref.copy()
+    got[1] = [0, 1, 0, 0, 0, 0, 0]
+    assert topk_agreement(ref, got, 1) == 0.5
+    swapped = ref.copy()
+    swapped[0, [4, 1]] = swapped[0, [1, 4]]  # row 0: new arg-max, same top-5 set
+    assert topk_agreement(ref, swapped, 1) == 0.5
+    assert topk_agreement(ref, swapped, 5) == 1.0
+    swapped[0, 3] = 5.0  # a class from outside the top-5 enters it
+    assert topk_agreement(ref, swapped, 5) == 0.5
+
+
+def test_tolerances_report_each_failure():
+    m = compare_output("y", [np.array([[1.0, 0.0]])], [np.array([[0.0, 1.0]])])
+    fails = Tolerances(max_rel_l2=0.1, min_cosine=0.9, min_top1=1.0, max_abs=0.5).failures(m)
+    assert len(fails) == 4 and all(f.startswith("y:") for f in fails)
+    assert LOSSLESS.failures(compare_output("y", [np.ones((1, 3))], [np.ones((1, 3))])) == []
+
+
+def test_approximate_rewrite_fails_lossless_tolerances_and_passes_loose_ones():
+    model = ir.serde.deserialize_model(generators.resnet())
+    optimized, report = optimize(model, RankPolicy("rank", rank=0.25))
+    assert report.totals.rewritten > 0 and report.totals.lossless == 0
+    assert report.verification["tolerances"]["max_rel_l2"] == APPROXIMATE.max_rel_l2
+    strict = verify(model, optimized, tolerances=LOSSLESS)
+    assert not strict.passed and strict.failures
+    loose = verify(model, optimized, tolerances=Tolerances(max_rel_l2=10, min_cosine=-1, min_top1=0))
+    assert loose.passed
