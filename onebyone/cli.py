@@ -116,6 +116,7 @@ MaxRelOpt = Annotated[Optional[float], typer.Option("--max-rel-error", help="tol
 MinCosOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="tolerance: minimum cosine similarity")]
 MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="tolerance: minimum top-1 agreement (class outputs)")]
 MaxAbsOpt = Annotated[Optional[float], typer.Option("--max-abs", help="tolerance: maximum absolute error")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="absolute floor of relative errors (per element; default 1e-6)")]
 
 
 @app.command()
@@ -142,6 +143,7 @@ def optimize(
     inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
     bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
     max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None, max_abs: MaxAbsOpt = None,
+    atol: AtolOpt = None,
     force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification")] = False,
 ) -> None:
     """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes."""
@@ -153,7 +155,7 @@ def optimize(
     with console.status("rewriting and verifying…"):
         optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False)
         base = api.default_tolerances(rep)
-        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs)
+        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
     rep.model = arg.name
     console.print(tables.layer_table(rep))
@@ -178,14 +180,14 @@ def verify(
     input_shape: InputShape = None, inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None,
     layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None,
     samples: SamplesOpt = 4, max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None,
-    max_abs: MaxAbsOpt = None, report: ReportOpt = None,
+    max_abs: MaxAbsOpt = None, atol: AtolOpt = None, report: ReportOpt = None,
 ) -> None:
     """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances)."""
     arg = resolve_model(original)
     ref = load_model(arg.path)
     cand = load_model(optimized)
     feeds, label = _samples(arg, ref, _shapes(arg, input_shape), inputs, images, image_size, layout, bgr, scale, mean, std, samples)
-    tolerances = tol.with_overrides(tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs)
+    tolerances = tol.with_overrides(tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
     with console.status("running both models…"):
         v = api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()
     tables.print_verification(console, v)

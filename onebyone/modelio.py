@@ -107,6 +107,25 @@ def external_data_files(path: str | os.PathLike) -> tuple[str, ...]:
     return tuple(sorted(names))
 
 
+ORT_DOMAINS = ("com.microsoft", "com.microsoft.nchwc", "com.ms.internal.nhwc")
+
+
+def unsupported_ops(model: ir.Model) -> list[str]:
+    """'domain::Op' for every op that neither the ONNX standard nor onnxruntime's contrib domains define."""
+    found = set()
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        domain = "" if node.domain == "ai.onnx" else node.domain
+        if domain in ORT_DOMAINS:
+            continue
+        if domain in ("", "ai.onnx.ml"):
+            if onnx.defs.has(node.op_type, domain):
+                continue
+        elif any(f.name == node.op_type and f.domain == node.domain for f in model.functions.values()):
+            continue
+        found.add(f"{domain or 'ai.onnx'}::{node.op_type}")
+    return sorted(found)
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__

@@ -61,12 +61,7 @@ def totals_line(report: Report) -> str:
 
 def verification_table(v: dict[str, Any]) -> Table:
     """One row per output: max-abs, worst relative L2, cosine, top-1/top-5 agreement."""
-    tol = v["tolerances"]
-    t = Table(
-        title=f"verification: {v['candidate']} vs {v['reference']} on {v['samples']} {v['inputs']} input(s) — "
-        f"tolerances: rel ≤ {tol['max_rel_l2']:g}, cos ≥ {tol['min_cosine']:g}, top-1 ≥ {tol['min_top1']:g}",
-        header_style="bold",
-    )
+    t = Table(header_style="bold")
     for col in ("output", "shape", "max-abs", "rel L2 (worst)", "cosine", "top-1", "top-5"):
         t.add_column(col)
     for o in v["outputs"]:
@@ -82,7 +77,17 @@ def verification_table(v: dict[str, Any]) -> Table:
     return t
 
 
+def verification_line(v: dict[str, Any]) -> str:
+    tol = v["tolerances"]
+    return (
+        f"verification: {v['candidate']} vs {v['reference']} on {v['samples']} {v['inputs']} input(s); tolerances: "
+        f"rel ≤ {tol['max_rel_l2']:g}, cos ≥ {tol['min_cosine']:g}, top-1 ≥ {tol['min_top1']:g}"
+        + (f", max-abs ≤ {tol['max_abs']:g}" if tol.get("max_abs") is not None else "")
+    )
+
+
 def print_verification(console: Console, v: dict[str, Any]) -> None:
+    console.print(verification_line(v), soft_wrap=True)
     console.print(verification_table(v))
     if v["passed"]:
         console.print("[bold green]PASS[/]: every output is within tolerance")

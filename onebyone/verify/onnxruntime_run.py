@@ -11,7 +11,7 @@ import onnx_ir as ir
 import onnxruntime as ort
 
 from onebyone.errors import OneByOneError
-from onebyone.modelio import has_external_data
+from onebyone.modelio import has_external_data, unsupported_ops
 
 
 def session(model: ir.Model | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
@@ -29,8 +29,12 @@ def session(model: ir.Model | str | os.PathLike, label: str = "model") -> ort.In
             return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
         return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types; all mean "cannot run"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OneByOneError(f"onnxruntime cannot load {label}: {first[:300]}") from None
+        if isinstance(model, ir.Model) and (ops := unsupported_ops(model)):
+            raise OneByOneError(f"onnxruntime cannot load {label}: unsupported op(s) {', '.join(ops)}") from None
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        if "onnxruntime_src" in text:  # drop the C++ source location, keep the message
+            text = text.rsplit(") ", 1)[-1]
+        raise OneByOneError(f"onnxruntime cannot load {label}: {text[:300]}") from None
 
 
 def run_samples(sess: ort.InferenceSession, samples: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:

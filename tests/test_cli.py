@@ -1,0 +1,160 @@
+"""The command line, run as a user runs it: exit codes, one-line errors, untouched inputs, atomic outputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import rel_err, run_ort
+from onebyone.models import generators
+
+
+def cli(*args, check_rc: int | None = None) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "onebyone", *map(str, args)], capture_output=True, text=True, timeout=600)
+    if check_rc is not None:
+        assert proc.returncode == check_rc, proc.stdout + proc.stderr
+    return proc
+
+
+def digest(path) -> str:
+    return hashlib.sha256(open(path, "rb").read()).hexdigest()
+
+
+@pytest.fixture
+def lowrank_model(tmp_path):
+    path = tmp_path / "resnet.onnx"
+    onnx.save(generators.resnet(low_rank=0.5), path)
+    return path
+
+
+@pytest.fixture
+def fullrank_model(tmp_path):
+    path = tmp_path / "vgg.onnx"
+    onnx.save(generators.vgg(), path)
+    return path
+
+
+def one_line_error(proc, *needles):
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("onebyone: error:"), proc.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_optimize_writes_a_verified_model_and_report(lowrank_model, tmp_path):
+    before = digest(lowrank_model)
+    out, rep, png = tmp_path / "out.onnx", tmp_path / "r.json", tmp_path / "s.png"
+    proc = cli("optimize", lowrank_model, "-o", out, "--report", rep, "--plot", png, check_rc=0)
+    assert "PASS" in proc.stdout and "lossless" in proc.stdout
+    assert digest(lowrank_model) == before
+    report = json.loads(rep.read_text())
+    assert report["verification"]["passed"] and report["output"] == str(out.resolve())
+    assert set(report["totals"]) >= {"macs_before", "macs_after", "params_before", "params_after"}
+    for layer in report["layers"]:
+        assert set(layer) >= {"name", "action", "reason", "rank", "break_even_rank", "lossless", "macs_before", "macs_after"}
+        assert layer["reason"]
+    assert report["totals"]["macs_after"] < report["totals"]["macs_before"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    x = np.random.default_rng(5).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    ref = run_ort(onnx.load(lowrank_model), {"input": x})[0]
+    got = run_ort(onnx.load(out), {"input": x})[0]
+    assert rel_err(ref, got) < 1e-5
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_inspect_lists_every_conv_with_a_reason(fullrank_model, tmp_path):
+    rep = tmp_path / "r.json"
+    proc = cli("inspect", fullrank_model, "--report", rep, check_rc=0)
+    report = json.loads(rep.read_text())
+    assert len(report["layers"]) == 6
+    assert all(l["action"] == "skipped" and "break-even" in l["reason"] for l in report["layers"])
+    assert "0 of 6 convs rewritten" in proc.stdout
+    proc = cli("inspect", fullrank_model, "--policy", "rank", "--rank", "0.25", "--report", rep, check_rc=0)
+    assert json.loads(rep.read_text())["totals"]["rewritten"] > 0
+
+
+def test_failed_verification_is_not_written_unless_forced(fullrank_model, tmp_path):
+    out = tmp_path / "out.onnx"
+    proc = cli("optimize", fullrank_model, "-o", out, "--policy", "rank", "--rank", "1", check_rc=1)
+    assert "FAIL" in proc.stdout and "not written" in proc.stdout and not out.exists()
+    proc = cli("optimize", fullrank_model, "-o", out, "--policy", "rank", "--rank", "1", "--force", check_rc=1)
+    assert out.exists() and "--force" in proc.stdout
+    # Looser, explicit tolerances make the same rewrite acceptable.
+    cli("optimize", fullrank_model, "-o", out, "--policy", "rank", "--rank", "1",
+        "--max-rel-error", "10", "--min-cosine", "-1", "--min-top1", "0", check_rc=0)
+
+
+def test_verify_exit_codes_and_npz_inputs(lowrank_model, fullrank_model, tmp_path):
+    out = tmp_path / "out.onnx"
+    cli("optimize", lowrank_model, "-o", out, check_rc=0)
+    npz = tmp_path / "x.npz"
+    np.savez(npz, input=np.random.default_rng(0).standard_normal((5, 1, 3, 32, 32)).astype(np.float32))
+    proc = cli("verify", lowrank_model, out, "--inputs", npz, check_rc=0)
+    assert "5 x.npz input(s)" in proc.stdout
+    approx = tmp_path / "approx.onnx"
+    cli("optimize", fullrank_model, "-o", approx, "--policy", "rank", "--rank", "2", "--force")
+    proc = cli("verify", fullrank_model, approx, check_rc=1)
+    assert "FAIL" in proc.stdout and "cosine" in proc.stdout  # metrics printed even on failure
+
+
+def test_verify_on_a_folder_of_images(lowrank_model, tmp_path):
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    out = tmp_path / "out.onnx"
+    proc = cli("optimize", lowrank_model, "-o", out, "--images", folder, "--mean", "0.5,0.5,0.5", "--std", "0.2,0.2,0.2", check_rc=0)
+    assert "3 image(s)" in proc.stdout
+
+
+def test_bad_inputs_give_one_line_errors(lowrank_model, tmp_path):
+    out = tmp_path / "o.onnx"
+    one_line_error(cli("inspect", tmp_path / "missing.onnx"), "no such file")
+    truncated = tmp_path / "trunc.onnx"
+    truncated.write_bytes(lowrank_model.read_bytes()[:3000])
+    one_line_error(cli("optimize", truncated, "-o", out), "trunc.onnx", "not a valid ONNX model")
+    text = tmp_path / "notes.onnx"
+    text.write_text("this is not a model\n")
+    one_line_error(cli("inspect", text), "not")
+    empty = tmp_path / "empty.onnx"
+    empty.write_bytes(b"")
+    one_line_error(cli("inspect", empty), "empty file")
+    old = generators.vgg()
+    old.opset_import[0].version = 999
+    onnx.save(old, tmp_path / "future.onnx")
+    one_line_error(cli("inspect", tmp_path / "future.onnx"), "unsupported opset 999")
+    one_line_error(cli("inspect", lowrank_model, "--input-shape", "images:1x3x32x32"), "unknown input name 'images'")
+    one_line_error(cli("inspect", lowrank_model, "--input-shape", "input:1x3xAx32"), "--input-shape")
+    npz = tmp_path / "bad.npz"
+    np.savez(npz, image=np.zeros((1, 1, 3, 32, 32), np.float32))
+    one_line_error(cli("optimize", lowrank_model, "-o", out, "--inputs", npz), "unknown input name 'image'")
+    one_line_error(cli("optimize", lowrank_model, "-o", out, "--policy", "rank"), "--rank")
+    one_line_error(cli("optimize", lowrank_model, "-o", lowrank_model), "refusing to overwrite the input")
+    one_line_error(cli("inspect", "no-such-bundled-model"), "no such file")
+    assert not out.exists()
+
+
+def test_unsupported_op_is_named(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)])
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, path)
+    one_line_error(cli("verify", path, path), "FancyOp")
+
+
+def test_models_command_lists_bundled_models():
+    proc = cli("models", check_rc=0)
+    for name in ("opennsfw", "ppocr-det", "basic-pitch"):
+        assert name in proc.stdout
