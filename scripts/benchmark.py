@@ -1,0 +1,119 @@
+#!/usr/bin/env python
+"""Benchmark: per model and policy, MACs and params before/after, pass time, and onnxruntime latency of the
+original vs the optimized model measured side by side (interleaved runs, medians), with the speedup next to the
+MAC ratio. Prints a table and writes JSON.
+
+    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...]
+
+Latency ratios are what to quote: both models run in the same process, alternating, on the same input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+from rich.console import Console
+from rich.table import Table
+
+from onebyone import RankPolicy, optimize
+from onebyone.models import generators
+from onebyone.models.real import REAL_MODELS
+from onebyone.report import write_json_atomic
+
+POLICIES = {
+    "exact": RankPolicy("exact"),
+    "energy0.9/8": RankPolicy("energy", energy=0.9, round_to=8),
+}
+
+
+def cases(names: list[str] | None):
+    """(label, model path or ir.Model, input shapes, samples or None) for real and generated models."""
+    for name, m in REAL_MODELS.items():
+        if names and name not in names:
+            continue
+        yield name, str(m.path()), m.input_shapes, m.samples()
+    for name in ("resnet", "vgg", "inception"):
+        label = f"{name}-lowrank (generated)"
+        if names and name not in names:
+            continue
+        proto = generators.GENERATORS[name](size=112, low_rank=0.5, seed=0)
+        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None
+
+
+def make_session(model, threads: int) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    data = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else model
+    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+
+
+def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
+    """Median seconds per run of a and b, alternating a/b on the same input after warm-up."""
+    for _ in range(3):
+        sess_a.run(None, feed)
+        sess_b.run(None, feed)
+    ta, tb = [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        sess_a.run(None, feed)
+        t1 = time.perf_counter()
+        sess_b.run(None, feed)
+        t2 = time.perf_counter()
+        ta.append(t1 - t0)
+        tb.append(t2 - t1)
+    return statistics.median(ta), statistics.median(tb)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", default="benchmark.json")
+    ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
+    args = ap.parse_args()
+    console = Console(width=200)
+    rows = []
+    for label, model, shapes, samples in cases(args.models):
+        original = model if isinstance(model, ir.Model) else ir.load(model)
+        for pname, policy in POLICIES.items():
+            t0 = time.perf_counter()
+            optimized, report = optimize(original, policy, shapes, samples=samples,
+                                         samples_label="real" if samples else "random")
+            pass_s = time.perf_counter() - t0
+            feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
+            t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
+            t = report.totals
+            v = report.verification
+            rows.append(dict(
+                model=label, policy=pname, convs=t.convs, rewritten=t.rewritten, lossless=t.lossless,
+                macs_before=t.macs_before, macs_after=t.macs_after, mac_ratio=t.mac_ratio,
+                params_before=t.params_before, params_after=t.params_after, pass_seconds=pass_s,
+                ort_ms_original=t_orig * 1e3, ort_ms_optimized=t_opt * 1e3, speedup=t_orig / t_opt,
+                verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
+                min_cosine=min(o["cosine"] for o in v["outputs"]),
+            ))
+            console.print(f"{label} / {pname}: done", style="dim")
+    table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs)")
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "verified", "worst rel / cos"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(
+            r["model"], r["policy"], f"{r['rewritten']}/{r['convs']} ({r['lossless']} lossless)",
+            f"{r['macs_before'] / 1e6:.1f}M → {r['macs_after'] / 1e6:.1f}M", f"{r['mac_ratio']:.3f}",
+            f"{r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M", f"{r['pass_seconds']:.2f}",
+            f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
+            "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
+        )
+    console.print(table)
+    write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "rows": rows})
+    console.print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
