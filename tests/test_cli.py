@@ -158,3 +158,13 @@ def test_models_command_lists_bundled_models():
     proc = cli("models", check_rc=0)
     for name in ("opennsfw", "ppocr-det", "basic-pitch"):
         assert name in proc.stdout
+
+
+def test_verify_models_with_different_inputs_is_a_one_line_error(lowrank_model, tmp_path):
+    other = generators.vgg()
+    other.graph.input[0].name = "image"
+    for n in other.graph.node:
+        n.input[:] = ["image" if i == "input" else i for i in n.input]
+    path = tmp_path / "other.onnx"
+    onnx.save(other, path)
+    one_line_error(cli("verify", lowrank_model, path), "needs input 'image'")

@@ -46,8 +46,8 @@ def verify_models(
 
     The candidate must produce the reference's outputs by name; a missing output is a failure.
     """
-    ref_out = run_samples(session(reference, reference_label), samples)
-    cand_out = run_samples(session(candidate, candidate_label), samples)
+    ref_out = run_samples(session(reference, reference_label), samples, reference_label)
+    cand_out = run_samples(session(candidate, candidate_label), samples, candidate_label)
     metrics, failures = [], []
     for name, refs in ref_out.items():
         if name not in cand_out:

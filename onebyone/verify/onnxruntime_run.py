@@ -37,11 +37,22 @@ def session(model: ir.Model | str | os.PathLike, label: str = "model") -> ort.In
         raise OneByOneError(f"onnxruntime cannot load {label}: {text[:300]}") from None
 
 
-def run_samples(sess: ort.InferenceSession, samples: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
-    """Outputs per output name, one array per sample, in sample order."""
+def run_samples(
+    sess: ort.InferenceSession, samples: list[dict[str, np.ndarray]], label: str = "model"
+) -> dict[str, list[np.ndarray]]:
+    """Outputs per output name, one array per sample, in sample order; OneByOneError when a run fails."""
     names = [o.name for o in sess.get_outputs()]
+    wanted = {i.name for i in sess.get_inputs()}
     outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
     for feed in samples:
-        for n, arr in zip(names, sess.run(names, feed)):
+        missing = sorted(wanted - set(feed))
+        if missing:
+            raise OneByOneError(f"{label} needs input {missing[0]!r}, which the verification inputs do not have")
+        try:
+            results = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+        except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
+            text = " ".join(str(exc).split())
+            raise OneByOneError(f"onnxruntime failed to run {label}: {text[:300]}") from None
+        for n, arr in zip(names, results):
             outs[n].append(arr)
     return outs
