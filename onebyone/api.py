@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import onnx_ir as ir
 
+from onebyone.errors import OneByOneError
 from onebyone.modelio import load_model
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
@@ -37,12 +39,15 @@ def inspect(
     model: ir.Model | str | os.PathLike,
     policy: RankPolicy | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
+    calibration: Samples | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress=None,
 ) -> Report:
-    """What `optimize` would do to each conv under `policy`, without changing `model`."""
-    m, name = _as_model(model)
-    p = BottleneckPass(policy, input_shapes, model_name=name)
-    p(m.clone())
-    return p.report
+    """What `optimize` would do to each conv under `policy`, without changing `model` (with calibration data the
+    layers carry data-aware error-vs-rank curves)."""
+    _, report = optimize(model, policy, input_shapes, verify=False, calibration=calibration, cache_dir=cache_dir,
+                         progress=progress)
+    return report
 
 
 def optimize(
@@ -54,18 +59,31 @@ def optimize(
     samples_label: str = "random",
     tolerances: tol.Tolerances | None = None,
     verify: bool = True,
+    calibration: Samples | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress=None,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified.
+
+    With `calibration` samples the factorization is data-aware (see BottleneckPass); statistics are cached in
+    `cache_dir` when given. Policy 'error' (needs calibration) searches the smallest MAC budget whose model
+    outputs on the calibration samples stay within `policy.max_error` relative L2 error.
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every
     rewrite is lossless, APPROXIMATE otherwise, when None). It is up to the caller to refuse a failed result.
     """
     original, name = _as_model(model)
-    optimized = original.clone()
-    p = BottleneckPass(policy, input_shapes, model_name=name)
-    p(optimized)
-    report = p.report
+    policy = policy or RankPolicy()
+    if policy.kind == "error":
+        if not calibration:
+            raise OneByOneError("policy 'error' measures errors on calibration data: give --calibration")
+        optimized, report = _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress)
+    else:
+        optimized = original.clone()
+        p = BottleneckPass(policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache_dir, progress=progress)
+        p(optimized)
+        report = p.report
     if verify:
         if samples is None:
             shapes = resolve_input_shapes(original, input_shapes)
@@ -75,6 +93,42 @@ def optimize(
         )
         report.verification = result.to_dict()
     return optimized, report
+
+
+def _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress, steps: int = 6):
+    """Bisection on the MAC budget: the smallest fraction whose calibration output error is <= max_error."""
+    import tempfile
+
+    from onebyone.verify.metrics import rel_l2
+    from onebyone.verify.onnxruntime_run import run_samples, session
+
+    ref = run_samples(session(original, "original"), calibration)
+    cache = cache_dir or tempfile.mkdtemp(prefix="onebyone-cache-")
+    best = None
+    lo, hi = 0.0, 1.0
+    for step in range(steps):
+        frac = hi if best is None and step == 0 else (lo + hi) / 2
+        budget_policy = RankPolicy("budget", macs=frac, round_to=policy.round_to)
+        candidate = original.clone()
+        p = BottleneckPass(budget_policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache, progress=progress)
+        p(candidate)
+        got = run_samples(session(candidate, "candidate"), calibration)
+        err = max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+        if err <= policy.max_error:
+            best = (candidate, p.report, frac, err)
+            hi = frac
+        else:
+            lo = frac
+        if step == 0 and best is None:
+            break
+    if best is None:  # even the full budget misses: return the model unchanged
+        candidate = original.clone()
+        p = BottleneckPass(RankPolicy("budget", macs=1.0), input_shapes, model_name=name, calibration=calibration, cache_dir=cache)
+        p(candidate)
+        best = (candidate, p.report, 1.0, 0.0)
+    candidate, report, frac, err = best
+    report.policy = f"{policy.describe()} (found MAC budget {frac:.3f}, calibration output error {err:.3g})"
+    return candidate, report
 
 
 def verify(

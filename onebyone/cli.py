@@ -50,11 +50,57 @@ def _shapes(arg: ModelArg, given: list[str] | None) -> dict[str, tuple[int, ...]
     return shapes
 
 
-def _policy(policy: str, rank: float | None, energy: float | None, round_to: int) -> RankPolicy:
+def _policy(policy: str, rank: float | None, energy: float | None, round_to: int, macs: float | None = None,
+            max_error: float | None = None) -> RankPolicy:
     try:
-        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to)  # type: ignore[arg-type]
+        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to, macs=macs, max_error=max_error)  # type: ignore[arg-type]
     except ValueError as exc:
         raise OneByOneError(str(exc)) from None
+
+
+def _calibration(arg: ModelArg, model, shapes, source: str | None, count: int, method: str, prep_opts) -> list | None:
+    """Calibration samples from --calibration (an .npz, a folder of images, or 'bundled'), or None (weight-only)."""
+    if method not in ("auto", "weight", "data"):
+        raise OneByOneError(f"--method must be weight or data, got {method!r}")
+    if method == "weight":
+        return None
+    if source is None:
+        if method == "data":
+            raise OneByOneError("--method data needs --calibration (an .npz, a folder of images, or 'bundled')")
+        return None
+    if source == "bundled":
+        if arg.bundled is None:
+            raise OneByOneError("--calibration bundled works with bundled models only; give an .npz or an image folder")
+        return arg.bundled.calibration_samples(count)
+    path = Path(source)
+    if path.is_dir():
+        feeds, _ = _samples(arg, model, shapes, None, path, *prep_opts, count)
+        return feeds
+    feeds, _ = _samples(arg, model, shapes, path, None, *prep_opts, count)
+    return feeds
+
+
+class _Progress:
+    """A rich progress bar per stage (calibrating, fitting), fed by the pass's progress(stage, done, total)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total)
+        self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
 def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
@@ -97,7 +143,13 @@ def _samples(arg, model, shapes, inputs, images, image_size, layout, bgr, scale,
 
 # Shared option types
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix dynamic dims: NAME:1x3x224x224 (repeatable).")]
-PolicyOpt = Annotated[str, typer.Option("--policy", help="exact (lossless only) | rank | energy")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help="exact (lossless only) | rank | energy | budget | error")]
+MacsOpt = Annotated[Optional[float], typer.Option("--macs", help="budget policy: fraction of the targeted convs' MACs to keep")]
+MaxErrOpt = Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")]
+CalibOpt = Annotated[Optional[str], typer.Option("--calibration", help="calibration data: .npz, image folder, or 'bundled'")]
+CalibCountOpt = Annotated[int, typer.Option("--calibration-samples", help="how many bundled calibration samples (crops/tones)")]
+MethodOpt = Annotated[str, typer.Option("--method", help="weight (SVD of the weight) | data (needs --calibration); default: data when calibrated")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="cache calibration statistics here")]
 RankOpt = Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")]
 EnergyOpt = Annotated[Optional[float], typer.Option("--energy", help="energy policy: fraction of squared singular values kept")]
 RoundOpt = Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")]
@@ -123,11 +175,21 @@ AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="absolute floor
 def inspect(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
     policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
+    macs: MacsOpt = None, max_error: MaxErrOpt = None,
     input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
+    calibration: CalibOpt = None, calibration_samples: CalibCountOpt = 32, method: MethodOpt = "auto", cache_dir: CacheOpt = None,
+    image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255,
+    mean: MeanOpt = None, std: StdOpt = None,
 ) -> None:
-    """Per-layer table: candidates, skip reasons, ranks vs break-even, MACs (nothing is written but --report/--plot)."""
+    """Per-layer table: candidates, skip reasons, ranks vs break-even, MACs (nothing is written but --report/--plot).
+    With --calibration the layers carry data-aware error-vs-rank curves (plotted by --plot)."""
     arg = resolve_model(model)
-    rep = api.inspect(load_model(arg.path), _policy(policy, rank, energy, round_to), _shapes(arg, input_shape))
+    shapes = _shapes(arg, input_shape)
+    m = load_model(arg.path)
+    calib = _calibration(arg, m, shapes, calibration, calibration_samples, method,
+                         (image_size, layout, bgr, scale, mean, std))
+    with _Progress() as progress:
+        rep = api.inspect(m, _policy(policy, rank, energy, round_to, macs, max_error), shapes, calib, cache_dir, progress)
     rep.model = arg.name
     console.print(tables.layer_table(rep))
     console.print(tables.totals_line(rep))
@@ -139,6 +201,8 @@ def optimize(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized model")],
     policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
+    macs: MacsOpt = None, max_error: MaxErrOpt = None,
+    calibration: CalibOpt = None, calibration_samples: CalibCountOpt = 32, method: MethodOpt = "auto", cache_dir: CacheOpt = None,
     input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
     inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
     bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
@@ -148,12 +212,16 @@ def optimize(
 ) -> None:
     """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes."""
     arg = resolve_model(model)
-    pol = _policy(policy, rank, energy, round_to)
+    pol = _policy(policy, rank, energy, round_to, macs, max_error)
     shapes = _shapes(arg, input_shape)
     original = load_model(arg.path)
     feeds, label = _samples(arg, original, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
-    with console.status("rewriting and verifying…"):
-        optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False)
+    calib = _calibration(arg, original, shapes, calibration, calibration_samples, method,
+                         (image_size, layout, bgr, scale, mean, std))
+    with _Progress() as progress:
+        optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False,
+                                      calibration=calib, cache_dir=cache_dir, progress=progress)
+    with console.status("verifying…"):
         base = api.default_tolerances(rep)
         tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()

@@ -35,7 +35,13 @@ class LayerReport:
     params_after: int
     weight_rel_error: float | None = None
     energy_kept: float | None = None
+    lossless_on: str | None = None  # "all inputs" (weight rank) or "calibration data" (activation subspace)
+    predicted_error: float | None = None  # relative output error the factorization predicts
+    measured_error: float | None = None  # relative output error of this conv measured on calibration data
+    fit: str | None = None  # data method: the candidate that won on held-out samples (svd, whitened, +refit)
+    error_curve: list[float] | None = None  # predicted relative output error for rank 0..C/g
     singular_values: list[list[float]] | None = None
+    data_singular_values: list[list[float]] | None = None
 
 
 @dataclasses.dataclass
@@ -61,18 +67,21 @@ class Report:
 
     model: str
     policy: str
+    method: str
     input_shapes: dict[str, list[int]]
     layers: list[LayerReport]
     totals: Totals
     verification: dict[str, Any] | None = None
     output: str | None = None
+    calibration: dict[str, Any] | None = None
 
     def to_dict(self, with_spectra: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["totals"]["mac_ratio"] = self.totals.mac_ratio
         if not with_spectra:
             for layer in d["layers"]:
-                layer.pop("singular_values", None)
+                for key in ("singular_values", "data_singular_values", "error_curve"):
+                    layer.pop(key, None)
         return d
 
     def write_json(self, path: str | os.PathLike, with_spectra: bool = True) -> None:

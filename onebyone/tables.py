@@ -23,8 +23,11 @@ def _macs(n: int) -> str:
 
 def layer_table(report: Report) -> Table:
     """One row per Conv: geometry, rank vs break-even, MACs before -> after, and the action with its reason."""
-    t = Table(title=f"{report.model} — policy: {report.policy}", show_lines=False, header_style="bold")
-    for col in ("conv", "kernel", "C→N /g", "stride", "in→out", "weight", "rank / b.e.", "MACs", "action", "reason"):
+    data = report.method == "data"
+    t = Table(title=f"{report.model} — policy: {report.policy} — method: {report.method}", show_lines=False, header_style="bold")
+    cols = ["conv", "kernel", "C→N /g", "stride", "in→out", "weight", "rank / b.e.", "MACs"]
+    cols += ["err pred / meas", "fit"] if data else []
+    for col in cols + ["action", "reason"]:
         t.add_column(col, no_wrap=col != "reason", overflow="fold")
     for l in report.layers:
         spatial = (
@@ -45,10 +48,17 @@ def layer_table(report: Report) -> Table:
             {"initializer": "init", "Constant node": "const"}.get(l.weight_source, l.weight_source),
             rank,
             macs,
+            *([_errs(l), l.fit or "-"] if data else []),
             f"[{style}]{action}[/]",
             l.reason,
         )
     return t
+
+
+def _errs(l) -> str:
+    if l.predicted_error is None:
+        return "-"
+    return f"{l.predicted_error:.3f} / " + ("-" if l.measured_error is None else f"{l.measured_error:.3f}")
 
 
 def totals_line(report: Report) -> str:

@@ -29,6 +29,7 @@ class RealModel:
     task: str
     input_shapes: dict[str, tuple[int, ...]]
     make_samples: Callable[[tuple[str, ...]], Samples] = dataclasses.field(repr=False)
+    make_calibration: Callable[[int], Samples] = dataclasses.field(repr=False, default=None)
     license: str = ""
 
     def path(self) -> Path:
@@ -54,6 +55,10 @@ class RealModel:
         """Real inputs for this model (photos for image models, synthesized tones for audio)."""
         return self.make_samples(photo_names)
 
+    def calibration_samples(self, count: int = 32) -> Samples:
+        """Calibration inputs disjoint from `samples()`: crops/flips of other photos, or other tones."""
+        return self.make_calibration(count)
+
 
 OPENNSFW_PREP = ImagePreprocess(224, 224, layout="NHWC", bgr=True, scale=1.0, mean=(104.0, 117.0, 123.0))
 PPOCR_DET_SIZE = 480
@@ -64,7 +69,35 @@ BASIC_PITCH_SAMPLES = 43844
 BASIC_PITCH_RATE = 22050
 
 
-def tone_samples(midi_notes: tuple[int, ...] = (69, 60, 76, 45)) -> Samples:
+EVALUATION_NOTES = (69, 60, 76, 45)
+
+
+def calibration_tones(count: int, seed: int = 0) -> Samples:
+    """Chords of 1-3 random notes (never the evaluation notes) with random levels and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(BASIC_PITCH_SAMPLES) / BASIC_PITCH_RATE
+    notes = [n for n in range(36, 96) if n not in EVALUATION_NOTES]
+    out = []
+    for _ in range(count):
+        wave = np.zeros_like(t)
+        for note in rng.choice(notes, size=int(rng.integers(1, 4)), replace=False):
+            freq = 440.0 * 2 ** ((note - 69) / 12)
+            wave += rng.uniform(0.1, 0.5) * np.sin(2 * np.pi * freq * t + rng.uniform(0, 2 * np.pi))
+        wave += 0.01 * rng.standard_normal(t.shape)
+        out.append({"serving_default_input_2:0": wave.astype(np.float32).reshape(1, BASIC_PITCH_SAMPLES, 1)})
+    return out
+
+
+def _crops(prep: ImagePreprocess, input_name: str) -> Callable[[int], Samples]:
+    def make(count: int) -> Samples:
+        from onebyone.models.augment import random_crops
+
+        return image_samples(random_crops(photos.photos(photos.CALIBRATION), count), input_name, prep)
+
+    return make
+
+
+def tone_samples(midi_notes: tuple[int, ...] = EVALUATION_NOTES) -> Samples:
     """Audio windows for basic-pitch: one sine tone per MIDI note (69 = A4 = 440 Hz) at 22.05 kHz."""
     t = np.arange(BASIC_PITCH_SAMPLES) / BASIC_PITCH_RATE
     out = []
@@ -87,6 +120,7 @@ REAL_MODELS: dict[str, RealModel] = {
             task="classifier",
             input_shapes={"input:0": (1, 224, 224, 3)},
             make_samples=lambda names: image_samples(photos.photos(names), "input:0", OPENNSFW_PREP),
+            make_calibration=_crops(OPENNSFW_PREP, "input:0"),
             license="Apache-2.0 (model BSD-2)",
         ),
         RealModel(
@@ -98,6 +132,7 @@ REAL_MODELS: dict[str, RealModel] = {
             task="detector",
             input_shapes={"x": (1, 3, PPOCR_DET_SIZE, PPOCR_DET_SIZE)},
             make_samples=lambda names: image_samples(photos.photos(names), "x", PPOCR_PREP),
+            make_calibration=_crops(PPOCR_PREP, "x"),
             license="Apache-2.0",
         ),
         RealModel(
@@ -109,6 +144,7 @@ REAL_MODELS: dict[str, RealModel] = {
             task="audio",
             input_shapes={"serving_default_input_2:0": (1, BASIC_PITCH_SAMPLES, 1)},
             make_samples=lambda names: tone_samples(),
+            make_calibration=calibration_tones,
             license="Apache-2.0",
         ),
     ]

@@ -15,12 +15,15 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
-from onebyone.passes import rewrite
+from onebyone.passes import calibration, data_fit, factorize, plan, rewrite
 from onebyone.passes.analysis import analyze
 from onebyone.passes.input_shapes import resolve_input_shapes
-from onebyone.passes.plan import Decision, decide
+from onebyone.passes.plan import Decision
 from onebyone.passes.rank_policy import RankPolicy
 from onebyone.report import Report, Totals
+
+LOSSLESS_ON_DATA_MAX_ERROR = 1e-4  # a conv called lossless on data must measure at float32 level
+BACK_OFF_FACTOR, BACK_OFF_MARGIN = 3.0, 0.02  # measured > 3 x predicted + 0.02: undo the rewrite
 
 
 def interface(model: ir.Model) -> tuple:
@@ -48,6 +51,12 @@ class BottleneckPass(ir.passes.InPlacePass):
         policy: how ranks are chosen (default: exact, i.e. lossless rewrites only).
         input_shapes: static shapes for inputs with dynamic dims (a dynamic batch dim counts as 1).
         model_name: the name used in the report.
+        calibration: calibration samples (feed dicts). With them the method is "data": ranks come from the
+            weight whitened by the input statistics, factors are fitted in graph order against the original
+            outputs, biases are corrected, and each conv's output error is measured (convs whose measured error
+            far exceeds the prediction are backed off).
+        cache_dir: where calibration statistics are cached (None: not cached).
+        progress: called as progress(stage, done, total) during long work.
     """
 
     def __init__(
@@ -55,15 +64,25 @@ class BottleneckPass(ir.passes.InPlacePass):
         policy: RankPolicy | None = None,
         input_shapes: dict[str, tuple[int, ...]] | None = None,
         model_name: str = "model",
+        calibration: list[dict] | None = None,
+        cache_dir: str | None = None,
+        progress=None,
     ) -> None:
         super().__init__()
         self.policy = policy or RankPolicy()
         self.input_shapes = dict(input_shapes or {})
         self.model_name = model_name
+        self.calibration = calibration
+        self.cache_dir = cache_dir
+        self.progress = progress
         self.report: Report | None = None
         self.decisions: list[Decision] = []
         self._interface: tuple | None = None
         self._input_valid = False
+
+    @property
+    def method(self) -> str:
+        return "data" if self.calibration else "weight"
 
     def requires(self, model: ir.Model) -> None:
         opsets = model.opset_imports
@@ -74,24 +93,55 @@ class BottleneckPass(ir.passes.InPlacePass):
             check_opset(proto, self.model_name)
         except Exception as exc:
             raise ir.passes.PreconditionError(str(exc)) from exc
+        if self.policy.kind == "error":
+            raise ir.passes.PreconditionError("policy 'error' is a search over budgets: use onebyone.optimize")
         self._interface = interface(model)
         self._input_valid = _passes_checker(model)
+
+    def _tick(self, stage: str):
+        return (lambda done, total: self.progress(stage, done, total)) if self.progress else None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         shapes = resolve_input_shapes(model, self.input_shapes)
         params_before = count_params(model)
         infos = analyze(model, shapes)
-        cache: dict = {}
-        self.decisions = [decide(info, self.policy, cache) for info in infos]
+        original = model.clone() if self.method == "data" else None
+        moments: dict = {}
+        calib_info = None
+        if self.method == "data":
+            names = sorted({i.node.inputs[0].name for i in infos if i.skip_reason is None})
+            moments, cached = calibration.collect_cached(model, self.calibration, names, self.cache_dir, self._tick("calibrating"))
+            calib_info = {"samples": len(self.calibration), "convs": len(names), "from_cache": cached}
+        self.decisions = [plan.start(i, moments.get(i.node.inputs[0].name) if i.skip_reason is None else None) for i in infos]
+        plan.choose(self.decisions, self.policy)
+        chosen = [d for d in self.decisions if d.rank is not None]
         names = rewrite.UniqueNames(model.graph)
         shared: dict = {}
-        old_weights = []
-        for d in self.decisions:
-            if d.factors is not None:
-                old_weights.append(d.info.node.inputs[1])
-                rewrite.insert_bottleneck(model.graph, d.info.node, d.factors, names, shared)
-        for w in old_weights:
-            rewrite.remove_if_unused(model.graph, w)
+        svd_cache: dict = {}
+        applied = []
+        tick = self._tick("fitting")
+        for k, d in enumerate(chosen):
+            node = d.info.node
+            undo = (list(node.inputs), None)
+            if self.method == "data":
+                stats, held, paired = data_fit.patch_moments(original, model if applied else None, self.calibration, d)
+                factors, d.layer.fit = data_fit.fit(d, paired, stats, held)
+            else:
+                key = (id(node.inputs[1]), d.rank)
+                factors = svd_cache.get(key) or svd_cache.setdefault(key, factorize.factorize_svd(d.info.weight, d.info.groups, d.rank))
+            d.layer.weight_rel_error = factors.rel_error
+            if getattr(factors, "predicted_error", None) is not None and self.method == "data":
+                d.layer.predicted_error = factors.predicted_error
+            squeeze = rewrite.insert_bottleneck(model.graph, node, factors, names, shared)
+            applied.append((d, undo[0], squeeze))
+            if tick:
+                tick(k + 1, len(chosen))
+        if self.method == "data" and applied:
+            self._measure_and_back_off(original, model, applied)
+        for d, old_inputs, _ in applied:
+            for v in old_inputs[1:]:
+                if v is not None:
+                    rewrite.remove_if_unused(model.graph, v)
         layers = [d.layer for d in self.decisions]
         rewritten = [l for l in layers if l.action == "rewritten"]
         totals = Totals(
@@ -106,11 +156,48 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.report = Report(
             model=self.model_name,
             policy=self.policy.describe(),
+            method=self.method,
             input_shapes={k: list(v) for k, v in shapes.items()},
             layers=layers,
             totals=totals,
+            calibration=calib_info,
         )
         return ir.passes.PassResult(model, modified=bool(rewritten))
+
+    def _measure_and_back_off(self, original: ir.Model, model: ir.Model, applied: list) -> None:
+        """Measure each rewritten conv's output error on calibration data; undo rewrites whose error is far
+        above the prediction (the prediction ignores padding and correlations between kernel taps)."""
+        outs = [d.info.node.outputs[0].name for d, _, _ in applied]
+        measured = data_fit.measure(original, model, self.calibration, outs)
+        for (d, old_inputs, squeeze), name in zip(applied, outs):
+            err = measured[name]
+            d.layer.measured_error = err
+            predicted = d.layer.predicted_error or 0.0
+            if d.layer.lossless and err > LOSSLESS_ON_DATA_MAX_ERROR:
+                d.layer.lossless = False
+                d.layer.lossless_on = None
+                d.layer.reason = f"approximate: rank {d.rank} (measured error {err:.2g} is not float-level)"
+            if err > BACK_OFF_FACTOR * predicted + BACK_OFF_MARGIN:
+                node = d.info.node
+                created = list(node.inputs[1:]) + [squeeze.inputs[1]]
+                for i, v in enumerate(old_inputs):
+                    if i < len(node.inputs):
+                        node.replace_input_with(i, v)
+                    elif v is not None:
+                        node.resize_inputs(i + 1)
+                        node.replace_input_with(i, v)
+                if len(node.inputs) > len(old_inputs):
+                    node.resize_inputs(len(old_inputs))
+                model.graph.remove(squeeze, safe=True)
+                d.layer.action = "skipped"
+                d.layer.reason = f"backed off: measured error {err:.3g} far above the predicted {predicted:.3g}"
+                d.layer.macs_after = d.layer.macs_before
+                d.layer.params_after = d.layer.params_before
+                d.layer.lossless = False
+                d.rank = None
+                for v in created:
+                    if v is not None:
+                        rewrite.remove_if_unused(model.graph, v)
 
     def ensures(self, model: ir.Model) -> None:
         if self._interface is not None and interface(model) != self._interface:

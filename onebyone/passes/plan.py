@@ -1,4 +1,4 @@
-"""Per-conv decisions: the rank a policy picks, whether the rewrite pays, and the factors it would insert."""
+"""Per-conv decisions: which spectrum ranks are read from, the rank each conv gets, and whether it pays."""
 
 from __future__ import annotations
 
@@ -6,62 +6,118 @@ import dataclasses
 
 import numpy as np
 
-from onebyone.passes import cost, factorize
+from onebyone.passes import budget, cost, factorize, whitening
 from onebyone.passes.analysis import ConvInfo
+from onebyone.passes.calibration import Moments
 from onebyone.passes.rank_policy import RankPolicy
 from onebyone.report import LayerReport
 
 
 @dataclasses.dataclass
 class Decision:
-    """What to do with one conv. `factors` is set exactly when the conv is to be rewritten."""
+    """What to do with one conv; `rank` is set exactly when the conv is to be rewritten."""
 
     info: ConvInfo
     layer: LayerReport
-    factors: factorize.Factors | None = None
+    rank: int | None = None
+    moments: Moments | None = None
+    data_svals: list[np.ndarray] | None = None
+    data_energy: list[float] | None = None
+
+    @property
+    def svals(self) -> list[np.ndarray]:
+        """The spectrum ranks are read from: whitened by data when there is calibration, else the weight's."""
+        return self.data_svals if self.data_svals is not None else self.info.svals
+
+    def numerical_rank(self) -> int:
+        """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data)."""
+        return max(factorize.numerical_rank(s, self.info.matrix_shape, self.info.weight.dtype) for s in self.svals)
+
+    def error_curve(self) -> np.ndarray:
+        """Predicted relative output error for ranks 0..C/g (weight-energy based without calibration data)."""
+        if self.data_svals is not None:
+            return whitening.error_curve(self.data_svals, self.data_energy)
+        return whitening.error_curve(self.info.svals, [float((s**2).sum()) for s in self.info.svals])
+
+    def macs_at(self, rank: int) -> int:
+        i = self.info
+        return cost.bottleneck_macs(i.spatial_in, i.spatial_out, i.out_channels, i.in_channels, i.groups, i.kernel_size, rank)
 
 
-def decide(info: ConvInfo, policy: RankPolicy, cache: dict | None = None) -> Decision:
-    """Decide one conv. A rewrite is planned only when its rank is strictly below break-even (fewer MACs).
-
-    `cache` maps (weight identity, rank) to factors so that convs sharing one weight share its factors.
-    """
-    layer = _base_layer(info)
+def start(info: ConvInfo, moments: Moments | None = None) -> Decision:
+    """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given."""
+    d = Decision(info, _base_layer(info), moments=moments)
     if info.skip_reason is not None:
-        layer.reason = info.skip_reason
-        return Decision(info, layer)
-    matrix_shape = info.matrix_shape
-    numerical = max(factorize.numerical_rank(s, matrix_shape, info.weight.dtype) for s in info.svals)
-    layer.numerical_rank = numerical
-    rank, lossless = policy.choose(info.svals, matrix_shape, info.weight.dtype)
+        d.layer.reason = info.skip_reason
+        return d
+    if moments is not None:
+        d.data_svals, d.data_energy = whitening.spectrum(info.weight, info.groups, moments.second_moment)
+    d.layer.numerical_rank = d.numerical_rank()
+    d.layer.error_curve = [round(float(e), 6) for e in d.error_curve()]
+    if d.data_svals is not None:
+        d.layer.data_singular_values = [s.tolist() for s in d.data_svals]
+    return d
+
+
+def candidate_ranks(d: Decision, round_to: int) -> np.ndarray:
+    """Ranks below break-even that a budget may choose (multiples of round_to)."""
+    top = cost.max_profitable_rank(d.info.break_even_rank)
+    step = max(1, round_to)
+    return np.arange(step, top + 1, step)
+
+
+def choose(decisions: list[Decision], policy: RankPolicy) -> None:
+    """Set the rank (or the skip reason) of every candidate conv under `policy` (not 'error', see api)."""
+    live = [d for d in decisions if d.info.skip_reason is None]
+    if policy.kind == "budget":
+        curves = []
+        for d in live:
+            ranks = candidate_ranks(d, policy.round_to)
+            errs = d.error_curve()
+            curves.append(budget.Curve(d.info.name, ranks, errs[ranks], np.array([d.macs_at(int(r)) for r in ranks]), d.info.macs))
+        targeted = sum(d.info.macs for d in live)
+        chosen = budget.allocate(curves, policy.macs * targeted)
+        for d in live:
+            r = chosen[d.info.name]
+            if r is None:
+                d.layer.reason = f"left alone by the MAC budget ({policy.macs} of {targeted:,} targeted MACs)"
+            else:
+                _accept(d, r, policy)
+        return
+    for d in live:
+        rank, _ = policy.choose(d.svals, d.info.matrix_shape, d.info.weight.dtype)
+        be = d.info.break_even_rank
+        d.layer.rank = rank
+        if rank >= be:
+            if policy.kind == "exact":
+                d.layer.reason = (f"numerical rank {d.layer.numerical_rank} is not below break-even {be:.1f}: "
+                                  f"no lossless rewrite lowers MACs")
+            else:
+                d.layer.reason = f"rank {rank} ({policy.describe()}) is not below break-even {be:.1f}: it would not lower MACs"
+            continue
+        _accept(d, rank, policy)
+
+
+def _accept(d: Decision, rank: int, policy: RankPolicy) -> None:
+    d.rank = rank
+    layer = d.layer
     layer.rank = rank
-    layer.energy_kept = _energy_kept(info.svals, rank)
-    be = info.break_even_rank
-    if rank >= be:
-        if policy.kind == "exact":
-            layer.reason = f"numerical rank {numerical} is not below break-even {be:.1f}: no lossless rewrite lowers MACs"
-        else:
-            layer.reason = f"rank {rank} ({policy.describe()}) is not below break-even {be:.1f}: it would not lower MACs"
-        return Decision(info, layer)
-    key = (id(info.node.inputs[1]), rank)
-    factors = cache.get(key) if cache is not None else None
-    if factors is None:
-        factors = factorize.factorize_svd(info.weight, info.groups, rank)
-        if cache is not None:
-            cache[key] = factors
     layer.action = "rewritten"
-    layer.lossless = lossless
-    layer.reason = (
-        f"lossless: weight has numerical rank {numerical} < break-even {be:.1f}"
-        if lossless
-        else f"approximate: rank {rank} of {matrix_shape[0]} keeps {layer.energy_kept:.4f} of the weight energy"
-    )
-    layer.weight_rel_error = factors.rel_error
-    layer.macs_after = cost.bottleneck_macs(
-        info.spatial_in, info.spatial_out, info.out_channels, info.in_channels, info.groups, info.kernel_size, rank
-    )
-    layer.params_after = int(factors.bottleneck.size + factors.weight.size + (info.out_channels if info.has_bias else 0))
-    return Decision(info, layer, factors)
+    layer.lossless = rank >= layer.numerical_rank
+    layer.lossless_on = ("calibration data" if d.data_svals is not None else "all inputs") if layer.lossless else None
+    layer.energy_kept = _energy_kept(d.svals, rank)
+    layer.predicted_error = float(d.error_curve()[min(rank, len(d.error_curve()) - 1)])
+    be = d.info.break_even_rank
+    on = " on calibration data" if d.data_svals is not None else ""
+    if layer.lossless:
+        layer.reason = f"lossless{on}: numerical rank {layer.numerical_rank} < break-even {be:.1f}"
+    else:
+        layer.reason = (f"approximate: rank {rank} of {d.info.matrix_shape[0]} keeps {layer.energy_kept:.4f} of the "
+                        + ("output energy" if on else "weight energy"))
+    layer.macs_after = d.macs_at(rank)
+    i = d.info
+    layer.params_after = int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size
+                             + (i.out_channels if i.has_bias or d.moments is not None else 0))
 
 
 def _energy_kept(svals: list[np.ndarray], rank: int) -> float:
@@ -92,3 +148,4 @@ def _base_layer(info: ConvInfo) -> LayerReport:
         params_after=info.params,
         singular_values=[s.tolist() for s in info.svals] if info.svals else None,
     )
+

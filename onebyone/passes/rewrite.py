@@ -48,6 +48,9 @@ def insert_bottleneck(
         w_val = _initializer(graph, names(f"{node.name}.weight.r{rank}"), factors.weight)
         shared[key] = (b_val, w_val)
     b_val, w_val = shared[key]
+    delta = getattr(factors, "bias_delta", None)
+    if delta is not None and np.any(delta):
+        _correct_bias(graph, node, delta, names)
     mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
     if x.shape is not None and x.dtype is not None and len(x.shape) == ndim + 2:
         # Same as the input but with the bottleneck's channels (only when the input's type is known: older IR
@@ -65,6 +68,23 @@ def insert_bottleneck(
     node.replace_input_with(0, mid)
     node.replace_input_with(1, w_val)
     return squeeze
+
+
+def _correct_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: UniqueNames) -> None:
+    """Give `node` the bias old + delta (a new initializer; a conv without bias gets one). A bias that is not a
+    constant is left as it is."""
+    old = node.inputs[2] if len(node.inputs) > 2 else None
+    if old is not None:
+        tensor = ir.convenience.get_const_tensor(old)
+        if tensor is None:
+            return
+        base = tensor.numpy().astype(np.float64)
+    else:
+        base = np.zeros(delta.shape, np.float64)
+    value = _initializer(graph, names(f"{node.name}.bias.corrected"), (base + delta).astype(delta.dtype))
+    if old is None:
+        node.resize_inputs(3)
+    node.replace_input_with(2, value)
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:

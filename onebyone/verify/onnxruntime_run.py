@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -14,11 +15,13 @@ from onebyone.errors import OneByOneError
 from onebyone.modelio import has_external_data, unsupported_ops
 
 
-def session(model: ir.Model | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
+def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
     """A CPU onnxruntime session for a model object or file; OneByOneError when onnxruntime cannot load it."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     try:
+        if isinstance(model, onnx.ModelProto):
+            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         if isinstance(model, ir.Model):
             if has_external_data(model):
                 with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,154 @@
+"""Calibration statistics: streaming second moments of conv input channels, collected with onnxruntime.
+
+Memory is O(C^2) per conv, never O(activations): each sample's activations are folded into the sums and dropped.
+Statistics are cached on disk, keyed by the model's bytes, the calibration inputs and the value names, so a
+second run with other ranks does not recompute them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onebyone.verify.onnxruntime_run import session
+
+
+@dataclasses.dataclass
+class Moments:
+    """Sums over all positions of all samples of a [C, *spatial] activation (optionally paired with another).
+
+    `outer` = Σ x xᵀ, `total` = Σ x, `count` = number of positions. With a paired activation x̂ (the same value in
+    a partially rewritten model), `cross` = Σ x x̂ᵀ, `outer_hat` = Σ x̂ x̂ᵀ and `total_hat` = Σ x̂.
+    """
+
+    outer: np.ndarray
+    total: np.ndarray
+    count: int = 0
+    cross: np.ndarray | None = None
+    outer_hat: np.ndarray | None = None
+    total_hat: np.ndarray | None = None
+
+    @classmethod
+    def zeros(cls, channels: int, paired: bool = False) -> Moments:
+        z = lambda *s: np.zeros(s, dtype=np.float64)  # noqa: E731
+        if paired:
+            return cls(z(channels, channels), z(channels), 0, z(channels, channels), z(channels, channels), z(channels))
+        return cls(z(channels, channels), z(channels))
+
+    def update(self, x: np.ndarray, x_hat: np.ndarray | None = None) -> None:
+        """Fold in one activation [N, C, *spatial] (and its paired version)."""
+        c = x.shape[1]
+        xm = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(c, -1)
+        self.outer += xm @ xm.T
+        self.total += xm.sum(axis=1)
+        self.count += xm.shape[1]
+        if x_hat is not None:
+            hm = np.moveaxis(np.asarray(x_hat, np.float64), 1, 0).reshape(c, -1)
+            self.cross += xm @ hm.T
+            self.outer_hat += hm @ hm.T
+            self.total_hat += hm.sum(axis=1)
+
+    @property
+    def second_moment(self) -> np.ndarray:
+        """E[x xᵀ]."""
+        return self.outer / max(self.count, 1)
+
+    @property
+    def mean(self) -> np.ndarray:
+        return self.total / max(self.count, 1)
+
+    def paired(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(E[x x̂ᵀ], E[x̂ x̂ᵀ], E[x], E[x̂]); an unpaired record is its own pair (x̂ = x)."""
+        n = max(self.count, 1)
+        if self.cross is None:
+            s = self.outer / n
+            return s, s, self.mean, self.mean
+        return self.cross / n, self.outer_hat / n, self.mean, self.total_hat / n
+
+
+Progress = Callable[[int, int], None]
+
+
+def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
+    """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
+    onnxruntime prunes everything downstream of them)."""
+    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    if only:
+        del out.graph.output[:]
+    have = {o.name for o in out.graph.output}
+    for n in names:
+        if n not in have:
+            out.graph.output.add().name = n
+    return out
+
+
+def collect(
+    model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None,
+    paired_with: ir.Model | None = None,
+) -> dict[str, Moments]:
+    """Moments of the named values of `model` over `samples`.
+
+    With `paired_with` (a rewritten version of `model` in which the named values still exist), the moments are
+    paired: x from `model`, x̂ from `paired_with`, sample by sample.
+    """
+    sess = session(with_outputs(model, names, only=True), "calibration run")
+    sess_hat = session(with_outputs(paired_with, names, only=True), "calibration run (rewritten)") if paired_with is not None else None
+    stats: dict[str, Moments] = {}
+    wanted = {i.name for i in sess.get_inputs()}
+    for i, feed in enumerate(samples):
+        feed = {k: v for k, v in feed.items() if k in wanted}
+        xs = dict(zip(names, sess.run(names, feed)))
+        hats = dict(zip(names, sess_hat.run(names, feed))) if sess_hat is not None else {}
+        for n in names:
+            if n not in stats:
+                stats[n] = Moments.zeros(xs[n].shape[1], paired=sess_hat is not None)
+            stats[n].update(xs[n], hats.get(n))
+        if progress:
+            progress(i + 1, len(samples))
+    return stats
+
+
+def cache_key(model: ir.Model, samples: list[dict], names: list[str]) -> str:
+    """A digest of the model, the calibration inputs and the value names."""
+    h = hashlib.sha256()
+    h.update(ir.serde.serialize_model(model).SerializeToString(deterministic=True))
+    for feed in samples:
+        for k in sorted(feed):
+            h.update(k.encode())
+            h.update(np.ascontiguousarray(feed[k]).tobytes())
+    h.update("\0".join(names).encode())
+    return h.hexdigest()[:32]
+
+
+def collect_cached(
+    model: ir.Model, samples: list[dict], names: list[str], cache_dir: str | os.PathLike | None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Moments], bool]:
+    """`collect` with an on-disk cache in `cache_dir` (None: no cache). Returns (moments, loaded_from_cache)."""
+    if cache_dir is None:
+        return collect(model, samples, names, progress), False
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"moments-{cache_key(model, samples, names)}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return {
+                n: Moments(data[f"{i}.outer"], data[f"{i}.total"], int(data[f"{i}.count"])) for i, n in enumerate(names)
+            }, True
+    stats = collect(model, samples, names, progress)
+    arrays = {}
+    for i, n in enumerate(names):
+        arrays[f"{i}.outer"], arrays[f"{i}.total"], arrays[f"{i}.count"] = stats[n].outer, stats[n].total, stats[n].count
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+    return stats, False

@@ -1,0 +1,129 @@
+"""Data-aware factorization (plain numpy): fit B and W' to minimise the expected output error of a conv under
+the statistics of its input, as SVD-LLM does for linear layers and Kalle et al. (2025) for convs.
+
+For one group with unfolded weight M (C x N·K), input x and approximated input x̂ (x̂ = x unless upstream convs
+were already rewritten), the objective is E‖Mᵀx − Aᵀ B x̂‖² (each kernel tap treated as its own output, i.e.
+correlations between neighbouring positions are ignored). With R = (E[x̂x̂ᵀ] + λI)^½ the optimum of rank r is the
+truncated SVD of Q = Mᵀ E[x x̂ᵀ] R⁻¹ = U S Vᵀ: B = V_rᵀ R⁻¹, A = S_r U_rᵀ (reduced-rank regression). When x̂ = x,
+Q = Mᵀ R, the whitened weight. The mean error left over is added to the bias.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from onebyone.passes import factorize
+
+DEFAULT_REG = 1e-6  # λ = DEFAULT_REG · mean eigenvalue: keeps dead or constant channels from blowing up R⁻¹
+
+
+def sqrt_and_inverse(s: np.ndarray, reg: float = DEFAULT_REG) -> tuple[np.ndarray, np.ndarray]:
+    """(R, R⁻¹) with R the symmetric PSD square root of s + λI, λ = reg · trace(s)/C (a tiny floor when s = 0)."""
+    c = s.shape[0]
+    lam = reg * max(float(np.trace(s)) / c, 1e-30)
+    vals, vecs = np.linalg.eigh((s + s.T) / 2 + lam * np.eye(c))
+    vals = np.clip(vals, lam, None)
+    root = np.sqrt(vals)
+    return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
+
+
+@dataclasses.dataclass(frozen=True)
+class DataFactors(factorize.Factors):
+    """Factors plus the bias correction (added to the conv's bias), and per-group spectra of Q.
+
+    `predicted_error` is the relative output error the fit predicts on the calibration statistics."""
+
+    bias_delta: np.ndarray | None = None
+    predicted_error: float = 0.0
+
+
+def _groups(weight: np.ndarray, groups: int, s: np.ndarray):
+    """Per group: (M, slice of the group's channels)."""
+    cpg = weight.shape[1]
+    for g, m in enumerate(factorize.unfold(weight, groups)):
+        yield m, slice(g * cpg, (g + 1) * cpg)
+
+
+def psd_sqrt(s: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root of s (negative rounding-noise eigenvalues clipped to 0, no regularization)."""
+    vals, vecs = np.linalg.eigh((s + s.T) / 2)
+    return (vecs * np.sqrt(np.clip(vals, 0, None))) @ vecs.T
+
+
+def spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+    """Per group: singular values of the whitened weight Q = Mᵀ S^½ (unregularized, so inputs confined to a
+    subspace give exactly zero singular values), and the output energy E‖Mᵀx‖² = tr(MᵀSM)."""
+    svals, energy = [], []
+    for m, sl in _groups(weight, groups, s_xx):
+        s = s_xx[sl, sl]
+        svals.append(np.linalg.svd(m.T @ psd_sqrt(s), compute_uv=False))
+        energy.append(quad(m, s))
+    return svals, energy
+
+
+def error_curve(svals: list[np.ndarray], energy: list[float]) -> np.ndarray:
+    """Predicted relative output error for ranks 0..C/g (index = rank), from `spectrum`."""
+    c = max(len(s) for s in svals)
+    total = sum(energy)
+    kept = np.zeros(c + 1)
+    for s in svals:
+        sq = np.zeros(c)
+        sq[: len(s)] = s**2
+        kept[1:] += np.cumsum(sq)
+    return np.sqrt(np.clip(total - kept, 0, None) / total) if total > 0 else np.zeros(c + 1)
+
+
+def factorize_data(
+    weight: np.ndarray, groups: int, rank: int, s_xh: np.ndarray, s_hh: np.ndarray, s_xx: np.ndarray,
+    mean_x: np.ndarray, mean_h: np.ndarray, reg: float = DEFAULT_REG,
+) -> DataFactors:
+    """The rank-`rank` B, W' (and bias correction) that minimise E‖Mᵀx − AᵀB x̂‖² per group (see module doc)."""
+    n = weight.shape[0]
+    kernel = weight.shape[2:]
+    k = int(np.prod(kernel))
+    per_group = n // groups
+    cpg = weight.shape[1]
+    b = np.zeros((groups * rank, cpg))
+    w_new = np.zeros((n, rank) + kernel)
+    delta = np.zeros(n)
+    err_num = err_den = 0.0
+    for g, (m, sl) in enumerate(_groups(weight, groups, s_xx)):
+        _, r_inv = sqrt_and_inverse(s_hh[sl, sl], reg)
+        q = m.T @ s_xh[sl, sl] @ r_inv
+        u, s, vt = np.linalg.svd(q, full_matrices=False)
+        kk = min(rank, len(s))
+        bg = vt[:kk] @ r_inv  # [kk, C/g]
+        a = s[:kk, None] * u[:, :kk].T  # [kk, N/g*K]
+        b[g * rank : g * rank + kk] = bg
+        w_new[g * per_group : (g + 1) * per_group, :kk] = a.reshape((kk, per_group) + kernel).swapaxes(0, 1)
+        # mean output error per (n, tap), summed over taps -> per output channel
+        mean_err = m.T @ mean_x[sl] - a.T @ (bg @ mean_h[sl])
+        delta[g * per_group : (g + 1) * per_group] = mean_err.reshape(per_group, k).sum(axis=1)
+        p = a.T @ bg  # [N/g*K, C/g]: the rank-kk map from x̂ to the outputs
+        energy = quad(m, s_xx[sl, sl])
+        err_num += max(
+            energy - 2 * float(np.sum((s_xh[sl, sl] @ p.T) * m)) + quad(p.T, s_hh[sl, sl]),
+            0.0,
+        )
+        err_den += energy
+    bottleneck = b.reshape((groups * rank, cpg) + (1,) * len(kernel)).astype(weight.dtype)
+    w_new = w_new.astype(weight.dtype)
+    ref = weight.astype(np.float64)
+    rel = float(np.linalg.norm(ref - factorize.compose(bottleneck, w_new, groups)) / max(np.linalg.norm(ref), 1e-30))
+    return DataFactors(
+        bottleneck=bottleneck, weight=w_new, rel_error=rel, bias_delta=delta.astype(weight.dtype),
+        predicted_error=float(np.sqrt(err_num / err_den)) if err_den > 0 else 0.0,
+    )
+
+
+def objective(weight: np.ndarray, groups: int, bottleneck: np.ndarray, new_weight: np.ndarray, s_xx: np.ndarray) -> float:
+    """The calibration objective E‖(W − W'∘B) x‖² summed over taps, for x with second moment s_xx (x̂ = x)."""
+    diff = weight.astype(np.float64) - factorize.compose(bottleneck, new_weight, groups)
+    return float(sum(quad(d, s_xx[sl, sl]) for d, sl in _groups(diff, groups, s_xx)))
+
+
+def quad(m: np.ndarray, s: np.ndarray) -> float:
+    """tr(mᵀ s m) for m [C, K] and s [C, C] (BLAS, not einsum)."""
+    return float(np.sum((s @ m) * m))
