@@ -168,3 +168,25 @@ def test_verify_models_with_different_inputs_is_a_one_line_error(lowrank_model, 
     path = tmp_path / "other.onnx"
     onnx.save(other, path)
     one_line_error(cli("verify", lowrank_model, path), "needs input 'image'")
+
+
+def test_calibrated_optimize_and_inspect(tmp_path, fullrank_model):
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=np.random.default_rng(3).standard_normal((8, 1, 3, 32, 32)).astype(np.float32))
+    rep, png, out = tmp_path / "r.json", tmp_path / "curves.png", tmp_path / "o.onnx"
+    proc = cli("inspect", fullrank_model, "--policy", "budget", "--macs", "0.7", "--calibration", npz,
+               "--report", rep, "--plot", png, check_rc=0)
+    report = json.loads(rep.read_text())
+    assert report["method"] == "data" and report["calibration"]["samples"] == 8
+    curves = [l["error_curve"] for l in report["layers"] if l["error_curve"]]
+    assert curves and all(c[0] == pytest.approx(1.0) and c[-1] < 1e-3 for c in curves)
+    assert png.read_bytes()[:4] == b"\x89PNG" and "err pred / meas" in proc.stdout
+    cli("optimize", fullrank_model, "-o", out, "--policy", "budget", "--macs", "0.7", "--calibration", npz,
+        "--cache-dir", tmp_path / "cache", "--force", "--report", rep)
+    report = json.loads(rep.read_text())
+    assert all(l["measured_error"] is not None for l in report["layers"] if l["action"] == "rewritten")
+    assert list((tmp_path / "cache").glob("moments-*.npz"))
+    one_line_error(cli("optimize", fullrank_model, "-o", out, "--method", "data"), "--calibration")
+    one_line_error(cli("optimize", fullrank_model, "-o", out, "--calibration", "bundled"), "bundled models only")
+    one_line_error(cli("optimize", fullrank_model, "-o", out, "--policy", "budget"), "--macs")
+    one_line_error(cli("optimize", fullrank_model, "-o", out, "--policy", "error", "--max-error", "0.1"), "--calibration")

@@ -127,3 +127,29 @@ def objective(weight: np.ndarray, groups: int, bottleneck: np.ndarray, new_weigh
 def quad(m: np.ndarray, s: np.ndarray) -> float:
     """tr(mᵀ s m) for m [C, K] and s [C, C] (BLAS, not einsum)."""
     return float(np.sum((s @ m) * m))
+
+
+def factorize_on_subspace(weight: np.ndarray, groups: int, rank: int, s_hh: np.ndarray) -> factorize.Factors:
+    """Factors exact for every input in the span of the calibration inputs: the truncated SVD of Mᵀ P, with P
+    the projector onto the range of E[x̂x̂ᵀ] (eigenvalues above float32 noise). Used when the whitened weight's
+    numerical rank is at most `rank`, i.e. when the rewrite is lossless on the calibration data."""
+    n = weight.shape[0]
+    kernel = weight.shape[2:]
+    per_group = n // groups
+    cpg = weight.shape[1]
+    b = np.zeros((groups * rank, cpg))
+    w_new = np.zeros((n, rank) + kernel)
+    for g, (m, sl) in enumerate(_groups(weight, groups, s_hh)):
+        vals, vecs = np.linalg.eigh((s_hh[sl, sl] + s_hh[sl, sl].T) / 2)
+        keep = vals > max(vals.max(), 0) * cpg * np.finfo(np.float32).eps
+        proj = vecs[:, keep] @ vecs[:, keep].T
+        u, sv, vt = np.linalg.svd(m.T @ proj, full_matrices=False)
+        kk = min(rank, len(sv))
+        b[g * rank : g * rank + kk] = vt[:kk]
+        a = sv[:kk, None] * u[:, :kk].T
+        w_new[g * per_group : (g + 1) * per_group, :kk] = a.reshape((kk, per_group) + kernel).swapaxes(0, 1)
+    bottleneck = b.reshape((groups * rank, cpg) + (1,) * len(kernel)).astype(weight.dtype)
+    w_new = w_new.astype(weight.dtype)
+    ref = weight.astype(np.float64)
+    rel = float(np.linalg.norm(ref - factorize.compose(bottleneck, w_new, groups)) / max(np.linalg.norm(ref), 1e-30))
+    return factorize.Factors(bottleneck, w_new, rel)

@@ -1,0 +1,158 @@
+"""Data-aware factorization: statistics, exactness on data, never worse than weight-only, budgets met."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import conv_macs_of, rel_err, run_ort
+from onebyone import RankPolicy, optimize
+from onebyone.models import generators
+from onebyone.models.single_conv import single_conv_model
+from onebyone.models.weights import random_weight
+from onebyone.passes import budget, calibration, factorize, whitening
+from onebyone.passes.bottleneck_pass import BottleneckPass
+
+
+def _ir(proto):
+    return ir.serde.deserialize_model(proto)
+
+
+def test_streaming_moments_equal_a_direct_computation(tmp_path, rng):
+    model = _ir(generators.vgg(size=16))
+    samples = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(5)]
+    names = [n.inputs[0].name for n in model.graph if n.op_type == "Conv"][:3]
+    stats = calibration.collect(model, samples, names)
+    # direct: every activation of every sample at once, from an independent onnxruntime run
+    proto = calibration.with_outputs(model, names)
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    for name in names:
+        acts = np.concatenate([sess.run([name], s)[0] for s in samples]).astype(np.float64)  # [K, C, H, W]
+        flat = acts.transpose(1, 0, 2, 3).reshape(acts.shape[1], -1)
+        np.testing.assert_allclose(stats[name].second_moment, flat @ flat.T / flat.shape[1], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(stats[name].mean, flat.mean(1), rtol=1e-9, atol=1e-12)
+    again, cached = calibration.collect_cached(model, samples, names, tmp_path)
+    assert not cached
+    loaded, cached = calibration.collect_cached(model, samples, names, tmp_path)
+    assert cached and all(np.array_equal(loaded[n].outer, again[n].outer) for n in names)
+
+
+def _subspace_inputs(rng, c, dim, count, dead=()):
+    mix = rng.standard_normal((c, dim))
+    out = []
+    for _ in range(count):
+        z = rng.standard_normal((dim, 12 * 12))
+        x = (mix @ z).reshape(1, c, 12, 12).astype(np.float32)
+        x[:, list(dead)] = 0
+        out.append({"x": x})
+    return out
+
+
+@pytest.mark.parametrize("case", ["dead channels", "subspace"])
+def test_lossless_on_data_when_activations_are_low_dimensional(case, rng):
+    """A full-rank weight has no lossless rewrite, but on inputs confined to a subspace (or with dead channels)
+    the whitened weight has low rank: the rewrite is exact on such inputs, and labelled lossless on data."""
+    c = 32
+    w = random_weight(32, c, (3, 3), rng)
+    model = single_conv_model(("N", c, 12, 12), w, rng.standard_normal(32).astype(np.float32), pads=(1, 1, 1, 1))
+    if case == "dead channels":
+        calib = [{"x": s["x"]} for s in _subspace_inputs(rng, c, c, 16, dead=range(20))]
+        test = _subspace_inputs(np.random.default_rng(99), c, c, 4, dead=range(20))
+        expected_rank = 12
+    else:
+        seed_rng = np.random.default_rng(7)
+        calib = _subspace_inputs(seed_rng, c, 6, 16)
+        mix_rng = np.random.default_rng(7)
+        mix = mix_rng.standard_normal((c, 6))
+        test = [{"x": (mix @ np.random.default_rng(50 + i).standard_normal((6, 144))).reshape(1, c, 12, 12).astype(np.float32)} for i in range(4)]
+        expected_rank = 6
+    _, weight_only = optimize(_ir(model), RankPolicy("exact"), verify=False)
+    assert weight_only.totals.rewritten == 0
+    optimized, report = optimize(_ir(model), RankPolicy("exact"), calibration=calib, verify=False)
+    layer = report.layers[0]
+    assert layer.action == "rewritten" and layer.lossless and layer.lossless_on == "calibration data"
+    assert layer.rank == expected_rank and layer.measured_error < 1e-5
+    proto = ir.serde.serialize_model(optimized)
+    for s in test:
+        assert rel_err(run_ort(model, s)[0], run_ort(proto, s)[0]) < 1e-5
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), rank=st.integers(1, 11), groups=st.sampled_from([1, 2]))
+def test_whitened_factors_never_lose_to_weight_svd_on_the_calibration_objective(seed, rank, groups):
+    rng = np.random.default_rng(seed)
+    c = 12
+    w = random_weight(16, c // groups, (3, 3), rng)
+    x = rng.standard_normal((c, 4)) @ rng.standard_normal((4, 500)) + 0.3 * rng.standard_normal((c, 500)) + rng.standard_normal((c, 1))
+    s = x @ x.T / x.shape[1]
+    rank = min(rank, c // groups)
+    data = whitening.factorize_data(w, groups, rank, s, s, s, x.mean(1), x.mean(1))
+    plain = factorize.factorize_svd(w, groups, rank)
+    obj_data = whitening.objective(w, groups, data.bottleneck, data.weight, s)
+    obj_svd = whitening.objective(w, groups, plain.bottleneck, plain.weight, s)
+    total = sum(whitening.spectrum(w, groups, s)[1])
+    assert obj_data <= obj_svd + 1e-6 * total  # float32 storage of the factors is the only slack
+    assert data.predicted_error == pytest.approx(np.sqrt(obj_data / total), rel=1e-4, abs=1e-7)
+
+
+def test_data_aware_layer_error_is_at_most_weight_only_on_calibration(rng):
+    """The first rewritten conv sees original inputs: its measured error with data-aware factors is no larger
+    than with weight-only factors of the same rank, on the calibration samples (the selection guarantees it)."""
+    model = generators.vgg(size=24, seed=3)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(16)]
+    policy = RankPolicy("rank", rank=0.5)
+    from onebyone.passes import data_fit
+
+    data = BottleneckPass(policy, calibration=calib)
+    m_data = data(_ir(model)).model
+    weight = BottleneckPass(policy)
+    m_weight = weight(_ir(model)).model
+    first = next(d for d in data.decisions if d.rank is not None)
+    out = first.info.node.outputs[0].name
+    original = _ir(model)
+    err_data = data_fit.measure(original, m_data, calib, [out])[out]
+    err_weight = data_fit.measure(original, m_weight, calib, [out])[out]
+    assert err_data <= err_weight * 1.0001
+    assert first.layer.measured_error == pytest.approx(err_data, rel=1e-6)
+
+
+@pytest.mark.parametrize("fraction", [0.9, 0.67, 0.5])
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_budget_is_met(fraction, calibrated, rng):
+    model = generators.resnet(size=24, seed=1)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)] if calibrated else None
+    optimized, report = optimize(_ir(model), RankPolicy("budget", macs=fraction), calibration=calib, verify=False)
+    targeted = [l for l in report.layers if l.action == "rewritten" or "budget" in l.reason]
+    before = sum(l.macs_before for l in targeted)
+    after = sum(l.macs_after for l in targeted)
+    assert report.totals.rewritten > 0
+    assert after <= fraction * before
+    # the report's MACs are the real MACs of the written graph
+    shapes = {"input": (1, 3, 24, 24)}
+    assert conv_macs_of(ir.serde.serialize_model(optimized), shapes) == report.totals.macs_after
+
+
+def test_allocate_prefers_cheap_error_and_stops_at_the_budget():
+    flat = budget.Curve("flat", np.array([1, 2, 3]), np.array([0.01, 0.005, 0.001]), np.array([100, 200, 300]), 400)
+    steep = budget.Curve("steep", np.array([1, 2, 3]), np.array([0.9, 0.5, 0.2]), np.array([100, 200, 300]), 400)
+    assert budget.allocate([flat, steep], 800) == {"flat": None, "steep": None}
+    chosen = budget.allocate([flat, steep], 600)
+    assert chosen["flat"] is not None and chosen["steep"] is None
+    chosen = budget.allocate([flat, steep], 200)
+    assert chosen == {"flat": 1, "steep": 1}
+
+
+def test_error_policy_meets_its_error_on_calibration(rng):
+    model = generators.vgg(size=24, seed=5)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
+    optimized, report = optimize(_ir(model), RankPolicy("error", max_error=0.05), calibration=calib, verify=False)
+    assert report.totals.rewritten > 0 and report.totals.mac_ratio < 1
+    errs = [rel_err(np.concatenate([run_ort(model, s)[0] for s in calib]),
+                    np.concatenate([run_ort(ir.serde.serialize_model(optimized), s)[0] for s in calib]))]
+    assert max(errs) <= 0.05
