@@ -10,9 +10,13 @@ import numpy as np
 from onebyone.errors import OneByOneError
 from onebyone.verify.inputs import load_rgb
 
-# Two disjoint sets: later calibration uses CALIBRATION, verification and benchmarks use EVALUATION.
+# Two disjoint sets: calibration uses CALIBRATION, verification and benchmarks use EVALUATION. Colour photos come
+# first in CALIBRATION: grey photos alone would make the RGB input look one-dimensional to a data-aware fit.
 EVALUATION = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
-CALIBRATION = ("camera.png", "coins.png", "page.png", "text.png", "horse.png", "brick.png", "retina.jpg", "color.png")
+CALIBRATION = (
+    "mpl:grace_hopper.jpg", "mpl:Minduka_Present_Blue_Pack.png", "ihc.png", "retina.jpg", "color.png",
+    "camera.png", "page.png", "text.png",
+)
 TEXT = ("page.png", "text.png")
 
 
@@ -24,9 +28,21 @@ def skimage_data_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "data"
 
 
+def matplotlib_data_dir() -> Path:
+    """matplotlib's sample data folder (grace_hopper.jpg and a few other photos)."""
+    spec = importlib.util.find_spec("matplotlib")
+    if spec is None or not spec.submodule_search_locations:
+        raise OneByOneError("matplotlib is not installed; it carries some bundled photos")
+    return Path(spec.submodule_search_locations[0]) / "mpl-data" / "sample_data"
+
+
 def photo(name: str) -> np.ndarray:
-    """One bundled photo as HxWx3 uint8 RGB (grayscale photos are replicated to 3 channels)."""
-    path = skimage_data_dir() / name
+    """One bundled photo as HxWx3 uint8 RGB (grayscale photos are replicated to 3 channels). Names are files of
+    scikit-image's data folder, or 'mpl:<file>' for matplotlib's sample data."""
+    if name.startswith("mpl:"):
+        path = matplotlib_data_dir() / name[4:]
+    else:
+        path = skimage_data_dir() / name
     if not path.is_file():
         raise OneByOneError(f"bundled photo {name!r} not found in {path.parent}")
     return load_rgb(path)
