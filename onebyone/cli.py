@@ -249,22 +249,85 @@ def verify(
     layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None,
     samples: SamplesOpt = 4, max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None,
     max_abs: MaxAbsOpt = None, atol: AtolOpt = None, report: ReportOpt = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="also compile OPTIMIZED with TVM for this target and verify it")] = None,
+    package: Annotated[Optional[Path], typer.Option("--package", help="with --target: use this compiled package")] = None,
 ) -> None:
-    """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances)."""
+    """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances).
+    With --target, the chain original (onnxruntime) → optimized (onnxruntime) → optimized (TVM) is verified."""
     arg = resolve_model(original)
     ref = load_model(arg.path)
     cand = load_model(optimized)
-    feeds, label = _samples(arg, ref, _shapes(arg, input_shape), inputs, images, image_size, layout, bgr, scale, mean, std, samples)
+    shapes = _shapes(arg, input_shape)
+    feeds, label = _samples(arg, ref, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
     tolerances = tol.with_overrides(tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
-    with console.status("running both models…"):
-        v = api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()
-    tables.print_verification(console, v)
+    if target is None:
+        with console.status("running both models…"):
+            results = [api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()]
+    else:
+        from onebyone.runtime import chain, targets
+
+        spec = targets.resolve(target)
+        with console.status(f"running onnxruntime and compiling with TVM for {target}…"):
+            results = chain.verify_chain(ref, cand, spec, target, feeds, tolerances, resolve_input_shapes(cand, shapes),
+                                         str(package) if package else None, inputs_label=label)
+    for v in results:
+        tables.print_verification(console, v)
     if report is not None:
         from onebyone.report import write_json_atomic
 
-        write_json_atomic(report, {"verification": v})
-    if not v["passed"]:
+        write_json_atomic(report, {"verification": results[0] if len(results) == 1 else results})
+    if not all(v["passed"] for v in results):
         raise typer.Exit(1)
+
+
+@app.command("compile")
+def compile_(
+    model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="package folder to write")],
+    target: Annotated[str, typer.Option("--target", help="cpu | cuda | aarch64 | cortex-a72 | cortex-a76 | x86-64, 'name:key=value', or a JSON dict")] = "cpu",
+    input_shape: InputShape = None,
+    cross_compiler: Annotated[Optional[str], typer.Option("--cross-compiler", help="C++ cross compiler for non-host targets")] = None,
+) -> None:
+    """Compile with TVM (Relax) into a package folder: the shared library and a JSON manifest."""
+    from onebyone.runtime import package, targets
+
+    arg = resolve_model(model)
+    spec = targets.resolve(target)
+    m = load_model(arg.path)
+    with console.status(f"compiling for {target}…"):
+        out = package.compile_model(m, spec, output, _shapes(arg, input_shape), str(arg.path), cross_compiler)
+    console.print(f"wrote package {out} (target {spec})")
+    if spec.get("kind") == "llvm" and not targets.is_cross(spec):
+        console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "
+                      "measure with `onebyone run PKG --time`")
+
+
+@app.command()
+def run(
+    package_dir: Annotated[Path, typer.Argument(help="package folder from `onebyone compile`")],
+    inputs: InputsOpt = None,
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write outputs to this .npz")] = None,
+    time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator")] = False,
+    samples: SamplesOpt = 1,
+) -> None:
+    """Run a compiled package locally on --inputs (or random inputs of the manifest's shapes)."""
+    import numpy as np
+
+    from onebyone.runtime import chain, package
+
+    pkg = package.load_package(package_dir)
+    shapes = {i["name"]: tuple(i["shape"]) for i in pkg.manifest["inputs"]}
+    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in pkg.manifest["inputs"]}
+    feeds = npz_samples(inputs, shapes, dtypes) if inputs else random_samples(shapes, dtypes, count=samples)
+    outs = chain.run_package(pkg, feeds)
+    for name, arrs in outs.items():
+        console.print(f"{name}: {len(arrs)} x {list(arrs[0].shape)} {arrs[0].dtype}")
+    if output is not None:
+        np.savez(output, **{k: np.stack(v) for k, v in outs.items()})
+        console.print(f"wrote {output}")
+    if time_it:
+        stats = pkg.time(feeds[0])
+        console.print("latency: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
 
 @app.command()

@@ -1,0 +1,70 @@
+"""The chain of evidence: original (onnxruntime) → optimized (onnxruntime) → optimized compiled by TVM."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from onebyone.runtime.package import Package, compile_model, load_package
+from onebyone.verify.compare import Verification
+from onebyone.verify.metrics import compare_output
+from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.tolerances import Tolerances
+
+# TVM reorders float32 reductions and may fuse differently than onnxruntime: per target, how close it must be.
+TARGET_TOLERANCES: dict[str, Tolerances] = {
+    "cpu": Tolerances(max_rel_l2=1e-4, min_cosine=0.99999, min_top1=1.0, atol=1e-5),
+    "cuda": Tolerances(max_rel_l2=1e-3, min_cosine=0.9999, min_top1=1.0, atol=1e-5),
+    "aarch64": Tolerances(max_rel_l2=1e-4, min_cosine=0.99999, min_top1=1.0, atol=1e-5),
+}
+
+
+def run_package(pkg: Package, samples: list[dict]) -> dict[str, list[np.ndarray]]:
+    """Outputs per output name, one array per sample, from a loaded package."""
+    outs: dict[str, list[np.ndarray]] = {n: [] for n in pkg.output_names}
+    for feed in samples:
+        for name, arr in pkg.run(feed).items():
+            outs[name].append(arr)
+    return outs
+
+
+def compare(ref: dict, got: dict, tolerances: Tolerances, reference: str, candidate: str, inputs: str, n: int) -> Verification:
+    metrics, failures = [], []
+    for name, refs in ref.items():
+        if name not in got:
+            failures.append(f"{name}: output missing from {candidate}")
+            continue
+        m = compare_output(name, refs, got[name], tolerances.atol)
+        metrics.append(m)
+        failures.extend(tolerances.failures(m))
+    return Verification(reference, candidate, inputs, n, tolerances, metrics, failures)
+
+
+def verify_chain(
+    original, optimized, target: dict[str, Any], target_name: str, samples: list[dict], model_tolerances: Tolerances,
+    input_shapes: dict | None = None, package: str | None = None, rpc=None, inputs_label: str = "random",
+) -> list[dict[str, Any]]:
+    """Three comparisons on the same samples, each with its tolerances:
+    1. optimized vs original, both in onnxruntime (the rewrite; `model_tolerances`);
+    2. optimized compiled for `target` vs optimized in onnxruntime (the compiler; TARGET_TOLERANCES);
+    3. optimized compiled vs original in onnxruntime (end to end; `model_tolerances`).
+    The package is compiled into a temp folder unless `package` is given; `rpc` (a runtime.remote.Remote) runs
+    it on a remote device instead of locally."""
+    ref = run_samples(session(original, "original (onnxruntime)"), samples)
+    opt = run_samples(session(optimized, "optimized (onnxruntime)"), samples)
+    kind = "cuda" if target.get("kind") == "cuda" else ("aarch64" if "aarch64" in str(target.get("mtriple", "")) else "cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = package or compile_model(optimized, target, f"{tmp}/pkg", input_shapes)
+        if rpc is not None:
+            got = rpc.run_package(path, samples)
+        else:
+            got = run_package(load_package(path), samples)
+    label = f"optimized (TVM {target_name})"
+    n = len(samples)
+    return [
+        compare(ref, opt, model_tolerances, "original (onnxruntime)", "optimized (onnxruntime)", inputs_label, n).to_dict(),
+        compare(opt, got, TARGET_TOLERANCES[kind], "optimized (onnxruntime)", label, inputs_label, n).to_dict(),
+        compare(ref, got, model_tolerances, "original (onnxruntime)", label, inputs_label, n).to_dict(),
+    ]

@@ -1,0 +1,115 @@
+"""TVM runtime: compile, package, load in a fresh process, run, verify the chain; CUDA device code; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from conftest import rel_err, run_ort
+from onebyone import RankPolicy, optimize
+from onebyone.errors import OneByOneError
+from onebyone.models import generators
+from onebyone.modelio import save_model
+from onebyone.runtime import chain, package, targets
+from test_cli import cli, one_line_error
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A generated ResNet with low-rank weights, and its lossless rewrite, as files."""
+    folder = tmp_path_factory.mktemp("rt")
+    original = folder / "resnet.onnx"
+    onnx.save(generators.resnet(size=32, low_rank=0.5), original)
+    optimized_model, report = optimize(str(original), RankPolicy("exact"))
+    assert report.verification["passed"] and report.totals.rewritten > 0
+    optimized = save_model(optimized_model, folder / "resnet.1x1.onnx")
+    return original, optimized
+
+
+def test_compile_run_matches_onnxruntime_and_round_trips_in_a_fresh_process(models, tmp_path):
+    original, optimized = models
+    pkg_dir = package.compile_model(ir.load(str(optimized)), targets.resolve("cpu"), tmp_path / "pkg", source_path=str(optimized))
+    manifest = json.loads((pkg_dir / "manifest.json").read_text())
+    assert manifest["target"]["kind"] == "llvm" and manifest["target"]["mcpu"] == targets.host_cpu()
+    assert manifest["inputs"] == [{"name": "input", "shape": [1, 3, 32, 32], "dtype": "float32"}]
+    assert manifest["tvm_version"].startswith("0.27") and len(manifest["source_model_sha256"]) == 64
+    x = np.random.default_rng(0).standard_normal((2, 1, 3, 32, 32)).astype(np.float32)
+    np.savez(tmp_path / "x.npz", input=x)
+    # a fresh process loads the package and runs it through the CLI
+    proc = cli("run", pkg_dir, "--inputs", tmp_path / "x.npz", "-o", tmp_path / "y.npz", "--time", check_rc=0)
+    assert "latency: median_ms" in proc.stdout
+    got = np.load(tmp_path / "y.npz")[manifest["outputs"][0]["name"]]
+    for i in range(2):
+        ref = run_ort(onnx.load(original), {"input": x[i]})[0]
+        assert rel_err(ref, got[i]) < 1e-4
+
+
+def test_verify_chain_on_cpu(models):
+    original, optimized = models
+    proc = cli("verify", original, optimized, "--target", "cpu", check_rc=0)
+    assert proc.stdout.count("PASS") == 3 and "optimized (TVM cpu)" in proc.stdout
+
+
+def test_verify_chain_catches_a_wrong_package(models, tmp_path):
+    """A package compiled from another model fails the TVM step of the chain."""
+    original, optimized = models
+    other = tmp_path / "other.onnx"
+    onnx.save(generators.resnet(size=32, low_rank=0.5, seed=9), other)
+    pkg_dir = package.compile_model(ir.load(str(other)), targets.resolve("cpu"), tmp_path / "pkg")
+    proc = cli("verify", original, optimized, "--target", "cpu", "--package", pkg_dir, check_rc=1)
+    assert "FAIL" in proc.stdout
+
+
+def test_cuda_package_holds_device_code_that_nvcc_compiles(models, tmp_path):
+    if shutil.which("nvcc") is None:
+        pytest.fail("nvcc is required for the CUDA device-code check (it is on this project's machines)")
+    _, optimized = models
+    pkg_dir = package.compile_model(ir.load(str(optimized)), targets.resolve("cuda"), tmp_path / "cuda")
+    code = json.loads((pkg_dir / "manifest.json").read_text())["device_code"]
+    assert code["checked"] and code["arch"] == "sm_90"
+    cubin = (pkg_dir / code["cubin"]).read_bytes()
+    assert cubin[:4] == b"\x7fELF" and len(cubin) == code["cubin_bytes"]
+    assert "__global__" in (pkg_dir / "device.cu").read_text()
+    other = package.compile_model(ir.load(str(optimized)), targets.resolve("cuda:arch=sm_80"), tmp_path / "cuda80")
+    assert json.loads((other / "manifest.json").read_text())["device_code"]["cubin"] == "device.sm_80.cubin"
+
+
+def test_targets():
+    assert targets.resolve("cuda:arch=sm_80")["arch"] == "sm_80"
+    assert targets.resolve('{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}')["mtriple"] == "aarch64-linux-gnu"
+    assert targets.is_cross(targets.resolve("aarch64")) and not targets.is_cross(targets.resolve("cpu"))
+    targets.register("my-board", {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a55"})
+    assert targets.resolve("my-board")["mcpu"] == "cortex-a55"
+    for bad in ("mars", "{not json", '{"mtriple": "x"}', "cuda:arch"):
+        with pytest.raises(OneByOneError):
+            targets.resolve(bad)
+
+
+def test_runtime_bad_input(models, tmp_path):
+    _, optimized = models
+    one_line_error(cli("compile", optimized, "-o", tmp_path / "p", "--target", "mars"), "unknown target 'mars'")
+    one_line_error(cli("compile", optimized, "-o", tmp_path / "p", "--target", "aarch64", "--cross-compiler", "no-such-g++"),
+                   "cross compiler 'no-such-g++' not found")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    celu = helper.make_model(helper.make_graph([helper.make_node("Celu", ["x"], ["y"])], "g", [x], [y]),
+                             opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(celu, tmp_path / "celu.onnx")
+    one_line_error(cli("compile", tmp_path / "celu.onnx", "-o", tmp_path / "p"), "does not support op(s): Celu")
+    one_line_error(cli("run", tmp_path / "nowhere"), "not a package folder")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{ half a manifest")
+    one_line_error(cli("run", broken), "corrupt manifest")
+    good = package.compile_model(ir.load(str(optimized)), targets.resolve("cpu"), tmp_path / "good")
+    (good / "model.so").write_bytes(b"not a library")
+    one_line_error(cli("run", good), "cannot load the library")
+    assert not (tmp_path / "p").exists()
