@@ -251,6 +251,7 @@ def verify(
     max_abs: MaxAbsOpt = None, atol: AtolOpt = None, report: ReportOpt = None,
     target: Annotated[Optional[str], typer.Option("--target", help="also compile OPTIMIZED with TVM for this target and verify it")] = None,
     package: Annotated[Optional[Path], typer.Option("--package", help="with --target: use this compiled package")] = None,
+    rpc: Annotated[Optional[str], typer.Option("--rpc", help="with --target: run the package on this TVM RPC server (HOST:PORT)")] = None,
 ) -> None:
     """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances).
     With --target, the chain original (onnxruntime) → optimized (onnxruntime) → optimized (TVM) is verified."""
@@ -265,11 +266,15 @@ def verify(
             results = [api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()]
     else:
         from onebyone.runtime import chain, targets
+        from onebyone.runtime.remote import Remote
 
         spec = targets.resolve(target)
+        remote = Remote(rpc) if rpc else None
+        if remote is None and targets.is_cross(spec):
+            raise OneByOneError(f"--target {target} builds for another CPU: give --rpc HOST:PORT of a device (or `onebyone emulate aarch64`)")
         with console.status(f"running onnxruntime and compiling with TVM for {target}…"):
             results = chain.verify_chain(ref, cand, spec, target, feeds, tolerances, resolve_input_shapes(cand, shapes),
-                                         str(package) if package else None, inputs_label=label)
+                                         str(package) if package else None, rpc=remote, inputs_label=label)
     for v in results:
         tables.print_verification(console, v)
     if report is not None:
@@ -309,25 +314,52 @@ def run(
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write outputs to this .npz")] = None,
     time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator")] = False,
     samples: SamplesOpt = 1,
+    rpc: Annotated[Optional[str], typer.Option("--rpc", help="run on this TVM RPC server (HOST:PORT)")] = None,
 ) -> None:
-    """Run a compiled package locally on --inputs (or random inputs of the manifest's shapes)."""
+    """Run a compiled package locally, or on a remote device over TVM RPC, on --inputs (or random inputs)."""
     import numpy as np
 
     from onebyone.runtime import chain, package
+    from onebyone.runtime.remote import Remote
 
-    pkg = package.load_package(package_dir)
-    shapes = {i["name"]: tuple(i["shape"]) for i in pkg.manifest["inputs"]}
-    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in pkg.manifest["inputs"]}
+    manifest = package.read_manifest(package_dir)
+    shapes = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
+    dtypes = {i["name"]: np.dtype(i["dtype"]) for i in manifest["inputs"]}
     feeds = npz_samples(inputs, shapes, dtypes) if inputs else random_samples(shapes, dtypes, count=samples)
-    outs = chain.run_package(pkg, feeds)
+    if rpc:
+        remote = Remote(rpc)
+        outs = remote.run_package(package_dir, feeds)
+    else:
+        pkg = package.load_package(package_dir)
+        outs = chain.run_package(pkg, feeds)
     for name, arrs in outs.items():
         console.print(f"{name}: {len(arrs)} x {list(arrs[0].shape)} {arrs[0].dtype}")
     if output is not None:
         np.savez(output, **{k: np.stack(v) for k, v in outs.items()})
         console.print(f"wrote {output}")
     if time_it:
-        stats = pkg.time(feeds[0])
+        stats = remote.time_package(package_dir, feeds[0]) if rpc else pkg.time(feeds[0])
         console.print("latency: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+
+
+@app.command()
+def emulate(
+    arch: Annotated[str, typer.Argument(help="aarch64")] = "aarch64",
+    port: Annotated[int, typer.Option("--port", help="RPC port on 127.0.0.1")] = 9190,
+) -> None:
+    """Start a TVM RPC server for aarch64 under qemu on 127.0.0.1:PORT (prepares a cached sysroot first)."""
+    from onebyone.runtime import emulate as emu
+
+    if arch != "aarch64":
+        raise OneByOneError(f"only aarch64 can be emulated, not {arch!r}")
+    root = emu.prepare(log=lambda m: err.print(m))
+    err.print(f"sysroot ready: {root}")
+    proc = emu.start(port)
+    console.print(f"aarch64 TVM RPC server listening on 127.0.0.1:{port} (Ctrl-C stops it)")
+    try:
+        proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
 
 
 @app.command()

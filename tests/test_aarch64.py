@@ -1,0 +1,64 @@
+"""aarch64: cross-compile a package and verify it through TVM RPC on an emulated board (qemu user mode).
+
+The first run prepares the cached sysroot (Debian arm64 packages and PyPI aarch64 wheels; ~1 minute); later runs
+reuse it. Needs qemu-aarch64 and aarch64-linux-gnu-g++ (scripts/setup-cross.sh installs them).
+"""
+
+from __future__ import annotations
+
+import socket
+
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onebyone import RankPolicy, optimize
+from onebyone.modelio import save_model
+from onebyone.models import generators
+from onebyone.runtime import emulate, package, targets
+from test_cli import cli, one_line_error
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def board():
+    port = _free_port()
+    proc = emulate.start(port)
+    yield f"127.0.0.1:{port}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("arm")
+    original = folder / "vgg.onnx"
+    onnx.save(generators.vgg(size=16, widths=(8, 16), low_rank=0.5), original)
+    optimized_model, report = optimize(str(original), RankPolicy("exact"))
+    assert report.totals.rewritten > 0
+    return original, save_model(optimized_model, folder / "vgg.1x1.onnx")
+
+
+def test_cross_compiled_package_verifies_on_the_emulated_board(board, models, tmp_path):
+    original, optimized = models
+    pkg = package.compile_model(ir.load(str(optimized)), targets.resolve("cortex-a72"), tmp_path / "arm")
+    assert open(pkg / "model.so", "rb").read(20)[18] == 183  # ELF e_machine = EM_AARCH64
+    proc = cli("verify", original, optimized, "--target", "cortex-a72", "--rpc", board, "--package", pkg, check_rc=0)
+    assert proc.stdout.count("PASS") == 3 and "optimized (TVM cortex-a72)" in proc.stdout
+    proc = cli("run", pkg, "--rpc", board, "--time", check_rc=0)
+    assert "latency: median_ms" in proc.stdout
+
+
+def test_rpc_errors(models, tmp_path):
+    original, optimized = models
+    one_line_error(cli("run", tmp_path / "none", "--rpc", "127.0.0.1:1"), "not a package folder")
+    pkg = package.compile_model(ir.load(str(optimized)), targets.resolve("aarch64"), tmp_path / "arm")
+    one_line_error(cli("run", pkg, "--rpc", f"127.0.0.1:{_free_port()}"), "cannot reach the TVM RPC server")
+    one_line_error(cli("run", pkg, "--rpc", "nowhere"), "HOST:PORT")
+    one_line_error(cli("run", pkg), "run it on that device")
+    one_line_error(cli("verify", original, optimized, "--target", "aarch64"), "--rpc")
