@@ -30,24 +30,24 @@ class UniqueNames:
 
 
 def insert_bottleneck(
-    graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict[int, tuple[ir.Value, ir.Value]]
+    graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict[int, tuple[Factors, ir.Value, ir.Value]]
 ) -> ir.Node:
     """Rewrite `node` in place and return the inserted 1x1 conv.
 
     The original node keeps its name, attributes (pads, auto_pad, strides, dilations, group, kernel_shape), bias
     and outputs; only its data input and weight change. The 1x1 conv has no bias, so zero padding of its output
-    equals padding of the original input. `shared` maps id(Factors) to initializers already created for it.
+    equals padding of the original input. `shared` maps id(Factors) to (Factors, B, W') initializers already created for it.
     """
     x = node.inputs[0]
     groups = node.attributes.get_int("group", 1)
     ndim = factors.weight.ndim - 2
-    key = id(factors)
-    if key not in shared:
+    key = id(factors)  # the dict keeps `factors` alive, so its id cannot be reused by another object
+    if key not in shared or shared[key][0] is not factors:
         rank = factors.weight.shape[1]
         b_val = _initializer(graph, names(f"{node.name}.bottleneck.r{rank}"), factors.bottleneck)
         w_val = _initializer(graph, names(f"{node.name}.weight.r{rank}"), factors.weight)
-        shared[key] = (b_val, w_val)
-    b_val, w_val = shared[key]
+        shared[key] = (factors, b_val, w_val)
+    _, b_val, w_val = shared[key]
     delta = getattr(factors, "bias_delta", None)
     if delta is not None and np.any(delta):
         _correct_bias(graph, node, delta, names)
