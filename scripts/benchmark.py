@@ -3,9 +3,11 @@
 original vs the optimized model measured side by side (interleaved runs, medians), with the speedup next to the
 MAC ratio. Prints a table and writes JSON.
 
-    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...]
+    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--no-tvm]
 
-Latency ratios are what to quote: both models run in the same process, alternating, on the same input.
+Latency ratios are what to quote: both models run in the same process, alternating, on the same input. With TVM
+(default), both models are also compiled for the host CPU (untuned: TVM's default pipeline) and timed with
+time_evaluator in the same run.
 """
 
 from __future__ import annotations
@@ -70,12 +72,29 @@ def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
+def tvm_latencies(original, optimized, shapes, feed, repeat: int = 3) -> tuple[float, float]:
+    """Median ms of original and optimized compiled by TVM for this CPU (untuned), timed alternately."""
+    import tempfile
+
+    from onebyone.runtime import package, targets
+
+    with tempfile.TemporaryDirectory() as tmp:
+        a = package.load_package(package.compile_model(original, targets.resolve("cpu"), f"{tmp}/a", shapes))
+        b = package.load_package(package.compile_model(optimized, targets.resolve("cpu"), f"{tmp}/b", shapes))
+        ta, tb = [], []
+        for _ in range(repeat):
+            ta.append(a.time(feed, number=1, repeat=1)["median_ms"])
+            tb.append(b.time(feed, number=1, repeat=1)["median_ms"])
+    return statistics.median(ta), statistics.median(tb)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="benchmark.json")
     ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
+    ap.add_argument("--no-tvm", action="store_true", help="skip the TVM (untuned, host CPU) columns")
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
@@ -88,6 +107,9 @@ def main() -> None:
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
+            tvm_orig = tvm_opt = None
+            if not args.no_tvm:
+                tvm_orig, tvm_opt = tvm_latencies(original, optimized, shapes, feed)
             t = report.totals
             v = report.verification
             rows.append(dict(
@@ -95,12 +117,14 @@ def main() -> None:
                 macs_before=t.macs_before, macs_after=t.macs_after, mac_ratio=t.mac_ratio,
                 params_before=t.params_before, params_after=t.params_after, pass_seconds=pass_s,
                 ort_ms_original=t_orig * 1e3, ort_ms_optimized=t_opt * 1e3, speedup=t_orig / t_opt,
+                tvm_ms_original=tvm_orig, tvm_ms_optimized=tvm_opt,
+                tvm_speedup=(tvm_orig / tvm_opt) if tvm_opt else None,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min(o["cosine"] for o in v["outputs"]),
             ))
             console.print(f"{label} / {pname}: done", style="dim")
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs)")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "verified", "worst rel / cos"):
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "verified", "worst rel / cos"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -108,6 +132,8 @@ def main() -> None:
             f"{r['macs_before'] / 1e6:.1f}M → {r['macs_after'] / 1e6:.1f}M", f"{r['mac_ratio']:.3f}",
             f"{r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M", f"{r['pass_seconds']:.2f}",
             f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
+            "-" if r["tvm_ms_original"] is None else f"{r['tvm_ms_original']:.1f} → {r['tvm_ms_optimized']:.1f}",
+            "-" if r["tvm_speedup"] is None else f"{r['tvm_speedup']:.2f}x",
             "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
         )
     console.print(table)
