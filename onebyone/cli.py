@@ -292,6 +292,8 @@ def compile_(
     target: Annotated[str, typer.Option("--target", help="cpu | cuda | aarch64 | cortex-a72 | cortex-a76 | x86-64, 'name:key=value', or a JSON dict")] = "cpu",
     input_shape: InputShape = None,
     cross_compiler: Annotated[Optional[str], typer.Option("--cross-compiler", help="C++ cross compiler for non-host targets")] = None,
+    tune_trials: Annotated[int, typer.Option("--tune-trials", help="MetaSchedule trials (0: no tuning, or reuse --tuning-db)")] = 0,
+    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="tuning database folder, saved and reused")] = None,
 ) -> None:
     """Compile with TVM (Relax) into a package folder: the shared library and a JSON manifest."""
     from onebyone.runtime import package, targets
@@ -299,12 +301,16 @@ def compile_(
     arg = resolve_model(model)
     spec = targets.resolve(target)
     m = load_model(arg.path)
-    with console.status(f"compiling for {target}…"):
-        out = package.compile_model(m, spec, output, _shapes(arg, input_shape), str(arg.path), cross_compiler)
+    with console.status(f"compiling for {target}…") as status:
+        out = package.compile_model(m, spec, output, _shapes(arg, input_shape), str(arg.path), cross_compiler,
+                                    tune_trials, tuning_db, progress=lambda msg: status.update(msg))
     console.print(f"wrote package {out} (target {spec})")
-    if spec.get("kind") == "llvm" and not targets.is_cross(spec):
+    tuned = package.read_manifest(out).get("tuning")
+    if tuned:
+        console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({tuned['cost_model'] or 'reused'})")
+    elif spec.get("kind") == "llvm" and not targets.is_cross(spec):
         console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "
-                      "measure with `onebyone run PKG --time`")
+                      "tune with --tune-trials N --tuning-db DIR and measure with `onebyone run PKG --time`")
 
 
 @app.command()

@@ -113,3 +113,20 @@ def test_runtime_bad_input(models, tmp_path):
     (good / "model.so").write_bytes(b"not a library")
     one_line_error(cli("run", good), "cannot load the library")
     assert not (tmp_path / "p").exists()
+
+
+def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
+    model = tmp_path / "vgg.onnx"
+    onnx.save(generators.vgg(size=16, widths=(8, 16)), model)
+    db = tmp_path / "db"
+    proc = cli("compile", model, "-o", tmp_path / "tuned", "--tune-trials", "8", "--tuning-db", db, check_rc=0)
+    assert "tuned: 8 trials" in proc.stdout and (db / "database_tuning_record.json").stat().st_size > 0
+    manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
+    assert manifest["tuning"]["trials"] == 8
+    proc = cli("compile", model, "-o", tmp_path / "again", "--tuning-db", db, check_rc=0)
+    assert "0 trials" in proc.stdout and "reused" in proc.stdout
+    x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    ref = run_ort(onnx.load(model), {"input": x})[0]
+    for folder in ("tuned", "again"):
+        got = package.load_package(tmp_path / folder).run({"input": x})
+        assert rel_err(ref, next(iter(got.values()))) < 1e-4

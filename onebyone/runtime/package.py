@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onebyone.errors import OneByOneError
 from onebyone.passes.input_shapes import resolve_input_shapes
-from onebyone.runtime import targets
+from onebyone.runtime import targets, tuning
 from onebyone.runtime.prepare import prepare
 
 FORMAT = 1
@@ -43,7 +43,8 @@ def _io(values) -> list[dict[str, Any]]:
 
 def compile_model(
     model: ir.Model, target: dict[str, Any], output: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
-    source_path: str | None = None, cross_compiler: str | None = None,
+    source_path: str | None = None, cross_compiler: str | None = None, tune_trials: int = 0,
+    tuning_db: str | os.PathLike | None = None, progress=None,
 ) -> Path:
     """Compile `model` for `target` into the package folder `output` (written atomically: built in a temp folder
     next to it, then renamed). Returns the folder. Raises OneByOneError for unsupported ops, a missing cross
@@ -59,8 +60,15 @@ def compile_model(
         mod = from_onnx(proto, shape_dict={k: list(v) for k, v in shapes.items()}, keep_params_in_input=False)
     except Exception as exc:  # noqa: BLE001 - the frontend raises many types
         raise OneByOneError(f"TVM cannot import the model: {_first_line(exc)}") from None
+    tuned = None
     try:
-        executable = tvm.compile(mod, target=tvm.target.Target(target))
+        if tune_trials > 0 or tuning.has_records(tuning_db):
+            db = tuning_db or tempfile.mkdtemp(prefix="onebyone-tuning-")
+            executable, tuned = tuning.compile_tuned(mod, tvm.target.Target(target), tune_trials, db, progress)
+        else:
+            executable = tvm.compile(mod, target=tvm.target.Target(target))
+    except OneByOneError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise OneByOneError(f"TVM failed to compile for {json.dumps(target)}: {_first_line(exc)}") from None
     out = Path(output).resolve()
@@ -88,6 +96,7 @@ def compile_model(
             "inputs": _io([vi for vi in proto.graph.input if vi.name in shapes]),
             "outputs": _io(_inferred_outputs(proto)),
             "weights": "embedded",
+            "tuning": tuned,
             "device_code": device_code,
             "onebyone_version": onebyone.__version__,
             "tvm_version": tvm.__version__,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import json
 from typing import Any
 
@@ -18,7 +19,7 @@ def host_cpu() -> str:
 
 
 def _cpu() -> dict[str, Any]:
-    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": 1}
+    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
 
 
 PRESETS: dict[str, Any] = {
