@@ -17,7 +17,7 @@ from onebyone import api, tables
 from onebyone.errors import OneByOneError
 from onebyone.modelio import external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
-from onebyone.passes.input_shapes import graph_inputs, parse_input_shapes, resolve_input_shapes
+from onebyone.passes.input_shapes import parse_input_shapes, resolve_input_shapes
 from onebyone.passes.rank_policy import RankPolicy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import ImagePreprocess, folder_images, image_samples, npz_samples, random_samples

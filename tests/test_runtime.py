@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -18,7 +16,7 @@ from onebyone import RankPolicy, optimize
 from onebyone.errors import OneByOneError
 from onebyone.models import generators
 from onebyone.modelio import save_model
-from onebyone.runtime import chain, package, targets
+from onebyone.runtime import package, targets
 from test_cli import cli, one_line_error
 
 

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from onebyone.runtime.package import Package, compile_model, load_package
-from onebyone.verify.compare import Verification
-from onebyone.verify.metrics import compare_output
+from onebyone.verify.compare import compare_outputs
 from onebyone.verify.onnxruntime_run import run_samples, session
 from onebyone.verify.tolerances import Tolerances
 
@@ -28,18 +27,6 @@ def run_package(pkg: Package, samples: list[dict]) -> dict[str, list[np.ndarray]
         for name, arr in pkg.run(feed).items():
             outs[name].append(arr)
     return outs
-
-
-def compare(ref: dict, got: dict, tolerances: Tolerances, reference: str, candidate: str, inputs: str, n: int) -> Verification:
-    metrics, failures = [], []
-    for name, refs in ref.items():
-        if name not in got:
-            failures.append(f"{name}: output missing from {candidate}")
-            continue
-        m = compare_output(name, refs, got[name], tolerances.atol)
-        metrics.append(m)
-        failures.extend(tolerances.failures(m))
-    return Verification(reference, candidate, inputs, n, tolerances, metrics, failures)
 
 
 def verify_chain(
@@ -62,9 +49,8 @@ def verify_chain(
         else:
             got = run_package(load_package(path), samples)
     label = f"optimized (TVM {target_name})"
-    n = len(samples)
     return [
-        compare(ref, opt, model_tolerances, "original (onnxruntime)", "optimized (onnxruntime)", inputs_label, n).to_dict(),
-        compare(opt, got, TARGET_TOLERANCES[kind], "optimized (onnxruntime)", label, inputs_label, n).to_dict(),
-        compare(ref, got, model_tolerances, "original (onnxruntime)", label, inputs_label, n).to_dict(),
+        compare_outputs(ref, opt, model_tolerances, "original (onnxruntime)", "optimized (onnxruntime)", inputs_label).to_dict(),
+        compare_outputs(opt, got, TARGET_TOLERANCES[kind], "optimized (onnxruntime)", label, inputs_label).to_dict(),
+        compare_outputs(ref, got, model_tolerances, "original (onnxruntime)", label, inputs_label).to_dict(),
     ]

@@ -48,20 +48,22 @@ def verify_models(
     """
     ref_out = run_samples(session(reference, reference_label), samples, reference_label)
     cand_out = run_samples(session(candidate, candidate_label), samples, candidate_label)
+    return compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label)
+
+
+def compare_outputs(
+    ref_out: dict[str, list], cand_out: dict[str, list], tolerances: Tolerances,
+    reference_label: str, candidate_label: str, inputs_label: str,
+) -> Verification:
+    """Metrics and tolerance failures of every reference output (per-sample lists, by name) against the
+    candidate's outputs of the same name; a missing output is a failure."""
     metrics, failures = [], []
     for name, refs in ref_out.items():
         if name not in cand_out:
-            failures.append(f"{name}: output missing from the candidate model")
+            failures.append(f"{name}: output missing from {candidate_label}")
             continue
         m = compare_output(name, refs, cand_out[name], tolerances.atol)
         metrics.append(m)
         failures.extend(tolerances.failures(m))
-    return Verification(
-        reference=reference_label,
-        candidate=candidate_label,
-        inputs=inputs_label,
-        samples=len(samples),
-        tolerances=tolerances,
-        outputs=metrics,
-        failures=failures,
-    )
+    n = len(next(iter(ref_out.values()), []))
+    return Verification(reference_label, candidate_label, inputs_label, n, tolerances, metrics, failures)
