@@ -122,7 +122,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         tick = self._tick("fitting")
         for k, d in enumerate(chosen):
             node = d.info.node
-            undo = (list(node.inputs), None)
+            old_inputs = list(node.inputs)
             if self.method == "data":
                 stats, held, paired = data_fit.patch_moments(original, model if applied else None, self.calibration, d)
                 factors, d.layer.fit = data_fit.fit(d, paired, stats, held)
@@ -133,7 +133,7 @@ class BottleneckPass(ir.passes.InPlacePass):
             if getattr(factors, "predicted_error", None) is not None and self.method == "data":
                 d.layer.predicted_error = factors.predicted_error
             squeeze = rewrite.insert_bottleneck(model.graph, node, factors, names, shared)
-            applied.append((d, undo[0], squeeze))
+            applied.append((d, old_inputs, squeeze))
             if tick:
                 tick(k + 1, len(chosen))
         if self.method == "data" and applied:

@@ -92,26 +92,18 @@ def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool
 
 
 def collect(
-    model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None,
-    paired_with: ir.Model | None = None,
+    model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None
 ) -> dict[str, Moments]:
-    """Moments of the named values of `model` over `samples`.
-
-    With `paired_with` (a rewritten version of `model` in which the named values still exist), the moments are
-    paired: x from `model`, x̂ from `paired_with`, sample by sample.
-    """
+    """Moments of the named values of `model` over `samples` (one onnxruntime run per sample)."""
     sess = session(with_outputs(model, names, only=True), "calibration run")
-    sess_hat = session(with_outputs(paired_with, names, only=True), "calibration run (rewritten)") if paired_with is not None else None
     stats: dict[str, Moments] = {}
     wanted = {i.name for i in sess.get_inputs()}
     for i, feed in enumerate(samples):
         feed = {k: v for k, v in feed.items() if k in wanted}
-        xs = dict(zip(names, sess.run(names, feed)))
-        hats = dict(zip(names, sess_hat.run(names, feed))) if sess_hat is not None else {}
-        for n in names:
+        for n, x in zip(names, sess.run(names, feed)):
             if n not in stats:
-                stats[n] = Moments.zeros(xs[n].shape[1], paired=sess_hat is not None)
-            stats[n].update(xs[n], hats.get(n))
+                stats[n] = Moments.zeros(x.shape[1])
+            stats[n].update(x)
         if progress:
             progress(i + 1, len(samples))
     return stats
