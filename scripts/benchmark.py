@@ -4,10 +4,11 @@ original vs the optimized model measured side by side (interleaved runs, medians
 MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--no-tvm]
+                                [--tune-trials N]
 
 Latency ratios are what to quote: both models run in the same process, alternating, on the same input. With TVM
-(default), both models are also compiled for the host CPU (untuned: TVM's default pipeline) and timed with
-time_evaluator in the same run.
+(default), both models are also compiled for the host CPU (untuned: TVM's default pipeline; with --tune-trials N,
+also each tuned with the same N MetaSchedule trials) and timed with time_evaluator in the same run.
 """
 
 from __future__ import annotations
@@ -72,15 +73,18 @@ def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def tvm_latencies(original, optimized, shapes, feed, repeat: int = 3) -> tuple[float, float]:
-    """Median ms of original and optimized compiled by TVM for this CPU (untuned), timed alternately."""
+def tvm_latencies(original, optimized, shapes, feed, repeat: int = 3, trials: int = 0) -> tuple[float, float]:
+    """Median ms of original and optimized compiled by TVM for this CPU, timed alternately; untuned, or each
+    tuned with the same MetaSchedule trial budget."""
     import tempfile
 
     from onebyone.runtime import package, targets
 
     with tempfile.TemporaryDirectory() as tmp:
-        a = package.load_package(package.compile_model(original, targets.resolve("cpu"), f"{tmp}/a", shapes))
-        b = package.load_package(package.compile_model(optimized, targets.resolve("cpu"), f"{tmp}/b", shapes))
+        a = package.load_package(package.compile_model(original, targets.resolve("cpu"), f"{tmp}/a", shapes,
+                                                       tune_trials=trials, tuning_db=f"{tmp}/db-a" if trials else None))
+        b = package.load_package(package.compile_model(optimized, targets.resolve("cpu"), f"{tmp}/b", shapes,
+                                                       tune_trials=trials, tuning_db=f"{tmp}/db-b" if trials else None))
         ta, tb = [], []
         for _ in range(repeat):
             ta.append(a.time(feed, number=1, repeat=1)["median_ms"])
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--json", default="benchmark.json")
     ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
     ap.add_argument("--no-tvm", action="store_true", help="skip the TVM (untuned, host CPU) columns")
+    ap.add_argument("--tune-trials", type=int, default=0, help="also tune original and optimized with this many trials each")
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
@@ -107,9 +112,11 @@ def main() -> None:
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
-            tvm_orig = tvm_opt = None
+            tvm_orig = tvm_opt = tuned_orig = tuned_opt = None
             if not args.no_tvm:
                 tvm_orig, tvm_opt = tvm_latencies(original, optimized, shapes, feed)
+                if args.tune_trials:
+                    tuned_orig, tuned_opt = tvm_latencies(original, optimized, shapes, feed, trials=args.tune_trials)
             t = report.totals
             v = report.verification
             rows.append(dict(
@@ -119,12 +126,14 @@ def main() -> None:
                 ort_ms_original=t_orig * 1e3, ort_ms_optimized=t_opt * 1e3, speedup=t_orig / t_opt,
                 tvm_ms_original=tvm_orig, tvm_ms_optimized=tvm_opt,
                 tvm_speedup=(tvm_orig / tvm_opt) if tvm_opt else None,
+                tune_trials=args.tune_trials, tvm_tuned_ms_original=tuned_orig, tvm_tuned_ms_optimized=tuned_opt,
+                tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min(o["cosine"] for o in v["outputs"]),
             ))
             console.print(f"{label} / {pname}: done", style="dim")
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs)")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "verified", "worst rel / cos"):
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -134,6 +143,8 @@ def main() -> None:
             f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
             "-" if r["tvm_ms_original"] is None else f"{r['tvm_ms_original']:.1f} → {r['tvm_ms_optimized']:.1f}",
             "-" if r["tvm_speedup"] is None else f"{r['tvm_speedup']:.2f}x",
+            "-" if r["tvm_tuned_ms_original"] is None else f"{r['tvm_tuned_ms_original']:.1f} → {r['tvm_tuned_ms_optimized']:.1f}",
+            "-" if r["tvm_tuned_speedup"] is None else f"{r['tvm_tuned_speedup']:.2f}x",
             "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
         )
     console.print(table)

@@ -8,6 +8,7 @@ xgboost, which is not a dependency, so the random cost model is used unless xgbo
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 from pathlib import Path
 
@@ -62,6 +63,8 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
     db_dir.mkdir(parents=True, exist_ok=True)
     lowered = lower_for_tuning(mod, target)
     if trials > 0:
+        # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
+        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         if progress:
             progress(f"tuning {trials} trials (MetaSchedule, database {db_dir})")
         cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
