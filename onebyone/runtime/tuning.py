@@ -68,9 +68,12 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
         if progress:
             progress(f"tuning {trials} trials (MetaSchedule, database {db_dir})")
         cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
+        # Spread a small budget over every task: the scheduler gives each task one round before it repeats one.
+        n_tasks = max(1, len(ms.relax_integration.extract_tasks(lowered, target)))
+        per_iter = max(2, min(16, trials // n_tasks))
         try:
             database = ms.relax_integration.tune_relax(
-                lowered, {}, target, str(db_dir), max_trials_global=trials, num_trials_per_iter=min(16, trials),
+                lowered, {}, target, str(db_dir), max_trials_global=trials, num_trials_per_iter=per_iter,
                 builder=_builder(), runner=ms.runner.LocalRunner(timeout_sec=60), cost_model=cost_model,
             )
         except ValueError as exc:
