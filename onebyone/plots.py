@@ -8,6 +8,7 @@ import os
 import numpy as np
 
 from onebyone.report import Report
+from onebyone.tables import short_name
 
 
 def plot_spectra(report: Report, path: str | os.PathLike, max_layers: int = 24) -> int:
@@ -36,7 +37,7 @@ def plot_spectra(report: Report, path: str | os.PathLike, max_layers: int = 24) 
         ax.axvline(layer.break_even_rank, color="tab:red", ls="--", lw=1, label="break-even")
         if layer.action == "rewritten":
             ax.axvline(layer.rank, color="tab:green", lw=1, label=f"rank {layer.rank}")
-        ax.set_title(_short(layer.name), fontsize=8)
+        ax.set_title(short_name(layer.name, 36), fontsize=8)
         ax.set_ylim(0, 1.02)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=6, loc="lower right")
@@ -51,6 +52,3 @@ def plot_spectra(report: Report, path: str | os.PathLike, max_layers: int = 24) 
     plt.close(fig)
     return len(layers)
 
-
-def _short(name: str, width: int = 36) -> str:
-    return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2) :]

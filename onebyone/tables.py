@@ -10,7 +10,8 @@ from rich.table import Table
 from onebyone.report import Report
 
 
-def _short(name: str, width: int = 34) -> str:
+def short_name(name: str, width: int = 34) -> str:
+    """`name`, or its head and tail around an ellipsis when longer than `width`."""
     return name if len(name) <= width else name[: width // 2 - 1] + "…" + name[-(width // 2) :]
 
 
@@ -40,7 +41,7 @@ def layer_table(report: Report) -> Table:
         style = "green" if l.action == "rewritten" else "dim"
         action = ("lossless" if l.lossless else "rewritten") if l.action == "rewritten" else "skipped"
         t.add_row(
-            _short(l.name),
+            short_name(l.name),
             "x".join(map(str, l.kernel)),
             f"{l.in_channels}→{l.out_channels}" + (f" /{l.groups}" if l.groups > 1 else ""),
             "x".join(map(str, l.strides)),
@@ -76,7 +77,7 @@ def verification_table(v: dict[str, Any]) -> Table:
         t.add_column(col)
     for o in v["outputs"]:
         t.add_row(
-            _short(o["name"], 28),
+            short_name(o["name"], 28),
             "x".join(map(str, o["shape"])),
             f"{o['max_abs']:.3g}",
             f"{o['worst_rel_l2']:.3g}",

@@ -70,9 +70,9 @@ def fit(d: Decision, paired: calibration.Moments | None, fit_stats: list[PatchMo
             if best is None or err < best[4]:
                 best = (name, start.bottleneck, w_opt, delta_opt, err)
     name, b, w_new, delta, err = best
-    ref = info.weight.astype(np.float64)
-    rel = float(np.linalg.norm(ref - factorize.compose(b, w_new, info.groups)) / max(np.linalg.norm(ref), 1e-30))
-    return whitening.DataFactors(b, w_new.astype(info.weight.dtype), rel, delta.astype(info.weight.dtype), err), name
+    w_new = w_new.astype(info.weight.dtype)
+    rel = factorize.weight_rel_error(info.weight, b, w_new, info.groups)
+    return whitening.DataFactors(b, w_new, rel, delta.astype(info.weight.dtype), err), name
 
 
 def _bias(d: Decision) -> np.ndarray:

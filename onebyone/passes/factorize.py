@@ -73,28 +73,39 @@ def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarr
     return out
 
 
-def factorize_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
-    """Best rank-`rank` factorization of each group in the Frobenius norm (truncated SVD).
+def weight_rel_error(weight: np.ndarray, bottleneck: np.ndarray, new_weight: np.ndarray, groups: int) -> float:
+    """‖W − W'∘B‖_F / ‖W‖_F (0 for an all-zero weight)."""
+    ref = weight.astype(np.float64)
+    return float(np.linalg.norm(ref - compose(bottleneck, new_weight, groups)) / max(np.linalg.norm(ref), 1e-30))
 
-    B has orthonormal rows per group (activations keep their scale); W' carries the singular values.
-    Both factors have the dtype of `weight`.
-    """
+
+def assemble(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> Factors:
+    """Factors from each group's (B_g [k, C/g], A_g [k, N/g·prod(kernel)]), k <= rank (missing rows stay zero):
+    B[g*rank:(g+1)*rank] = B_g and W'[group g's outputs, :k] = A_g unfolded back. Both in the dtype of `weight`."""
     n = weight.shape[0]
     kernel = weight.shape[2:]
     per_group = n // groups
     c_per_group = weight.shape[1]
     b = np.zeros((groups * rank, c_per_group), dtype=np.float64)
     w_new = np.zeros((n, rank) + kernel, dtype=np.float64)
-    for i, m in enumerate(unfold(weight, groups)):
-        u, s, vt = np.linalg.svd(m, full_matrices=False)
-        k = min(rank, len(s))
-        b[i * rank : i * rank + k] = u[:, :k].T
-        a = s[:k, None] * vt[:k]  # [k, N/g * prod(kernel)]
-        w_new[i * per_group : (i + 1) * per_group, :k] = a.reshape((k, per_group) + kernel).swapaxes(0, 1)
+    for g, (bg, a) in enumerate(parts):
+        k = bg.shape[0]
+        b[g * rank : g * rank + k] = bg
+        w_new[g * per_group : (g + 1) * per_group, :k] = a.reshape((k, per_group) + kernel).swapaxes(0, 1)
     bottleneck = b.reshape((groups * rank, c_per_group) + (1,) * len(kernel)).astype(weight.dtype)
     w_new = w_new.astype(weight.dtype)
-    approx = compose(bottleneck, w_new, groups)
-    ref = weight.astype(np.float64)
-    norm = np.linalg.norm(ref)
-    rel = float(np.linalg.norm(ref - approx) / norm) if norm > 0 else 0.0
-    return Factors(bottleneck=bottleneck, weight=w_new, rel_error=rel)
+    return Factors(bottleneck, w_new, weight_rel_error(weight, bottleneck, w_new, groups))
+
+
+def factorize_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
+    """Best rank-`rank` factorization of each group in the Frobenius norm (truncated SVD).
+
+    B has orthonormal rows per group (activations keep their scale); W' carries the singular values.
+    Both factors have the dtype of `weight`.
+    """
+    parts = []
+    for m in unfold(weight, groups):
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        k = min(rank, len(s))
+        parts.append((u[:, :k].T, s[:k, None] * vt[:k]))
+    return assemble(weight, groups, rank, parts)

@@ -81,12 +81,9 @@ def factorize_data(
 ) -> DataFactors:
     """The rank-`rank` B, W' (and bias correction) that minimise E‖Mᵀx − AᵀB x̂‖² per group (see module doc)."""
     n = weight.shape[0]
-    kernel = weight.shape[2:]
-    k = int(np.prod(kernel))
+    k = int(np.prod(weight.shape[2:]))
     per_group = n // groups
-    cpg = weight.shape[1]
-    b = np.zeros((groups * rank, cpg))
-    w_new = np.zeros((n, rank) + kernel)
+    parts = []
     delta = np.zeros(n)
     err_num = err_den = 0.0
     for g, (m, sl) in enumerate(_groups(weight, groups, s_xx)):
@@ -96,8 +93,7 @@ def factorize_data(
         kk = min(rank, len(s))
         bg = vt[:kk] @ r_inv  # [kk, C/g]
         a = s[:kk, None] * u[:, :kk].T  # [kk, N/g*K]
-        b[g * rank : g * rank + kk] = bg
-        w_new[g * per_group : (g + 1) * per_group, :kk] = a.reshape((kk, per_group) + kernel).swapaxes(0, 1)
+        parts.append((bg, a))
         # mean output error per (n, tap), summed over taps -> per output channel
         mean_err = m.T @ mean_x[sl] - a.T @ (bg @ mean_h[sl])
         delta[g * per_group : (g + 1) * per_group] = mean_err.reshape(per_group, k).sum(axis=1)
@@ -108,12 +104,9 @@ def factorize_data(
             0.0,
         )
         err_den += energy
-    bottleneck = b.reshape((groups * rank, cpg) + (1,) * len(kernel)).astype(weight.dtype)
-    w_new = w_new.astype(weight.dtype)
-    ref = weight.astype(np.float64)
-    rel = float(np.linalg.norm(ref - factorize.compose(bottleneck, w_new, groups)) / max(np.linalg.norm(ref), 1e-30))
+    f = factorize.assemble(weight, groups, rank, parts)
     return DataFactors(
-        bottleneck=bottleneck, weight=w_new, rel_error=rel, bias_delta=delta.astype(weight.dtype),
+        bottleneck=f.bottleneck, weight=f.weight, rel_error=f.rel_error, bias_delta=delta.astype(weight.dtype),
         predicted_error=float(np.sqrt(err_num / err_den)) if err_den > 0 else 0.0,
     )
 
@@ -133,23 +126,13 @@ def factorize_on_subspace(weight: np.ndarray, groups: int, rank: int, s_hh: np.n
     """Factors exact for every input in the span of the calibration inputs: the truncated SVD of Mᵀ P, with P
     the projector onto the range of E[x̂x̂ᵀ] (eigenvalues above float32 noise). Used when the whitened weight's
     numerical rank is at most `rank`, i.e. when the rewrite is lossless on the calibration data."""
-    n = weight.shape[0]
-    kernel = weight.shape[2:]
-    per_group = n // groups
     cpg = weight.shape[1]
-    b = np.zeros((groups * rank, cpg))
-    w_new = np.zeros((n, rank) + kernel)
-    for g, (m, sl) in enumerate(_groups(weight, groups, s_hh)):
+    parts = []
+    for m, sl in _groups(weight, groups, s_hh):
         vals, vecs = np.linalg.eigh((s_hh[sl, sl] + s_hh[sl, sl].T) / 2)
         keep = vals > max(vals.max(), 0) * cpg * np.finfo(np.float32).eps
         proj = vecs[:, keep] @ vecs[:, keep].T
         u, sv, vt = np.linalg.svd(m.T @ proj, full_matrices=False)
         kk = min(rank, len(sv))
-        b[g * rank : g * rank + kk] = vt[:kk]
-        a = sv[:kk, None] * u[:, :kk].T
-        w_new[g * per_group : (g + 1) * per_group, :kk] = a.reshape((kk, per_group) + kernel).swapaxes(0, 1)
-    bottleneck = b.reshape((groups * rank, cpg) + (1,) * len(kernel)).astype(weight.dtype)
-    w_new = w_new.astype(weight.dtype)
-    ref = weight.astype(np.float64)
-    rel = float(np.linalg.norm(ref - factorize.compose(bottleneck, w_new, groups)) / max(np.linalg.norm(ref), 1e-30))
-    return factorize.Factors(bottleneck, w_new, rel)
+        parts.append((vt[:kk], sv[:kk, None] * u[:, :kk].T))
+    return factorize.assemble(weight, groups, rank, parts)
