@@ -131,32 +131,36 @@ class Package:
         return [o["name"] for o in self.manifest["outputs"]]
 
     def run(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name for one feed (arrays must match the manifest's shapes and dtypes)."""
-        import tvm
-
-        args = []
+        """Outputs by name for one feed (arrays must match the manifest's shapes; they are cast to its dtypes)."""
         for spec in self.manifest["inputs"]:
             if spec["name"] not in feed:
                 raise OneByOneError(f"package input {spec['name']!r} missing from the inputs")
-            arr = np.ascontiguousarray(feed[spec["name"]], dtype=spec["dtype"])
-            if list(arr.shape) != spec["shape"]:
-                raise OneByOneError(f"input {spec['name']!r} has shape {list(arr.shape)}, the package needs {spec['shape']}")
-            args.append(tvm.runtime.tensor(arr, self.device))
-        result = self.vm["main"](*args)
-        outs = result if isinstance(result, (list, tuple)) or type(result).__name__ == "Array" else [result]
-        return {n: o.numpy() for n, o in zip(self.output_names, outs)}
+            if list(np.shape(feed[spec["name"]])) != spec["shape"]:
+                raise OneByOneError(f"input {spec['name']!r} has shape {list(np.shape(feed[spec['name']]))}, the package needs {spec['shape']}")
+        result = self.vm["main"](*device_args(self.manifest, feed, self.device))
+        return {n: o.numpy() for n, o in zip(self.output_names, as_outputs(result))}
 
     def time(self, feed: dict[str, np.ndarray], number: int = 10, repeat: int = 5) -> dict[str, float]:
         """time_evaluator statistics in milliseconds (median, mean, min, max over `repeat` runs of `number`)."""
-        import tvm
-
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feed[s["name"]], dtype=s["dtype"]), self.device) for s in self.manifest["inputs"]]
+        args = device_args(self.manifest, feed, self.device)
         self.vm.set_input("main", *args)
         timer = self.vm.time_evaluator("invoke_stateful", self.device, number=number, repeat=repeat)
         res = timer("main")
         results = np.asarray(res.results) * 1e3
         return {"median_ms": float(np.median(results)), "mean_ms": float(results.mean()), "min_ms": float(results.min()),
                 "max_ms": float(results.max())}
+
+
+def device_args(manifest: dict[str, Any], feed: dict[str, np.ndarray], device) -> list:
+    """The feed's arrays, in the manifest's input order and dtypes, as tensors on `device` (local or remote)."""
+    import tvm
+
+    return [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]), device) for i in manifest["inputs"]]
+
+
+def as_outputs(result) -> list:
+    """A Relax VM result as a list of output tensors (a single output comes back bare)."""
+    return list(result) if isinstance(result, (list, tuple)) or type(result).__name__ == "Array" else [result]
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any]:

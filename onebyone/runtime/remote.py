@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onebyone.errors import OneByOneError
-from onebyone.runtime.package import read_manifest
+from onebyone.runtime.package import as_outputs, device_args, read_manifest
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -49,16 +49,11 @@ class Remote:
 
     def run_package(self, path, samples: list[dict]) -> dict[str, list[np.ndarray]]:
         """Upload the package's library, load it remotely, run every sample, fetch outputs by name."""
-        import tvm
-
         manifest, vm, dev = self._vm(path)
         names = [o["name"] for o in manifest["outputs"]]
         outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for feed in samples:
-            args = [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]), dev) for i in manifest["inputs"]]
-            result = vm["main"](*args)
-            result = list(result) if isinstance(result, (list, tuple)) or type(result).__name__ == "Array" else [result]
-            for n, r in zip(names, result):
+            for n, r in zip(names, as_outputs(vm["main"](*device_args(manifest, feed, dev)))):
                 outs[n].append(r.numpy())
         return outs
 
@@ -67,10 +62,8 @@ class Remote:
         each; TVM's remote time_evaluator on a Relax VM hangs the server in TVM 0.27, so it is not used)."""
         import time
 
-        import tvm
-
         manifest, vm, dev = self._vm(path)
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]), dev) for i in manifest["inputs"]]
+        args = device_args(manifest, feed, dev)
         vm["main"](*args)  # warm-up
         times = []
         for _ in range(repeat):
