@@ -4,11 +4,13 @@ original vs the optimized model measured side by side (interleaved runs, medians
 MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--no-tvm]
+                                [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
 
 Latency ratios are what to quote: both models run in the same process, alternating, on the same input. With TVM
-(default), both models are also compiled for the host CPU (untuned: TVM's default pipeline; with --tune-trials N,
-also each tuned with the same N MetaSchedule trials) and timed with time_evaluator in the same run.
+(default), both models are also compiled for --target (default: the host CPU; `cuda:arch=sm_90` on a GPU machine),
+untuned (TVM's default pipeline) and, with --tune-trials N, each tuned with the same N MetaSchedule trials, and timed
+with time_evaluator in the same run.
 """
 
 from __future__ import annotations
@@ -73,22 +75,25 @@ def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
     return statistics.median(ta), statistics.median(tb)
 
 
-def tvm_latencies(original, optimized, shapes, feed, repeat: int = 3, trials: int = 0) -> tuple[float, float]:
-    """Median ms of original and optimized compiled by TVM for this CPU, timed alternately; untuned, or each
-    tuned with the same MetaSchedule trial budget."""
+def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat: int = 3,
+                  trials: int = 0) -> tuple[float, float]:
+    """Median ms of original and optimized compiled by TVM for `target` (run on this machine: its CPU or its GPU),
+    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget."""
     import tempfile
 
     from onebyone.runtime import package, targets
 
+    tgt = targets.resolve(target)
+    number = 20 if targets.device_kind(tgt) == "cuda" else 1
     with tempfile.TemporaryDirectory() as tmp:
-        a = package.load_package(package.compile_model(original, targets.resolve("cpu"), f"{tmp}/a", shapes,
+        a = package.load_package(package.compile_model(original, tgt, f"{tmp}/a", shapes,
                                                        tune_trials=trials, tuning_db=f"{tmp}/db-a" if trials else None))
-        b = package.load_package(package.compile_model(optimized, targets.resolve("cpu"), f"{tmp}/b", shapes,
+        b = package.load_package(package.compile_model(optimized, tgt, f"{tmp}/b", shapes,
                                                        tune_trials=trials, tuning_db=f"{tmp}/db-b" if trials else None))
         ta, tb = [], []
         for _ in range(repeat):
-            ta.append(a.time(feed, number=1, repeat=1)["median_ms"])
-            tb.append(b.time(feed, number=1, repeat=1)["median_ms"])
+            ta.append(a.time(feed, number=number, repeat=1)["median_ms"])
+            tb.append(b.time(feed, number=number, repeat=1)["median_ms"])
     return statistics.median(ta), statistics.median(tb)
 
 
@@ -98,7 +103,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="benchmark.json")
     ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
-    ap.add_argument("--no-tvm", action="store_true", help="skip the TVM (untuned, host CPU) columns")
+    ap.add_argument("--no-tvm", action="store_true", help="skip the TVM columns")
+    ap.add_argument("--target", default="cpu", help="TVM target of the TVM columns (e.g. cuda:arch=sm_90 on a GPU machine)")
     ap.add_argument("--tune-trials", type=int, default=0, help="also tune original and optimized with this many trials each")
     args = ap.parse_args()
     console = Console(width=200)
@@ -114,9 +120,10 @@ def main() -> None:
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
             tvm_orig = tvm_opt = tuned_orig = tuned_opt = None
             if not args.no_tvm:
-                tvm_orig, tvm_opt = tvm_latencies(original, optimized, shapes, feed)
+                tvm_orig, tvm_opt = tvm_latencies(original, optimized, shapes, feed, args.target)
                 if args.tune_trials:
-                    tuned_orig, tuned_opt = tvm_latencies(original, optimized, shapes, feed, trials=args.tune_trials)
+                    tuned_orig, tuned_opt = tvm_latencies(original, optimized, shapes, feed, args.target,
+                                                          trials=args.tune_trials)
             t = report.totals
             v = report.verification
             rows.append(dict(
@@ -132,7 +139,8 @@ def main() -> None:
                 min_cosine=min(o["cosine"] for o in v["outputs"]),
             ))
             console.print(f"{label} / {pname}: done", style="dim")
-    table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs)")
+    table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
+                        f"TVM target {args.target})")
     for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
         table.add_column(col)
     for r in rows:
@@ -148,7 +156,8 @@ def main() -> None:
             "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
         )
     console.print(table)
-    write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "rows": rows})
+    write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "tvm_target": args.target,
+                                  "rows": rows})
     console.print(f"wrote {args.json}")
 
 

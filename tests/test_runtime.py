@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes.util
 import json
 import shutil
 
@@ -78,6 +79,17 @@ def test_cuda_package_holds_device_code_that_nvcc_compiles(models, tmp_path):
     assert "__global__" in (pkg_dir / "device.cu").read_text()
     other = package.compile_model(ir.load(str(optimized)), targets.resolve("cuda:arch=sm_80"), tmp_path / "cuda80")
     assert json.loads((other / "manifest.json").read_text())["device_code"]["cubin"] == "device.sm_80.cubin"
+
+
+def test_cuda_package_without_a_driver_is_a_one_line_error(models, tmp_path):
+    """Loading a CUDA package where TVM's CUDA runtime cannot load (no NVIDIA driver) names the missing library."""
+    if ctypes.util.find_library("cuda") is not None:
+        pytest.skip("this machine has an NVIDIA driver: scripts/gpu_check.sh covers the GPU run")
+    _, optimized = models
+    pkg_dir = package.compile_model(ir.load(str(optimized)), targets.resolve("cuda"), tmp_path / "cuda")
+    with pytest.raises(OneByOneError, match=r"libcuda\.so\.1"):
+        package.load_package(pkg_dir)
+    one_line_error(cli("run", pkg_dir), "libcuda.so.1")
 
 
 def test_targets():

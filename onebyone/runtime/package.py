@@ -190,14 +190,41 @@ def load_package(path: str | os.PathLike) -> Package:
     manifest = read_manifest(p)
     if targets.is_cross(manifest["target"]):
         raise OneByOneError(f"{p}: built for {manifest['target'].get('mtriple')}; run it on that device (--rpc)")
+    if manifest["device"] == "cuda":
+        load_cuda_runtime(p)
+    device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
+    if manifest["device"] == "cuda" and not device.exist:
+        raise OneByOneError(f"{p}: a CUDA package needs a GPU, and this machine has none")
     try:
         lib = tvm.runtime.load_module(str(p / manifest["library"]))
     except Exception as exc:  # noqa: BLE001
         raise OneByOneError(f"{p}: cannot load the library ({_first_line(exc)})") from None
-    device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
-    if manifest["device"] == "cuda" and not device.exist:
-        raise OneByOneError(f"{p}: a CUDA package needs a GPU, and this machine has none")
     return Package(p, manifest, relax.VirtualMachine(lib, device), device)
+
+
+def load_cuda_runtime(p: Path | None = None) -> None:
+    """Make TVM's CUDA runtime (the wheel's libtvm_runtime_cuda.so sidecar) available, also in a runtime-only
+    install (TVM_USE_RUNTIME_LIB=1), where TVM does not load it by itself. Raises OneByOneError naming the missing
+    library (the NVIDIA driver's libcuda.so.1 or CUDA 13's libcudart.so.13) when it cannot be loaded."""
+    import ctypes
+
+    import tvm
+
+    where = f"{p}: " if p is not None else ""
+    if tvm.get_global_func("ffi.Module.load_from_bytes.cuda", allow_missing=True) is not None:
+        return
+    from tvm.base import _LOADED_LIBS
+
+    runtime = _LOADED_LIBS.get("tvm_runtime")
+    folder = Path(runtime._name).resolve().parent if runtime is not None else Path(tvm.__file__).parent / "lib"
+    sidecar = folder / "libtvm_runtime_cuda.so"
+    if not sidecar.is_file():
+        raise OneByOneError(f"{where}this TVM has no CUDA runtime ({sidecar.name} not found next to libtvm_runtime.so)")
+    try:
+        ctypes.CDLL(str(sidecar), mode=ctypes.RTLD_GLOBAL)
+    except OSError as exc:
+        raise OneByOneError(f"{where}TVM's CUDA runtime cannot be loaded ({_first_line(exc)}); a CUDA package needs an "
+                            "NVIDIA driver (libcuda.so.1) and the CUDA 13 runtime (libcudart.so.13) on the library path") from None
 
 
 def cuda_sources(executable) -> list[str]:
