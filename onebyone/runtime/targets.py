@@ -25,7 +25,9 @@ def _cpu() -> dict[str, Any]:
 PRESETS: dict[str, Any] = {
     "cpu": _cpu,
     "x86-64": lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"},
-    "cuda": lambda: {"kind": "cuda", "arch": "sm_90", "host": {"kind": "llvm"}},
+    # Limits that hold on every NVIDIA GPU since sm_30 (48 KiB static shared memory, 1024 threads, warps of 32).
+    "cuda": lambda: {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
+                     "max_threads_per_block": 1024, "thread_warp_size": 32, "host": {"kind": "llvm"}},
     "aarch64": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
     "cortex-a72": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
     "cortex-a76": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]},
