@@ -40,6 +40,7 @@ class LayerReport:
     measured_error: float | None = None  # relative output error of this conv measured on calibration data
     fit: str | None = None  # data method: the candidate that won on held-out samples (svd, whitened, +refit)
     error_curve: list[float] | None = None  # predicted relative output error for rank 0..C/g
+    output_error_curve: list[float] | None = None  # budget with data: predicted model-output error for rank 0..C/g
     singular_values: list[list[float]] | None = None
     data_singular_values: list[list[float]] | None = None
 

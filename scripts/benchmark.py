@@ -3,7 +3,7 @@
 original vs the optimized model measured side by side (interleaved runs, medians), with the speedup next to the
 MAC ratio. Prints a table and writes JSON.
 
-    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--no-tvm]
+    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
                                 [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
 
@@ -105,6 +105,7 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
     ap.add_argument("--no-tvm", action="store_true", help="skip the TVM columns")
     ap.add_argument("--target", default="cpu", help="TVM target of the TVM columns (e.g. cuda:arch=sm_90 on a GPU machine)")
+    ap.add_argument("--policies", nargs="*", choices=list(POLICIES), help="subset of the policies (default: all)")
     ap.add_argument("--tune-trials", type=int, default=0, help="also tune original and optimized with this many trials each")
     args = ap.parse_args()
     console = Console(width=200)
@@ -112,6 +113,8 @@ def main() -> None:
     for label, model, shapes, samples in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
         for pname, policy in POLICIES.items():
+            if args.policies and pname not in args.policies:
+                continue
             t0 = time.perf_counter()
             optimized, report = optimize(original, policy, shapes, samples=samples,
                                          samples_label="real" if samples else "random")

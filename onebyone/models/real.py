@@ -52,7 +52,8 @@ class RealModel:
         return True
 
     def samples(self, photo_names: tuple[str, ...] = photos.EVALUATION) -> Samples:
-        """Real inputs for this model (photos for image models, synthesized tones for audio)."""
+        """Real inputs for this model (photos for image models, with printed text for the OCR detector; synthesized
+        tones for audio)."""
         return self.make_samples(photo_names)
 
     def calibration_samples(self, count: int = 32) -> Samples:
@@ -97,6 +98,24 @@ def _crops(prep: ImagePreprocess, input_name: str) -> Callable[[int], Samples]:
     return make
 
 
+def _text_photos(names: tuple[str, ...]) -> Samples:
+    """The photos with printed phrases (evaluation fonts and seeds), as detector inputs."""
+    from onebyone.models import text_images
+
+    images = [text_images.with_text(p, seed, text_images.EVALUATION_FONTS) for seed, p in enumerate(photos.photos(names))]
+    return image_samples(images, "x", PPOCR_PREP)
+
+
+def _text_crops(count: int) -> Samples:
+    """Crops of the calibration photos, each with printed phrases (calibration fonts, other seeds)."""
+    from onebyone.models import text_images
+    from onebyone.models.augment import random_crops
+
+    crops = random_crops(photos.photos(photos.CALIBRATION), count)
+    images = [text_images.with_text(c, 10_000 + i, text_images.CALIBRATION_FONTS) for i, c in enumerate(crops)]
+    return image_samples(images, "x", PPOCR_PREP)
+
+
 def tone_samples(midi_notes: tuple[int, ...] = EVALUATION_NOTES) -> Samples:
     """Audio windows for basic-pitch: one sine tone per MIDI note (69 = A4 = 440 Hz) at 22.05 kHz."""
     t = np.arange(BASIC_PITCH_SAMPLES) / BASIC_PITCH_RATE
@@ -131,8 +150,8 @@ REAL_MODELS: dict[str, RealModel] = {
             description="PP-OCRv4 mobile DB text detector (Paddle export, opset 12, Constant-node weights)",
             task="detector",
             input_shapes={"x": (1, 3, PPOCR_DET_SIZE, PPOCR_DET_SIZE)},
-            make_samples=lambda names: image_samples(photos.photos(names), "x", PPOCR_PREP),
-            make_calibration=_crops(PPOCR_PREP, "x"),
+            make_samples=_text_photos,
+            make_calibration=_text_crops,
             license="Apache-2.0",
         ),
         RealModel(

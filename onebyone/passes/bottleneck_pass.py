@@ -15,7 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
-from onebyone.passes import calibration, data_fit, factorize, plan, rewrite
+from onebyone.passes import calibration, data_fit, factorize, plan, rewrite, sensitivity
 from onebyone.passes.analysis import analyze
 from onebyone.passes.input_shapes import resolve_input_shapes
 from onebyone.passes.plan import Decision
@@ -113,7 +113,11 @@ class BottleneckPass(ir.passes.InPlacePass):
             moments, cached = calibration.collect_cached(model, self.calibration, names, self.cache_dir, self._tick("calibrating"))
             calib_info = {"samples": len(self.calibration), "convs": len(names), "from_cache": cached}
         self.decisions = [plan.start(i, moments.get(i.node.inputs[0].name) if i.skip_reason is None else None) for i in infos]
-        plan.choose(self.decisions, self.policy)
+        gains = None
+        if self.method == "data" and self.policy.kind == "budget":
+            gains = sensitivity.output_gains(model, self.decisions, self.calibration, self.policy.round_to,
+                                             self._tick("sensitivity"))
+        plan.choose(self.decisions, self.policy, gains)
         chosen = [d for d in self.decisions if d.rank is not None]
         names = rewrite.UniqueNames(model.graph)
         shared: dict = {}

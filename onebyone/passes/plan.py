@@ -66,14 +66,20 @@ def candidate_ranks(d: Decision, round_to: int) -> np.ndarray:
     return np.arange(step, top + 1, step)
 
 
-def choose(decisions: list[Decision], policy: RankPolicy) -> None:
-    """Set the rank (or the skip reason) of every candidate conv under `policy` (not 'error', see api)."""
+def choose(decisions: list[Decision], policy: RankPolicy, gains: dict[str, np.ndarray] | None = None) -> None:
+    """Set the rank (or the skip reason) of every candidate conv under `policy` (not 'error', see api).
+
+    A budget is split by marginal error per MAC saved; with `gains` (per conv, per rank; see passes.sensitivity)
+    each conv's error is its predicted model-output error (gain × predicted local error), else its local error."""
     live = [d for d in decisions if d.info.skip_reason is None]
     if policy.kind == "budget":
         curves = []
         for d in live:
             ranks = candidate_ranks(d, policy.round_to)
             errs = d.error_curve()
+            if gains and d.info.name in gains:
+                errs = errs * gains[d.info.name]
+                d.layer.output_error_curve = [round(float(e), 6) for e in errs]
             curves.append(budget.Curve(d.info.name, ranks, errs[ranks], np.array([d.macs_at(int(r)) for r in ranks]), d.info.macs))
         targeted = sum(d.info.macs for d in live)
         chosen = budget.allocate(curves, policy.macs * targeted)

@@ -1,0 +1,100 @@
+"""How strongly each conv's output error reaches the model's outputs, measured once per conv (not per rank).
+
+A MAC budget split by each conv's own predicted (local) error treats an error in the RGB stem like an error deep in
+the network, and trusts a prediction that ignores padding and correlations between kernel taps; neither holds.
+For every candidate conv, the model is run on a few calibration samples with only that conv rewritten at a probe
+rank (whitened factorization); the gain is the measured model-output relative error (the worst output, as in
+verification) divided by the conv's predicted local error at that rank. To first order the model-output error of
+a set of rewrites is then sqrt(Σ gain² · predicted error²), which is what the budget allocation minimises.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from onebyone.passes import calibration, whitening
+from onebyone.passes.plan import Decision, candidate_ranks
+from onebyone.passes.rewrite import UniqueNames, insert_bottleneck
+
+PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
+PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
+PROBE_SAMPLES = 8
+
+
+def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
+    """The ranks a conv is probed at, ascending: candidate ranks from the smallest up to the first whose
+    predicted error is at most PROBE_ERROR, evenly spread (none when the conv has no candidate rank)."""
+    ranks = candidate_ranks(d, round_to)
+    if len(ranks) == 0:
+        return []
+    curve = d.error_curve()
+    ok = [int(r) for r in ranks if curve[r] <= PROBE_ERROR]
+    top = ok[0] if ok else int(ranks[-1])
+    below = [int(r) for r in ranks if r <= top]
+    picks = np.linspace(len(below) - 1, 0, min(PROBES_PER_CONV, len(below))).round().astype(int)
+    return sorted({below[i] for i in picks})
+
+
+def _rel(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
+    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(ref, got))
+    den = sum(float(np.sum(a.astype(np.float64) ** 2)) for a in ref)
+    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+
+def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int = 1,
+                 progress=None) -> dict[str, np.ndarray]:
+    """Per candidate conv name, the gain at every rank 0..C/g: measured at `probe_ranks`, interpolated linearly in
+    rank between them (held constant outside) and never below the gain at the top probe. Convs that cannot be
+    probed get the median gain of the others at every rank.
+
+    Guarantees: `model` is not modified; one onnxruntime session per probe, on at most PROBE_SAMPLES samples."""
+    from onebyone.verify.onnxruntime_run import session
+
+    live = [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
+    samples = samples[:PROBE_SAMPLES]
+    outputs = [v.name for v in model.graph.outputs]
+    conv_outs = [d.info.node.outputs[0].name for d in live]
+    ref_sess = session(calibration.with_outputs(model, conv_outs), "original (sensitivity)")
+    wanted = {i.name for i in ref_sess.get_inputs()}
+    feeds = [{k: v for k, v in f.items() if k in wanted} for f in samples]
+    names = outputs + [n for n in conv_outs if n not in outputs]
+    refs = [dict(zip(names, ref_sess.run(names, f))) for f in feeds]
+    index = {id(n): i for i, n in enumerate(model.graph)}
+    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical_rank()]) for d in live]
+    total = sum(len(p) for _, p in plans)
+    done = 0
+    measured: dict[str, tuple[list[int], list[float]]] = {}
+    for d, ranks in plans:
+        m = d.moments
+        for rank in ranks:
+            factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment, m.second_moment,
+                                               m.second_moment, m.mean, m.mean)
+            probe = model.clone()
+            node = list(probe.graph)[index[id(d.info.node)]]
+            insert_bottleneck(probe.graph, node, factors, UniqueNames(probe.graph), {})
+            conv_out = node.outputs[0].name
+            names = outputs + ([conv_out] if conv_out not in outputs else [])
+            sess = session(calibration.with_outputs(probe, [conv_out]), "probe (sensitivity)")
+            got = [dict(zip(names, sess.run(names, f))) for f in feeds]
+            final = max(_rel([r[o] for r in refs], [g[o] for g in got]) for o in outputs)  # the worst output, as verified
+            local = _rel([r[conv_out] for r in refs], [g[conv_out] for g in got])
+            if local > 1e-6:
+                rs, gs = measured.setdefault(d.info.name, ([], []))
+                rs.append(rank)
+                gs.append(final / local)
+            done += 1
+            if progress:
+                progress(done, total)
+    fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
+    out = {}
+    for d in live:
+        size = len(d.error_curve())
+        if d.info.name in measured:
+            rs, gs = measured[d.info.name]
+            # below the top probe a gain may only rise: model outputs that saturate (softmax, ReLU) make large
+            # errors look cheap, and trusting that would drive some convs to extreme ranks
+            out[d.info.name] = np.maximum(np.interp(np.arange(size), rs, gs), gs[-1])
+        else:
+            out[d.info.name] = np.full(size, fallback)
+    return out
