@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from onebyone.atomic import atomic_file
 from onebyone.errors import OneByOneError
 
 MIN_OPSET = 7  # Conv's semantics are unchanged from opset 1; 7 is the oldest opset onnxruntime runs.
@@ -78,17 +78,11 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, inputs_to_protect: t
         raise OneByOneError(f"{out}: refusing to overwrite the input model; choose another output path")
     if not out.parent.is_dir():
         raise OneByOneError(f"{out.parent}: output folder does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_file(out) as tmp:
         if external:
             ir.save(model, tmp, external_data=data_name)
         else:
             ir.save(model, tmp)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return out
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
+
+from onebyone.atomic import atomic_file
 
 
 @dataclasses.dataclass
@@ -92,16 +92,9 @@ class Report:
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
     """Write `data` as indented JSON to `path` through a temp file and a rename."""
-    out = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent if str(out.parent) else ".")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, default=_jsonable)
-            f.write("\n")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=_jsonable)
+        f.write("\n")
 
 
 def _jsonable(obj: Any) -> Any:

@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onebyone.atomic import atomic_file
 from onebyone.verify.onnxruntime_run import session
 
 
@@ -140,7 +141,6 @@ def collect_cached(
     arrays = {}
     for i, n in enumerate(names):
         arrays[f"{i}.outer"], arrays[f"{i}.total"], arrays[f"{i}.count"] = stats[n].outer, stats[n].total, stats[n].count
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with atomic_file(path, suffix=".npz") as tmp:
+        np.savez(tmp, **arrays)
     return stats, False

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from onebyone.atomic import atomic_folder
 from onebyone.errors import OneByOneError
 from onebyone.passes.input_shapes import resolve_input_shapes
 from onebyone.runtime import targets, tuning
@@ -74,8 +75,7 @@ def compile_model(
     out = Path(output).resolve()
     if not out.parent.is_dir():
         raise OneByOneError(f"{out.parent}: output folder does not exist")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         kwargs = {}
         if targets.is_cross(target):
             cc = cross_compiler or "aarch64-linux-gnu-g++"
@@ -104,12 +104,6 @@ def compile_model(
             "source_model": os.path.basename(source_path) if source_path else model.graph.name,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
