@@ -80,10 +80,7 @@ def optimize(
             raise OneByOneError("policy 'error' measures errors on calibration data: give --calibration")
         optimized, report = _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress)
     else:
-        optimized = original.clone()
-        p = BottleneckPass(policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache_dir, progress=progress)
-        p(optimized)
-        report = p.report
+        optimized, report = _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress)
     if verify:
         if samples is None:
             shapes = resolve_input_shapes(original, input_shapes)
@@ -93,6 +90,39 @@ def optimize(
         )
         report.verification = result.to_dict()
     return optimized, report
+
+
+def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress) -> tuple[ir.Model, Report]:
+    """A rewritten copy of `original` and its report. With calibration data and a MAC budget, the data-aware rewrite
+    is kept only when its model-output error on held-out calibration samples (every 4th) is at most that of
+    weight-only SVD under the same budget; otherwise the weight-only rewrite is returned. Either way the report's
+    `method_check` holds both errors."""
+    optimized = original.clone()
+    p = BottleneckPass(policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache_dir, progress=progress)
+    p(optimized)
+    if not calibration or policy.kind != "budget" or not p.report.totals.rewritten:
+        return optimized, p.report
+    from onebyone.passes.data_fit import HOLDOUT_EVERY
+    from onebyone.verify.metrics import rel_l2
+    from onebyone.verify.onnxruntime_run import run_samples, session
+
+    held = calibration[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or calibration
+    weight_only = original.clone()
+    q = BottleneckPass(policy, input_shapes, model_name=name)
+    q(weight_only)
+    ref = run_samples(session(original, "original"), held)
+
+    def error(m: ir.Model) -> float:
+        got = run_samples(session(m, "rewritten"), held)
+        return max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+
+    e_data, e_weight = error(optimized), error(weight_only)
+    keep_data = e_data <= e_weight
+    report = p.report if keep_data else q.report
+    report.method_check = {"data": e_data, "weight": e_weight, "kept": "data" if keep_data else "weight",
+                           "samples": len(held)}
+    report.calibration = p.report.calibration
+    return (optimized if keep_data else weight_only), report
 
 
 def _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress, steps: int = 6):
@@ -109,13 +139,11 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
     for step in range(steps):
         frac = hi if best is None and step == 0 else (lo + hi) / 2
         budget_policy = RankPolicy("budget", macs=frac, round_to=policy.round_to)
-        candidate = original.clone()
-        p = BottleneckPass(budget_policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache, progress=progress)
-        p(candidate)
+        candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress)
         got = run_samples(session(candidate, "candidate"), calibration)
         err = max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
         if err <= policy.max_error:
-            best = (candidate, p.report, frac, err)
+            best = (candidate, step_report, frac, err)
             hi = frac
         else:
             lo = frac

@@ -75,6 +75,9 @@ class Report:
     verification: dict[str, Any] | None = None
     output: str | None = None
     calibration: dict[str, Any] | None = None
+    # budget with data: model-output errors of the data-aware and the weight-only rewrite on held-out calibration
+    # samples, and which one was kept ({"data": e, "weight": e, "kept": "data" | "weight"})
+    method_check: dict[str, Any] | None = None
 
     def to_dict(self, with_spectra: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -64,10 +64,15 @@ def _errs(l) -> str:
 
 def totals_line(report: Report) -> str:
     t = report.totals
-    return (
+    line = (
         f"{t.rewritten} of {t.convs} convs rewritten ({t.lossless} lossless); conv MACs {_macs(t.macs_before)} → "
         f"{_macs(t.macs_after)} ({t.mac_ratio:.3f}x); params {t.params_before:,} → {t.params_after:,}"
     )
+    c = report.method_check
+    if c:
+        line += (f"\nmodel-output error on {c['samples']} held-out calibration samples: data-aware {c['data']:.4g}, "
+                 f"weight-only {c['weight']:.4g} at the same budget → kept {c['kept']}")
+    return line
 
 
 def verification_table(v: dict[str, Any]) -> Table:

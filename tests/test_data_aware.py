@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 import pytest
@@ -155,3 +157,43 @@ def test_error_policy_meets_its_error_on_calibration(rng):
     errs = [rel_err(np.concatenate([run_ort(model, s)[0] for s in calib]),
                     np.concatenate([run_ort(ir.serde.serialize_model(optimized), s)[0] for s in calib]))]
     assert max(errs) <= 0.05
+
+
+def _held_out_error(model_proto, optimized, held) -> float:
+    ref = np.concatenate([run_ort(model_proto, s)[0] for s in held])
+    got = np.concatenate([run_ort(ir.serde.serialize_model(optimized), s)[0] for s in held])
+    return rel_err(ref, got)
+
+
+def test_budget_keeps_the_rewrite_with_the_lower_held_out_model_error(rng):
+    """With data and a budget, both the data-aware and the weight-only rewrite are measured on the held-out
+    calibration samples (every 4th); the report holds both errors and the kept model is the better one."""
+    model = generators.resnet(size=24, seed=3)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
+    optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)
+    check = report.method_check
+    assert check["samples"] == 2 and check["kept"] == ("data" if check["data"] <= check["weight"] else "weight")
+    assert report.method == check["kept"]
+    assert _held_out_error(model, optimized, calib[3::4]) == pytest.approx(min(check["data"], check["weight"]), rel=1e-4)
+
+
+def test_a_data_rewrite_worse_than_weight_only_is_not_kept(rng, monkeypatch):
+    """If the data-aware factors were off (here: W' replaced by noise of the same scale, with a prediction that keeps
+    the per-conv back-off from undoing it), the held-out model-output check falls back to weight-only SVD."""
+    from onebyone.passes import data_fit
+
+    real_fit = data_fit.fit
+
+    def off_fit(*args, **kwargs):
+        factors, name = real_fit(*args, **kwargs)
+        noise = np.random.default_rng(0).standard_normal(factors.weight.shape) * np.std(factors.weight)
+        return dataclasses.replace(factors, weight=noise.astype(factors.weight.dtype), predicted_error=10.0), name
+
+    monkeypatch.setattr(data_fit, "fit", off_fit)
+    model = generators.resnet(size=24, seed=3)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
+    optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)
+    assert report.method_check["kept"] == "weight" and report.method == "weight"
+    assert report.method_check["data"] > report.method_check["weight"]
+    weight_only, _ = optimize(_ir(model), RankPolicy("budget", macs=0.6), verify=False)
+    assert _held_out_error(model, optimized, calib) == pytest.approx(_held_out_error(model, weight_only, calib), rel=1e-6)
