@@ -33,21 +33,23 @@ from onebyone.report import write_json_atomic
 POLICIES = {
     "exact": RankPolicy("exact"),
     "energy0.9/8": RankPolicy("energy", energy=0.9, round_to=8),
+    "budget0.67/data": RankPolicy("budget", macs=0.67),  # data-aware, bundled calibration set (real models only)
 }
 
 
 def cases(names: list[str] | None):
-    """(label, model path or ir.Model, input shapes, samples or None) for real and generated models."""
+    """(label, model path or ir.Model, input shapes, samples or None, calibration or None) for real and generated
+    models."""
     for name, m in REAL_MODELS.items():
         if names and name not in names:
             continue
-        yield name, str(m.path()), m.input_shapes, m.samples()
+        yield name, str(m.path()), m.input_shapes, m.samples(), m.calibration_samples(32)
     for name in ("resnet", "vgg", "inception"):
         label = f"{name}-lowrank (generated)"
         if names and name not in names:
             continue
         proto = generators.GENERATORS[name](size=112, low_rank=0.5, seed=0)
-        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None
+        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None, None
 
 
 def make_session(model, threads: int) -> ort.InferenceSession:
@@ -110,14 +112,15 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
-    for label, model, shapes, samples in cases(args.models):
+    for label, model, shapes, samples, calib in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
         for pname, policy in POLICIES.items():
-            if args.policies and pname not in args.policies:
+            if (args.policies and pname not in args.policies) or (pname.endswith("/data") and calib is None):
                 continue
             t0 = time.perf_counter()
             optimized, report = optimize(original, policy, shapes, samples=samples,
-                                         samples_label="real" if samples else "random")
+                                         samples_label="real" if samples else "random",
+                                         calibration=calib if pname.endswith("/data") else None)
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)

@@ -89,6 +89,7 @@ def main() -> None:
                 row = dict(model=name, fraction=fraction, method=method, seconds=seconds,
                            targeted_mac_ratio=sum(l.macs_after for l in targeted) / max(sum(l.macs_before for l in targeted), 1),
                            mac_ratio=report.totals.mac_ratio, rewritten=report.totals.rewritten, output_rel_error=err,
+                           kept=report.method, method_check=report.method_check,
                            task=METRICS[m.task](evaluation, ref, got))
                 rows.append(row)
                 console.print(f"{name} F={fraction} {method}: error {err:.4f} task {row['task']} ({seconds:.0f} s)", style="dim")
@@ -101,8 +102,9 @@ def main() -> None:
             w = next(r for r in rows if r["model"] == name and r["fraction"] == fraction and r["method"] == "weight")
             d = next(r for r in rows if r["model"] == name and r["fraction"] == fraction and r["method"] == "data")
             change = (d["output_rel_error"] - w["output_rel_error"]) / max(w["output_rel_error"], 1e-12)
+            kept = "" if d["kept"] == "data" else " (weight-only kept)"
             table.add_row(name, f"{fraction} ({d['targeted_mac_ratio']:.3f})", f"{w['output_rel_error']:.4f}",
-                          f"{d['output_rel_error']:.4f}", f"{change:+.0%}", _task(w["task"]), _task(d["task"]))
+                          f"{d['output_rel_error']:.4f}{kept}", f"{change:+.0%}", _task(w["task"]), _task(d["task"]))
     console.print(table)
     write_json_atomic(out / "data-aware.json", {"calibration_samples": args.calibration_samples, "rows": rows})
     console.print(f"wrote {out / 'data-aware.json'} and error-vs-macs-*.png")
