@@ -145,6 +145,9 @@ def main() -> None:
                 min_cosine=min(o["cosine"] for o in v["outputs"]),
             ))
             console.print(f"{label} / {pname}: done", style="dim")
+            # written after every row, so a long (tuned) run that is stopped keeps what it measured
+            write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "tvm_target": args.target,
+                                          "rows": rows})
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
     for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
@@ -162,8 +165,6 @@ def main() -> None:
             "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
         )
     console.print(table)
-    write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "tvm_target": args.target,
-                                  "rows": rows})
     console.print(f"wrote {args.json}")
 
 
