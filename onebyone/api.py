@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import onnx_ir as ir
 
 from onebyone.errors import OneByOneError
@@ -103,7 +102,7 @@ def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progr
     if not calibration or policy.kind != "budget" or not p.report.totals.rewritten:
         return optimized, p.report
     from onebyone.passes.data_fit import HOLDOUT_EVERY
-    from onebyone.verify.metrics import rel_l2
+    from onebyone.verify.metrics import worst_output_rel_l2
     from onebyone.verify.onnxruntime_run import run_samples, session
 
     held = calibration[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or calibration
@@ -113,8 +112,7 @@ def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progr
     ref = run_samples(session(original, "original"), held)
 
     def error(m: ir.Model) -> float:
-        got = run_samples(session(m, "rewritten"), held)
-        return max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+        return worst_output_rel_l2(ref, run_samples(session(m, "rewritten"), held))
 
     e_data, e_weight = error(optimized), error(weight_only)
     keep_data = e_data <= e_weight
@@ -129,7 +127,7 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
     """Bisection on the MAC budget: the smallest fraction whose calibration output error is <= max_error."""
     import tempfile
 
-    from onebyone.verify.metrics import rel_l2
+    from onebyone.verify.metrics import worst_output_rel_l2
     from onebyone.verify.onnxruntime_run import run_samples, session
 
     ref = run_samples(session(original, "original"), calibration)
@@ -141,7 +139,7 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
         budget_policy = RankPolicy("budget", macs=frac, round_to=policy.round_to)
         candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress)
         got = run_samples(session(candidate, "candidate"), calibration)
-        err = max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+        err = worst_output_rel_l2(ref, got)
         if err <= policy.max_error:
             best = (candidate, step_report, frac, err)
             hi = frac

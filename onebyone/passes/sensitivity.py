@@ -1,11 +1,12 @@
-"""How strongly each conv's output error reaches the model's outputs, measured once per conv (not per rank).
+"""How strongly each conv's output error reaches the model's outputs, measured per conv at a few ranks (not at every
+candidate rank).
 
-A MAC budget split by each conv's own predicted (local) error treats an error in the RGB stem like an error deep in
-the network, and trusts a prediction that ignores padding and correlations between kernel taps; neither holds.
-For every candidate conv, the model is run on a few calibration samples with only that conv rewritten at a probe
-rank (whitened factorization); the gain is the measured model-output relative error (the worst output, as in
-verification) divided by the conv's predicted local error at that rank. To first order the model-output error of
-a set of rewrites is then sqrt(Σ gain² · predicted error²), which is what the budget allocation minimises.
+A MAC budget split by each conv's own (local) error treats an error in the RGB stem like an error deep in the
+network; they are not alike. For every candidate conv, the model is run on a few calibration samples with only that
+conv rewritten (whitened factorization) at up to PROBES_PER_CONV probe ranks; the gain at a probe is the measured
+model-output relative error (the worst output, as in verification) divided by the measured relative error of the
+conv's own output. To first order the model-output error of a set of rewrites is then sqrt(Σ gain² · local error²),
+with the local error taken from the conv's predicted error curve; that is what the budget allocation minimises.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import onnx_ir as ir
 from onebyone.passes import calibration, whitening
 from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes.rewrite import UniqueNames, insert_bottleneck
+from onebyone.verify.metrics import worst_output_rel_l2
 
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
@@ -36,10 +38,9 @@ def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
     return sorted({below[i] for i in picks})
 
 
-def _rel(ref: list[np.ndarray], got: list[np.ndarray]) -> float:
-    num = sum(float(np.sum((a.astype(np.float64) - b) ** 2)) for a, b in zip(ref, got))
-    den = sum(float(np.sum(a.astype(np.float64) ** 2)) for a in ref)
-    return float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+def _by_name(runs: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, list[np.ndarray]]:
+    """Per-sample {name: array} runs regrouped as {name: [array per sample]} for the given names."""
+    return {k: [run[k] for run in runs] for k in keys}
 
 
 def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int = 1,
@@ -77,8 +78,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
             names = outputs + ([conv_out] if conv_out not in outputs else [])
             sess = session(calibration.with_outputs(probe, [conv_out]), "probe (sensitivity)")
             got = [dict(zip(names, sess.run(names, f))) for f in feeds]
-            final = max(_rel([r[o] for r in refs], [g[o] for g in got]) for o in outputs)  # the worst output, as verified
-            local = _rel([r[conv_out] for r in refs], [g[conv_out] for g in got])
+            final = worst_output_rel_l2(_by_name(refs, outputs), _by_name(got, outputs))  # the worst output, as verified
+            local = worst_output_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
             if local > 1e-6:
                 rs, gs = measured.setdefault(d.info.name, ([], []))
                 rs.append(rank)

@@ -34,6 +34,12 @@ def rel_l2(ref: np.ndarray, got: np.ndarray, atol: float = 1e-6) -> float:
     return float(np.linalg.norm(r - g) / denom) if denom > 0 else 0.0
 
 
+def worst_output_rel_l2(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]]) -> float:
+    """The largest, over output names, of rel_l2 between all samples of `ref` and of `got` (per name, one array per
+    sample) taken together."""
+    return max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+
+
 def cosine(ref: np.ndarray, got: np.ndarray) -> float:
     """Cosine similarity in float64; 1.0 when both are zero, 0.0 when only one is."""
     r = ref.astype(np.float64).ravel()
