@@ -38,12 +38,12 @@ POLICIES = {
 
 
 def cases(names: list[str] | None):
-    """(label, model path or ir.Model, input shapes, samples or None, calibration or None) for real and generated
+    """(label, model path or ir.Model, input shapes, samples or None, calibration maker or None) for real and generated
     models."""
     for name, m in REAL_MODELS.items():
         if names and name not in names:
             continue
-        yield name, str(m.path()), m.input_shapes, m.samples(), m.calibration_samples(32)
+        yield name, str(m.path()), m.input_shapes, m.samples(), m.calibration_samples
     for name in ("resnet", "vgg", "inception"):
         label = f"{name}-lowrank (generated)"
         if names and name not in names:
@@ -120,7 +120,7 @@ def main() -> None:
             t0 = time.perf_counter()
             optimized, report = optimize(original, policy, shapes, samples=samples,
                                          samples_label="real" if samples else "random",
-                                         calibration=calib if pname.endswith("/data") else None)
+                                         calibration=calib(32) if pname.endswith("/data") else None)
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
