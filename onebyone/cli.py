@@ -307,7 +307,9 @@ def compile_(
     console.print(f"wrote package {out} (target {spec})")
     tuned = package.read_manifest(out).get("tuning")
     if tuned:
-        console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({tuned['cost_model'] or 'reused'})")
+        how = (f"{tuned['tuned_kernels']} of {tuned['kernels']} kernels, {tuned['cost_model']} cost model"
+               if tuned["trials"] else "reused")
+        console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({how})")
     elif spec.get("kind") == "llvm" and not targets.is_cross(spec):
         console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "
                       "tune with --tune-trials N --tuning-db DIR and measure with `onebyone run PKG --time`")

@@ -125,6 +125,28 @@ def test_runtime_bad_input(models, tmp_path):
     assert not (tmp_path / "p").exists()
 
 
+def test_tuning_picks_the_heaviest_kernels():
+    import tvm
+    from tvm.relax.frontend.onnx import from_onnx
+    from tvm.s_tir import meta_schedule as ms
+
+    from onebyone.runtime import tuning
+
+    proto = generators.vgg(size=16, widths=(8, 16))
+    target = tvm.target.Target(targets.resolve("cpu"))
+    lowered = tuning.lower_for_tuning(from_onnx(proto, keep_params_in_input=False), target)
+    tasks = ms.relax_integration.extract_tasks(lowered, target)
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    assert len(tasks) > len(convs) > 2
+    chosen = tuning.select_tasks(tasks, 8)
+    assert len(chosen) == 1 and "conv2d" in chosen[0].task_name
+    assert len(tuning.select_tasks(tasks, 8 * len(tasks))) < len(tasks)  # 90% of the FLOPs need not every kernel
+    assert len(tuning.select_tasks(tasks, 1)) == 1
+    cost = {t.task_name: float(tvm.s_tir.analysis.estimate_tir_flops(t.dispatched[0])) * t.weight for t in tasks
+            if "conv2d" in t.task_name}
+    assert cost[chosen[0].task_name] == max(cost.values())
+
+
 def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     model = tmp_path / "vgg.onnx"
     onnx.save(generators.vgg(size=16, widths=(8, 16)), model)
@@ -132,7 +154,12 @@ def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     proc = cli("compile", model, "-o", tmp_path / "tuned", "--tune-trials", "8", "--tuning-db", db, check_rc=0)
     assert "tuned: 8 trials" in proc.stdout and (db / "database_tuning_record.json").stat().st_size > 0
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
-    assert manifest["tuning"]["trials"] == 8
+    tuning = manifest["tuning"]
+    assert tuning["trials"] == 8 and tuning["tuned_kernels"] == 1 and tuning["kernels"] > 1
+    # the tuned kernel's default (unscheduled: empty trace) code is a measured record too
+    records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    assert tuning["baselines"] == 1 and sum(1 for r in records if not r[0][0]) == 1
+    assert all(r[1] and min(r[1]) > 0 for r in records)
     proc = cli("compile", model, "-o", tmp_path / "again", "--tuning-db", db, check_rc=0)
     assert "0 trials" in proc.stdout and "reused" in proc.stdout
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)

@@ -54,35 +54,121 @@ def has_records(db_dir: str | os.PathLike | None) -> bool:
     return bool(d and (d / "database_tuning_record.json").is_file() and (d / "database_tuning_record.json").stat().st_size > 0)
 
 
+def _progress_callback(trials: int, progress):
+    """A MetaSchedule measure callback that reports 'tuning: done/total trials' after each measured batch."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+
+    @derived_object
+    class TrialProgress(PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.done += len(measure_candidates)
+            progress(f"tuning: {min(self.done, trials)}/{trials} trials")
+
+    return TrialProgress()
+
+
+MIN_TRIALS_PER_TASK = 8
+FLOP_SHARE = 0.9
+
+
+def select_tasks(tasks, trials: int) -> list:
+    """The tasks worth tuning with `trials` trials: the heaviest (FLOPs x number of calls) first, until they hold
+    FLOP_SHARE of the model's FLOPs, and no more than give each MIN_TRIALS_PER_TASK trials (at least one task).
+    A budget spread thinner than that gives each kernel one or two random schedules, which are often slower than
+    TVM's default code; the kernels left out keep the default code."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    def cost(task) -> float:
+        try:
+            return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+        except Exception:  # noqa: BLE001 - ops whose FLOPs TVM cannot count (e.g. data movement) cost ~nothing
+            return 0.0
+
+    ranked = sorted(tasks, key=cost, reverse=True)
+    total = sum(cost(t) for t in ranked) or 1.0
+    cap = max(1, trials // MIN_TRIALS_PER_TASK)
+    chosen, share = [], 0.0
+    for task in ranked:
+        if len(chosen) >= cap or (chosen and share >= FLOP_SHARE):
+            break
+        chosen.append(task)
+        share += cost(task) / total
+    return chosen
+
+
+def _commit_default_schedules(database, tasks, target, builder, runner, progress=None) -> int:
+    """Measure every task's default (unscheduled) code with the tuner's own builder and runner and record it as one
+    more candidate, so that applying the database never picks a tuned kernel slower than the default one. CPU only
+    (on GPUs unscheduled code does not run). Returns how many were recorded."""
+    from tvm.s_tir import Schedule
+    from tvm.s_tir import meta_schedule as ms
+
+    if target.kind.name != "llvm":
+        return 0
+    recorded = 0
+    for task in tasks:
+        mod = task.dispatched[0]
+        func = mod["main"]
+        built = builder.build([ms.builder.BuilderInput(mod, target)])[0]
+        if built.error_msg:
+            continue
+        args = ms.arg_info.ArgInfo.from_prim_func(func)
+        result = runner.run([ms.runner.RunnerInput(built.artifact_path, "cpu", args)])[0].result()
+        if result.error_msg or not result.run_secs:
+            continue
+        workload = database.commit_workload(mod)
+        database.commit_tuning_record(ms.database.TuningRecord(
+            Schedule(mod).trace, workload, [float(v) for v in result.run_secs], target, args))
+        recorded += 1
+    if progress:
+        progress(f"recorded the default code of {recorded} kernel(s) as a baseline")
+    return recorded
+
+
 def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=None):
     """Tune `mod` for `target` with `trials` MetaSchedule trials (0: reuse the records already in `db_dir`), then
-    compile it with the database applied. Returns (executable, info for the manifest)."""
+    compile it with the database applied. Only the heaviest kernels are tuned (see select_tasks); on CPU each tuned
+    kernel's default code is measured too, so a tuned build never uses a kernel that measured slower than the untuned
+    build's. Returns (executable, info for the manifest)."""
     from tvm.s_tir import meta_schedule as ms
 
     db_dir = Path(db_dir)
     db_dir.mkdir(parents=True, exist_ok=True)
     lowered = lower_for_tuning(mod, target)
+    info: dict = {"trials": trials, "database": str(db_dir)}
     if trials > 0:
         # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        if progress:
-            progress(f"tuning {trials} trials (MetaSchedule, database {db_dir})")
         cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
-        # Spread a small budget over every task: the scheduler gives each task one round before it repeats one.
-        n_tasks = max(1, len(ms.relax_integration.extract_tasks(lowered, target)))
-        per_iter = max(2, min(16, trials // n_tasks))
+        all_tasks = ms.relax_integration.extract_tasks(lowered, target)
+        chosen = select_tasks(all_tasks, trials)
+        if progress:
+            progress(f"tuning {len(chosen)} of {len(all_tasks)} kernels with {trials} trials "
+                     f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
+        per_iter = max(2, min(16, trials // len(chosen)))
+        builder, runner = _builder(), ms.runner.LocalRunner(timeout_sec=60)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        if progress:
+            callbacks.append(_progress_callback(trials, progress))
         try:
-            database = ms.relax_integration.tune_relax(
-                lowered, {}, target, str(db_dir), max_trials_global=trials, num_trials_per_iter=per_iter,
-                builder=_builder(), runner=ms.runner.LocalRunner(timeout_sec=60), cost_model=cost_model,
+            database = ms.tune.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
+                num_trials_per_iter=per_iter, builder=builder, runner=runner, cost_model=cost_model,
+                measure_callbacks=callbacks,
             )
         except ValueError as exc:
             raise OneByOneError(f"tuning failed: {exc}") from None
+        baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
+        info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines)
     else:
         if not has_records(db_dir):
             raise OneByOneError(f"{db_dir}: no tuning records; tune first with --tune-trials N")
         database = ms.database.JSONDatabase(work_dir=str(db_dir))
-        cost_model = None
     executable = ms.relax_integration.compile_relax(database, lowered, target, None)
-    return executable, {"trials": trials, "database": str(db_dir), "cost_model": cost_model,
-                        "records": len(database) if hasattr(database, "__len__") else None}
+    info["records"] = len(database) if hasattr(database, "__len__") else None
+    return executable, info
