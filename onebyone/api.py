@@ -91,25 +91,31 @@ def optimize(
     return optimized, report
 
 
-def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress) -> tuple[ir.Model, Report]:
+def _held_out(calibration):
+    from onebyone.passes.data_fit import HOLDOUT_EVERY
+
+    return calibration[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or calibration
+
+
+def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress,
+             held_reference=None) -> tuple[ir.Model, Report]:
     """A rewritten copy of `original` and its report. With calibration data and a MAC budget, the data-aware rewrite
     is kept only when its model-output error on held-out calibration samples (every 4th) is at most that of
     weight-only SVD under the same budget; otherwise the weight-only rewrite is returned. Either way the report's
-    `method_check` holds both errors."""
+    `method_check` holds both errors. `held_reference`: the original's outputs on those samples, if already run."""
     optimized = original.clone()
     p = BottleneckPass(policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache_dir, progress=progress)
     p(optimized)
     if not calibration or policy.kind != "budget" or not p.report.totals.rewritten:
         return optimized, p.report
-    from onebyone.passes.data_fit import HOLDOUT_EVERY
     from onebyone.verify.metrics import worst_output_rel_l2
     from onebyone.verify.onnxruntime_run import run_samples, session
 
-    held = calibration[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or calibration
+    held = _held_out(calibration)
     weight_only = original.clone()
     q = BottleneckPass(policy, input_shapes, model_name=name)
     q(weight_only)
-    ref = run_samples(session(original, "original"), held)
+    ref = held_reference or run_samples(session(original, "original"), held)
 
     def error(m: ir.Model) -> float:
         return worst_output_rel_l2(ref, run_samples(session(m, "rewritten"), held))
@@ -131,13 +137,16 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
     from onebyone.verify.onnxruntime_run import run_samples, session
 
     ref = run_samples(session(original, "original"), calibration)
+    held_ids = set(map(id, _held_out(calibration)))
+    held_ref = {k: [v for feed, v in zip(calibration, vs) if id(feed) in held_ids] for k, vs in ref.items()}
     cache = cache_dir or tempfile.mkdtemp(prefix="onebyone-cache-")
     best = None
     lo, hi = 0.0, 1.0
     for step in range(steps):
         frac = hi if best is None and step == 0 else (lo + hi) / 2
         budget_policy = RankPolicy("budget", macs=frac, round_to=policy.round_to)
-        candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress)
+        candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress,
+                                          held_ref)
         got = run_samples(session(candidate, "candidate"), calibration)
         err = worst_output_rel_l2(ref, got)
         if err <= policy.max_error:
