@@ -294,6 +294,7 @@ def compile_(
     cross_compiler: Annotated[Optional[str], typer.Option("--cross-compiler", help="C++ cross compiler for non-host targets")] = None,
     tune_trials: Annotated[int, typer.Option("--tune-trials", help="MetaSchedule trials (0: no tuning, or reuse --tuning-db)")] = 0,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="tuning database folder, saved and reused")] = None,
+    rpc: Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of the device that times tuning candidates (needed to tune for another CPU)")] = None,
 ) -> None:
     """Compile with TVM (Relax) into a package folder: the shared library and a JSON manifest."""
     from onebyone.runtime import package, targets
@@ -301,14 +302,20 @@ def compile_(
     arg = resolve_model(model)
     spec = targets.resolve(target)
     m = load_model(arg.path)
+    remote = None
+    if rpc:
+        from onebyone.runtime.remote import Remote
+
+        remote = Remote(rpc)
     with console.status(f"compiling for {target}…") as status:
         out = package.compile_model(m, spec, output, _shapes(arg, input_shape), str(arg.path), cross_compiler,
-                                    tune_trials, tuning_db, progress=lambda msg: status.update(msg))
-    console.print(f"wrote package {out} (target {spec})")
-    tuned = package.read_manifest(out).get("tuning")
+                                    tune_trials, tuning_db, progress=lambda msg: status.update(msg), remote=remote)
+    manifest = package.read_manifest(out)
+    console.print(f"wrote package {out} (target {manifest['target']})")
+    tuned = manifest.get("tuning")
     if tuned:
-        how = (f"{tuned['tuned_kernels']} of {tuned['kernels']} kernels, {tuned['cost_model']} cost model"
-               if tuned["trials"] else "reused")
+        how = (f"{tuned['tuned_kernels']} of {tuned['kernels']} kernels timed on {tuned['measured_on']}, "
+               f"{tuned['cost_model']} cost model" if tuned["trials"] else "reused")
         console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({how})")
     elif spec.get("kind") == "llvm" and not targets.is_cross(spec):
         console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "

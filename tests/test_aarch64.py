@@ -6,6 +6,7 @@ reuse it. Needs qemu-aarch64 and aarch64-linux-gnu-g++ (scripts/setup-cross.sh i
 
 from __future__ import annotations
 
+import json
 import socket
 
 import onnx
@@ -62,3 +63,23 @@ def test_rpc_errors(models, tmp_path):
     one_line_error(cli("run", pkg, "--rpc", "nowhere"), "HOST:PORT")
     one_line_error(cli("run", pkg), "run it on that device")
     one_line_error(cli("verify", original, optimized, "--target", "aarch64"), "--rpc")
+    one_line_error(cli("compile", optimized, "-o", tmp_path / "t", "--target", "aarch64", "--tune-trials", "4"), "--rpc")
+    one_line_error(cli("compile", optimized, "-o", tmp_path / "t", "--target", "aarch64", "--tune-trials", "4",
+                       "--rpc", f"127.0.0.1:{_free_port()}"), "cannot reach the TVM RPC server")
+
+
+def test_tuning_times_candidates_on_the_board(board, models, tmp_path):
+    original, optimized = models
+    db, pkg = tmp_path / "db", tmp_path / "tuned"
+    proc = cli("compile", optimized, "-o", pkg, "--target", "cortex-a72", "--tune-trials", "4", "--tuning-db", db,
+               "--rpc", board, check_rc=0)
+    assert f"timed on {board}" in proc.stdout
+    manifest = package.read_manifest(pkg)
+    assert manifest["tuning"]["measured_on"] == board and manifest["tuning"]["baselines"] == 1
+    assert manifest["target"]["num-cores"] >= 1  # asked of the board's TVM runtime
+    # every candidate and the default code ran on the board (a failed run is recorded as 1e10 s)
+    records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines()]
+    assert len(records) >= 2 and sum(1 for r in records if not r[0][0]) == 1
+    assert all(0 < r[1][0] < 1 for r in records)
+    proc = cli("verify", original, optimized, "--target", "cortex-a72", "--rpc", board, "--package", pkg, check_rc=0)
+    assert proc.stdout.count("PASS") == 3

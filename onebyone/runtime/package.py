@@ -45,16 +45,28 @@ def _io(values) -> list[dict[str, Any]]:
 def compile_model(
     model: ir.Model, target: dict[str, Any], output: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
     source_path: str | None = None, cross_compiler: str | None = None, tune_trials: int = 0,
-    tuning_db: str | os.PathLike | None = None, progress=None,
+    tuning_db: str | os.PathLike | None = None, progress=None, remote=None,
 ) -> Path:
     """Compile `model` for `target` into the package folder `output` (written atomically: built in a temp folder
-    next to it, then renamed). Returns the folder. Raises OneByOneError for unsupported ops, a missing cross
-    compiler or a failed build."""
+    next to it, then renamed). Returns the folder. With `tune_trials`, tuning candidates are timed on this machine or,
+    with `remote` (an onebyone.runtime.remote.Remote; required for another CPU), on that device. Raises
+    OneByOneError for unsupported ops, a missing cross compiler or device, or a failed build."""
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
     import onebyone
 
+    cc = None
+    if targets.is_cross(target):
+        cc = cross_compiler or "aarch64-linux-gnu-g++"
+        if shutil.which(cc) is None:
+            raise OneByOneError(f"cross compiler {cc!r} not found; install it (Debian: apt-get install g++-aarch64-linux-gnu)")
+    if tune_trials > 0:
+        if cc and remote is None:
+            raise OneByOneError("tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
+                                "(a board running tvm.exec.rpc_server, or `onebyone emulate aarch64`)")
+        if "num-cores" not in target:  # MetaSchedule needs it to plan parallel loops
+            target = dict(target, **{"num-cores": remote.num_threads() if remote else (os.cpu_count() or 1)})
     shapes = resolve_input_shapes(model, input_shapes)
     proto = prepare(model, shapes)
     try:
@@ -65,7 +77,8 @@ def compile_model(
     try:
         if tune_trials > 0 or tuning.has_records(tuning_db):
             db = tuning_db or tempfile.mkdtemp(prefix="onebyone-tuning-")
-            executable, tuned = tuning.compile_tuned(mod, tvm.target.Target(target), tune_trials, db, progress)
+            executable, tuned = tuning.compile_tuned(mod, tvm.target.Target(target), tune_trials, db, progress,
+                                                     remote=remote, cross_compiler=cc)
         else:
             executable = tvm.compile(mod, target=tvm.target.Target(target))
     except OneByOneError:
@@ -77,10 +90,7 @@ def compile_model(
         raise OneByOneError(f"{out.parent}: output folder does not exist")
     with atomic_folder(out) as tmp:
         kwargs = {}
-        if targets.is_cross(target):
-            cc = cross_compiler or "aarch64-linux-gnu-g++"
-            if shutil.which(cc) is None:
-                raise OneByOneError(f"cross compiler {cc!r} not found; install it (Debian: apt-get install g++-aarch64-linux-gnu)")
+        if cc:
             from tvm.support import cc as tvm_cc
 
             kwargs["fcompile"] = tvm_cc.cross_compiler(cc)

@@ -29,6 +29,10 @@ class Remote:
         except Exception:  # noqa: BLE001 - TVM raises an InternalError with a C++ trace
             raise OneByOneError(f"cannot reach the TVM RPC server at {address} (is it running? `onebyone emulate aarch64`)") from None
 
+    def num_threads(self) -> int:
+        """How many threads the device's TVM runtime runs kernels on (its cores, unless TVM_NUM_THREADS says)."""
+        return int(self.session.get_function("runtime.NumThreads")())
+
     def _vm(self, path):
         """(manifest, remote VM, remote device) for a package, uploaded and loaded once per session."""
         key = str(path)

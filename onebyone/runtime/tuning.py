@@ -10,30 +10,106 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import tempfile
 from pathlib import Path
 
 from onebyone.errors import OneByOneError
 
 
-def _builder():
+def _builder(cross_compiler: str | None = None):
+    """Builds each candidate in this process (no popen workers, no per-worker import cost); with `cross_compiler`,
+    links it into a shared library for the device (the stock export is a tar of objects that the device would
+    have to link itself)."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import default_build, default_export
 
+    def export(rt_mod) -> str:
+        if cross_compiler is None:
+            return default_export(rt_mod)
+        from tvm.support import cc
+
+        path = os.path.join(tempfile.mkdtemp(prefix="onebyone-candidate-"), "candidate.so")
+        rt_mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+        return path
+
     @derived_object
     class InProcessBuilder(PyBuilder):
-        """Builds each candidate in this process (no popen workers, no per-worker import cost)."""
-
         def build(self, build_inputs):
             out = []
             for inp in build_inputs:
                 try:
-                    out.append(BuilderResult(default_export(default_build(inp.mod, inp.target, None)), None))
+                    out.append(BuilderResult(export(default_build(inp.mod, inp.target, None)), None))
                 except Exception as exc:  # noqa: BLE001 - a failed candidate is reported to the tuner
                     out.append(BuilderResult(None, str(exc)[:1000]))
             return out
 
     return InProcessBuilder()
+
+
+def _random_args(args_info, dev) -> list:
+    """Random tensors for a candidate's arguments, made here and copied to `dev` (the runtime-only TVM library that
+    boards and the emulator load has no random_fill_for_measure)."""
+    import numpy as np
+    import tvm
+
+    rng = np.random.default_rng(0)
+    out = []
+    for info in args_info:
+        kind, dtype, shape = info.as_json()
+        if kind != "TENSOR":
+            raise ValueError(f"cannot make a {kind} argument")
+        out.append(tvm.runtime.tensor(rng.uniform(-1, 1, [int(d) for d in shape]).astype(str(dtype)), dev))
+    return out
+
+
+def _device_runner(remote):
+    """A MetaSchedule runner that times candidates on a TVM RPC device (`remote`: onebyone.runtime.remote.Remote),
+    one at a time in this process, with the stock evaluator settings (3 runs of at least 100 ms in all)."""
+    import itertools
+
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.runner import EvaluatorConfig, PyRunner, PyRunnerFuture, RunnerResult
+    from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+    @derived_object
+    class Done(PyRunnerFuture):
+        def __init__(self, result):
+            super().__init__()
+            self.res = result
+
+        def done(self):
+            return True
+
+        def result(self):
+            return self.res
+
+    names = itertools.count()
+    config = EvaluatorConfig._normalized(None)
+
+    def time_one(inp) -> list[float]:
+        session = remote.session
+        name = f"onebyone-candidate-{os.getpid()}-{next(names)}.so"
+        session.upload(inp.artifact_path, name)
+        try:
+            rt_mod = session.load_module(name)
+            dev = session.device(inp.device_type, 0)
+            return run_evaluator_common(rt_mod, dev, config, [_random_args(inp.args_info, dev)])
+        finally:
+            session.remove(name)
+
+    @derived_object
+    class DeviceRunner(PyRunner):
+        def run(self, runner_inputs):
+            out = []
+            for inp in runner_inputs:
+                try:
+                    out.append(Done(RunnerResult(time_one(inp), None)))
+                except Exception as exc:  # noqa: BLE001 - a failed candidate is reported to the tuner
+                    out.append(Done(RunnerResult(None, str(exc)[:1000])))
+            return out
+
+    return DeviceRunner()
 
 
 def lower_for_tuning(mod, target):
@@ -129,11 +205,13 @@ def _commit_default_schedules(database, tasks, target, builder, runner, progress
     return recorded
 
 
-def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=None):
+def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=None, remote=None,
+                  cross_compiler: str | None = None):
     """Tune `mod` for `target` with `trials` MetaSchedule trials (0: reuse the records already in `db_dir`), then
     compile it with the database applied. Only the heaviest kernels are tuned (see select_tasks); on CPU each tuned
     kernel's default code is measured too, so a tuned build never uses a kernel that measured slower than the untuned
-    build's. Returns (executable, info for the manifest)."""
+    build's. Candidates run on this machine, or with `remote` (a Remote) on that device, linked by `cross_compiler`.
+    Returns (executable, info for the manifest)."""
     from tvm.s_tir import meta_schedule as ms
 
     db_dir = Path(db_dir)
@@ -150,7 +228,8 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
             progress(f"tuning {len(chosen)} of {len(all_tasks)} kernels with {trials} trials "
                      f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
         per_iter = max(2, min(16, trials // len(chosen)))
-        builder, runner = _builder(), ms.runner.LocalRunner(timeout_sec=60)
+        builder = _builder(cross_compiler)
+        runner = _device_runner(remote) if remote is not None else ms.runner.LocalRunner(timeout_sec=60)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
         callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
         if progress:
@@ -164,7 +243,8 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
         except ValueError as exc:
             raise OneByOneError(f"tuning failed: {exc}") from None
         baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
-        info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines)
+        info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines,
+                    measured_on=remote.address if remote is not None else "this machine")
     else:
         if not has_records(db_dir):
             raise OneByOneError(f"{db_dir}: no tuning records; tune first with --tune-trials N")
