@@ -83,3 +83,29 @@ def test_tuning_times_candidates_on_the_board(board, models, tmp_path):
     assert all(0 < r[1][0] < 1 for r in records)
     proc = cli("verify", original, optimized, "--target", "cortex-a72", "--rpc", board, "--package", pkg, check_rc=0)
     assert proc.stdout.count("PASS") == 3
+
+
+def test_tuning_on_the_wrong_device_is_a_one_line_error(models, tmp_path):
+    """An x86 RPC server cannot load aarch64 candidates: tuning stops with the loader's error, writes no package."""
+    import subprocess
+    import sys
+    import time
+
+    original, optimized = models
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.2)
+        proc = cli("compile", optimized, "-o", tmp_path / "t", "--target", "aarch64", "--tune-trials", "2",
+                   "--rpc", f"127.0.0.1:{port}")
+        one_line_error(proc, "none of the 2 candidates ran")
+        assert "Failed to load" in proc.stderr + proc.stdout  # the device's own reason, not the RPC wrapper's
+        assert not (tmp_path / "t").exists()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

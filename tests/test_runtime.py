@@ -90,6 +90,10 @@ def test_cuda_package_without_a_driver_is_a_one_line_error(models, tmp_path):
     with pytest.raises(OneByOneError, match=r"libcuda\.so\.1"):
         package.load_package(pkg_dir)
     one_line_error(cli("run", pkg_dir), "libcuda.so.1")
+    # tuning for cuda times candidates on a GPU: said before any tuning work, no package written
+    one_line_error(cli("compile", optimized, "-o", tmp_path / "tuned", "--target", "cuda", "--tune-trials", "2"),
+                   "libcuda.so.1")
+    assert not (tmp_path / "tuned").exists()
 
 
 def test_targets():

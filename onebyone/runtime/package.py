@@ -65,7 +65,11 @@ def compile_model(
         if cc and remote is None:
             raise OneByOneError("tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
                                 "(a board running tvm.exec.rpc_server, or `onebyone emulate aarch64`)")
-        if "num-cores" not in target:  # MetaSchedule needs it to plan parallel loops
+        if target.get("kind") == "cuda" and remote is None:
+            load_cuda_runtime()  # one-line error naming the missing driver or CUDA runtime library
+            if not tvm.cuda(0).exist:
+                raise OneByOneError("tuning for cuda times the candidates on a GPU, and this machine has none")
+        if target.get("kind") == "llvm" and "num-cores" not in target:  # MetaSchedule plans parallel loops by it
             target = dict(target, **{"num-cores": remote.num_threads() if remote else (os.cpu_count() or 1)})
     shapes = resolve_input_shapes(model, input_shapes)
     proto = prepare(model, shapes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -130,21 +131,50 @@ def has_records(db_dir: str | os.PathLike | None) -> bool:
     return bool(d and (d / "database_tuning_record.json").is_file() and (d / "database_tuning_record.json").stat().st_size > 0)
 
 
-def _progress_callback(trials: int, progress):
-    """A MetaSchedule measure callback that reports 'tuning: done/total trials' after each measured batch."""
+def _error_line(message: str) -> str:
+    """The line of a candidate's error message (often a whole traceback) that says what went wrong."""
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    raised = [i for i, line in enumerate(lines) if re.match(r"^[\w.]*(Error|Exception)\b.*:", line)]
+    i = raised[-1] if raised else 0
+    text = lines[i]
+    if text.endswith(":") and i + 1 < len(lines):  # "RPCError: Error caught from RPC call:" then the cause
+        text += " " + lines[i + 1]
+    return text[:300]
+
+
+def _load_cuda_runtime_in_worker() -> None:
+    """LocalRunner worker initializer: the wheel's CUDA runtime is a sidecar library that a fresh worker process
+    does not load by itself ("a loader of that name is not registered")."""
+    from onebyone.runtime.package import load_cuda_runtime
+
+    load_cuda_runtime()
+
+
+def _trial_watch(trials: int, progress=None):
+    """A MetaSchedule measure callback that counts measured candidates (`done`), those that ran (`ran`), keeps the
+    first failure's message (`first_error`) and reports 'tuning: done/total trials' after each batch."""
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
     @derived_object
-    class TrialProgress(PyMeasureCallback):
+    class TrialWatch(PyMeasureCallback):
         def __init__(self):
-            self.done = 0
+            self.done, self.ran, self.first_error = 0, 0, None
 
         def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
             self.done += len(measure_candidates)
-            progress(f"tuning: {min(self.done, trials)}/{trials} trials")
+            for built, result in zip(builder_results, runner_results):
+                error = built.error_msg or result.error_msg
+                if error is None:
+                    self.ran += 1
+                elif self.first_error is None:
+                    self.first_error = _error_line(str(error))
+            if progress:
+                progress(f"tuning: {min(self.done, trials)}/{trials} trials")
 
-    return TrialProgress()
+    return TrialWatch()
 
 
 MIN_TRIALS_PER_TASK = 8
@@ -229,11 +259,14 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
                      f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
         per_iter = max(2, min(16, trials // len(chosen)))
         builder = _builder(cross_compiler)
-        runner = _device_runner(remote) if remote is not None else ms.runner.LocalRunner(timeout_sec=60)
+        if remote is not None:
+            runner = _device_runner(remote)
+        else:
+            runner = ms.runner.LocalRunner(
+                timeout_sec=60, initializer=_load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
-        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
-        if progress:
-            callbacks.append(_progress_callback(trials, progress))
+        watch = _trial_watch(trials, progress)
+        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), watch]
         try:
             database = ms.tune.tune_tasks(
                 tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
@@ -242,6 +275,8 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
             )
         except ValueError as exc:
             raise OneByOneError(f"tuning failed: {exc}") from None
+        if watch.done and not watch.ran:
+            raise OneByOneError(f"tuning: none of the {watch.done} candidates ran ({watch.first_error})")
         baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
         info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines,
                     measured_on=remote.address if remote is not None else "this machine")
