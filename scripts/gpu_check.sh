@@ -8,6 +8,8 @@
 # Needs: the project installed (README command 1), an NVIDIA driver (libcuda.so.1), the CUDA 13 runtime
 # (libcudart.so.13, e.g. `pip install nvidia-cuda-runtime`) that the apache-tvm wheel's CUDA runtime links to, and
 # nvcc (device-code check). PYTHON picks the interpreter (default python3). Packages and reports stay in OUTDIR.
+# TUNE_TRIALS=N (default 0: skip) also tunes the optimized model with N MetaSchedule trials timed on the GPU,
+# then times and verifies that package too (about a minute for N=16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
@@ -44,4 +46,10 @@ ob run "$out/pkg-original" --time
 ob run "$out/pkg-optimized" --time
 ob verify opennsfw "$out/nsfw.onnx" --target "$target" --package "$out/pkg-optimized" \
   --max-rel-error 0.05 --min-cosine 0.995 --min-top1 0.95 --report "$out/verify.json"
+if [ "${TUNE_TRIALS:-0}" -gt 0 ]; then
+  ob compile "$out/nsfw.onnx" -o "$out/pkg-tuned" --target "$target" --tune-trials "$TUNE_TRIALS" --tuning-db "$out/db"
+  ob run "$out/pkg-tuned" --time
+  ob verify opennsfw "$out/nsfw.onnx" --target "$target" --package "$out/pkg-tuned" \
+    --max-rel-error 0.05 --min-cosine 0.995 --min-top1 0.95 --report "$out/verify-tuned.json"
+fi
 echo "gpu_check: PASS ($arch)"
