@@ -295,6 +295,7 @@ def compile_(
     tune_trials: Annotated[int, typer.Option("--tune-trials", help="MetaSchedule trials (0: no tuning, or reuse --tuning-db)")] = 0,
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="tuning database folder, saved and reused")] = None,
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="HOST:PORT of the device that times tuning candidates (needed to tune for another CPU)")] = None,
+    cost_model: Annotated[str, typer.Option("--cost-model", help="tuning cost model: auto (xgb if installed) | xgb | random")] = "auto",
 ) -> None:
     """Compile with TVM (Relax) into a package folder: the shared library and a JSON manifest."""
     from onebyone.runtime import package, targets
@@ -309,7 +310,8 @@ def compile_(
         remote = Remote(rpc)
     with console.status(f"compiling for {target}…") as status:
         out = package.compile_model(m, spec, output, _shapes(arg, input_shape), str(arg.path), cross_compiler,
-                                    tune_trials, tuning_db, progress=lambda msg: status.update(msg), remote=remote)
+                                    tune_trials, tuning_db, progress=lambda msg: status.update(msg), remote=remote,
+                                    cost_model=cost_model)
     manifest = package.read_manifest(out)
     console.print(f"wrote package {out} (target {manifest['target']})")
     tuned = manifest.get("tuning")

@@ -151,6 +151,21 @@ def test_tuning_picks_the_heaviest_kernels():
     assert cost[chosen[0].task_name] == max(cost.values())
 
 
+def test_cost_model_choice(monkeypatch, tmp_path):
+    from onebyone.runtime import tuning
+
+    assert tuning.resolve_cost_model("auto") == "xgb" and tuning.resolve_cost_model("random") == "random"
+    model = tmp_path / "vgg.onnx"
+    onnx.save(generators.vgg(size=16, widths=(8, 16)), model)
+    one_line_error(cli("compile", model, "-o", tmp_path / "p", "--tune-trials", "2", "--cost-model", "gbm"),
+                   "unknown cost model 'gbm'")
+    real_find_spec = tuning.importlib.util.find_spec
+    monkeypatch.setattr(tuning.importlib.util, "find_spec", lambda name: None if name == "xgboost" else real_find_spec(name))
+    assert tuning.resolve_cost_model("auto") == "random"
+    with pytest.raises(OneByOneError, match=r"onebyone\[tune\]"):
+        tuning.resolve_cost_model("xgb")
+
+
 def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     model = tmp_path / "vgg.onnx"
     onnx.save(generators.vgg(size=16, widths=(8, 16)), model)
@@ -160,6 +175,7 @@ def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     manifest = json.loads((tmp_path / "tuned" / "manifest.json").read_text())
     tuning = manifest["tuning"]
     assert tuning["trials"] == 8 and tuning["tuned_kernels"] == 1 and tuning["kernels"] > 1
+    assert tuning["cost_model"] == "xgb"  # the test extra installs xgboost (the `tune` extra)
     # the tuned kernel's default (unscheduled: empty trace) code is a measured record too
     records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines()]
     assert tuning["baselines"] == 1 and sum(1 for r in records if not r[0][0]) == 1

@@ -45,7 +45,7 @@ def _io(values) -> list[dict[str, Any]]:
 def compile_model(
     model: ir.Model, target: dict[str, Any], output: str | os.PathLike, input_shapes: dict[str, tuple[int, ...]] | None = None,
     source_path: str | None = None, cross_compiler: str | None = None, tune_trials: int = 0,
-    tuning_db: str | os.PathLike | None = None, progress=None, remote=None,
+    tuning_db: str | os.PathLike | None = None, progress=None, remote=None, cost_model: str = "auto",
 ) -> Path:
     """Compile `model` for `target` into the package folder `output` (written atomically: built in a temp folder
     next to it, then renamed). Returns the folder. With `tune_trials`, tuning candidates are timed on this machine or,
@@ -62,6 +62,7 @@ def compile_model(
         if shutil.which(cc) is None:
             raise OneByOneError(f"cross compiler {cc!r} not found; install it (Debian: apt-get install g++-aarch64-linux-gnu)")
     if tune_trials > 0:
+        tuning.resolve_cost_model(cost_model)  # a bad choice is said before any work
         if cc and remote is None:
             raise OneByOneError("tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
                                 "(a board running tvm.exec.rpc_server, or `onebyone emulate aarch64`)")
@@ -82,7 +83,7 @@ def compile_model(
         if tune_trials > 0 or tuning.has_records(tuning_db):
             db = tuning_db or tempfile.mkdtemp(prefix="onebyone-tuning-")
             executable, tuned = tuning.compile_tuned(mod, tvm.target.Target(target), tune_trials, db, progress,
-                                                     remote=remote, cross_compiler=cc)
+                                                     remote=remote, cross_compiler=cc, cost_model=cost_model)
         else:
             executable = tvm.compile(mod, target=tvm.target.Target(target))
     except OneByOneError:

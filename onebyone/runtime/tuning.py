@@ -1,8 +1,8 @@
 """MetaSchedule tuning that works on a small machine, and compiling with a saved tuning database.
 
 Facts this relies on (TVM 0.27): the stock LocalBuilder's workers import tvm.s_tir.tensor_intrin (20–28 s each)
-and time out, so candidates are built in this process instead (InProcessBuilder); the default xgb cost model needs
-xgboost, which is not a dependency, so the random cost model is used unless xgboost is importable.
+and time out, so candidates are built in this process instead (InProcessBuilder); the xgb cost model needs xgboost
+(the `tune` extra; TVM 0.27's XGBModel works with xgboost 3.2), so without it the random cost model is used.
 """
 
 from __future__ import annotations
@@ -235,8 +235,22 @@ def _commit_default_schedules(database, tasks, target, builder, runner, progress
     return recorded
 
 
+COST_MODELS = ("auto", "xgb", "random")
+
+
+def resolve_cost_model(name: str = "auto") -> str:
+    """'xgb' or 'random': 'auto' is XGBoost when the xgboost package is importable (the `tune` extra), else random
+    search. OneByOneError for an unknown name or 'xgb' without xgboost."""
+    if name not in COST_MODELS:
+        raise OneByOneError(f"unknown cost model {name!r}; choose one of {', '.join(COST_MODELS)}")
+    has_xgb = importlib.util.find_spec("xgboost") is not None
+    if name == "xgb" and not has_xgb:
+        raise OneByOneError("the xgb cost model needs xgboost: pip install 'onebyone[tune]' (or --cost-model random)")
+    return "xgb" if name == "xgb" or (name == "auto" and has_xgb) else "random"
+
+
 def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=None, remote=None,
-                  cross_compiler: str | None = None):
+                  cross_compiler: str | None = None, cost_model: str = "auto"):
     """Tune `mod` for `target` with `trials` MetaSchedule trials (0: reuse the records already in `db_dir`), then
     compile it with the database applied. Only the heaviest kernels are tuned (see select_tasks); on CPU each tuned
     kernel's default code is measured too, so a tuned build never uses a kernel that measured slower than the untuned
@@ -251,7 +265,7 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
     if trials > 0:
         # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
         logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        cost_model = "xgb" if importlib.util.find_spec("xgboost") else "random"
+        cost_model = resolve_cost_model(cost_model)
         all_tasks = ms.relax_integration.extract_tasks(lowered, target)
         chosen = select_tasks(all_tasks, trials)
         if progress:
