@@ -318,7 +318,11 @@ def compile_(
     if tuned:
         how = (f"{tuned['tuned_kernels']} of {tuned['kernels']} kernels timed on {tuned['measured_on']}, "
                f"{tuned['cost_model']} cost model" if tuned["trials"] else "reused")
-        console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({how})")
+        console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({how}); "
+                      f"{tuned['applied_kernels']} kernel(s) scheduled from the database")
+        if not tuned["applied_kernels"]:
+            console.print("note: the tuning database matches no kernel of this model (tuned for another model, input "
+                          "shape or target?): the package runs TVM's default code")
     elif spec.get("kind") == "llvm" and not targets.is_cross(spec):
         console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "
                       "tune with --tune-trials N --tuning-db DIR and measure with `onebyone run PKG --time`")

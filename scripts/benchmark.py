@@ -29,6 +29,7 @@ from onebyone import RankPolicy, optimize
 from onebyone.models import generators
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
+from onebyone.runtime.tuning import resolve_cost_model
 
 POLICIES = {
     "exact": RankPolicy("exact"),
@@ -141,6 +142,7 @@ def main() -> None:
                 tvm_ms_original=tvm_orig, tvm_ms_optimized=tvm_opt,
                 tvm_speedup=(tvm_orig / tvm_opt) if tvm_opt else None,
                 tune_trials=args.tune_trials, tvm_tuned_ms_original=tuned_orig, tvm_tuned_ms_optimized=tuned_opt,
+                tuning_cost_model=resolve_cost_model("auto") if args.tune_trials else None,
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min(o["cosine"] for o in v["outputs"]),

@@ -138,7 +138,8 @@ def test_tuning_picks_the_heaviest_kernels():
 
     proto = generators.vgg(size=16, widths=(8, 16))
     target = tvm.target.Target(targets.resolve("cpu"))
-    lowered = tuning.lower_for_tuning(from_onnx(proto, keep_params_in_input=False), target)
+    prepared = tuning.prepare_for_tuning(from_onnx(proto, keep_params_in_input=False), target)
+    lowered = tuning.lower_for_tuning(prepared, target)
     tasks = ms.relax_integration.extract_tasks(lowered, target)
     convs = [n for n in proto.graph.node if n.op_type == "Conv"]
     assert len(tasks) > len(convs) > 2
@@ -179,9 +180,16 @@ def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     # the tuned kernel's default (unscheduled: empty trace) code is a measured record too
     records = [json.loads(line)[1] for line in (db / "database_tuning_record.json").read_text().splitlines()]
     assert tuning["baselines"] == 1 and sum(1 for r in records if not r[0][0]) == 1
+    # the tuned kernel's record is really looked up when the model is compiled (a workload that matches nothing
+    # would leave every kernel on the default code, silently)
+    assert tuning["applied_kernels"] == 1
     assert all(r[1] and min(r[1]) > 0 for r in records)
     proc = cli("compile", model, "-o", tmp_path / "again", "--tuning-db", db, check_rc=0)
-    assert "0 trials" in proc.stdout and "reused" in proc.stdout
+    assert "0 trials" in proc.stdout and "reused" in proc.stdout and "1 kernel(s) scheduled from the database" in proc.stdout
+    other = tmp_path / "other.onnx"  # another model: the database matches none of its kernels, and says so
+    onnx.save(generators.vgg(size=16, widths=(4, 4)), other)
+    proc = cli("compile", other, "-o", tmp_path / "other", "--tuning-db", db, check_rc=0)
+    assert "matches no kernel" in proc.stdout
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype(np.float32)
     ref = run_ort(onnx.load(model), {"input": x})[0]
     for folder in ("tuned", "again"):
