@@ -64,15 +64,15 @@ def has_records(db_dir: str | os.PathLike | None) -> bool:
     return bool(d and (d / "database_tuning_record.json").is_file() and (d / "database_tuning_record.json").stat().st_size > 0)
 
 
-MIN_TRIALS_PER_TASK = 8
+MIN_TRIALS_PER_TASK = 4
 FLOP_SHARE = 0.9
 
 
 def select_tasks(tasks, trials: int) -> list:
     """The tasks worth tuning with `trials` trials: the heaviest (FLOPs x number of calls) first, until they hold
     FLOP_SHARE of the model's FLOPs, and no more than give each MIN_TRIALS_PER_TASK trials (at least one task).
-    A budget spread thinner than that gives each kernel one or two random schedules, which are often slower than
-    TVM's default code; the kernels left out keep the default code."""
+    Coverage beats depth at small budgets: on open_nsfw the best of 4 random schedules of a conv already ran 4–25x
+    faster than TVM's default code for it, the best of 8 up to 46x; kernels left out keep the default code."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     def cost(task) -> float:
