@@ -80,9 +80,10 @@ def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
 
 
 def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat: int = 3,
-                  trials: int = 0) -> tuple[float, float]:
+                  trials: int = 0) -> tuple[float, float, list]:
     """Median ms of original and optimized compiled by TVM for `target` (run on this machine: its CPU or its GPU),
-    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget."""
+    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget. Third: the two packages'
+    manifest `tuning` entries (None untuned)."""
     import tempfile
 
     from onebyone.runtime import package, targets
@@ -98,7 +99,7 @@ def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat
         for _ in range(repeat):
             ta.append(a.time(feed, number=number, repeat=1)["median_ms"])
             tb.append(b.time(feed, number=number, repeat=1)["median_ms"])
-    return statistics.median(ta), statistics.median(tb)
+    return statistics.median(ta), statistics.median(tb), [a.manifest.get("tuning"), b.manifest.get("tuning")]
 
 
 def main() -> None:
@@ -126,12 +127,12 @@ def main() -> None:
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
-            tvm_orig = tvm_opt = tuned_orig = tuned_opt = None
+            tvm_orig = tvm_opt = tuned_orig = tuned_opt = tuning_info = None
             if not args.no_tvm:
-                tvm_orig, tvm_opt = tvm_latencies(original, optimized, shapes, feed, args.target)
+                tvm_orig, tvm_opt, _ = tvm_latencies(original, optimized, shapes, feed, args.target)
                 if args.tune_trials:
-                    tuned_orig, tuned_opt = tvm_latencies(original, optimized, shapes, feed, args.target,
-                                                          trials=args.tune_trials)
+                    tuned_orig, tuned_opt, tuning_info = tvm_latencies(original, optimized, shapes, feed, args.target,
+                                                                       trials=args.tune_trials)
             t = report.totals
             v = report.verification
             rows.append(dict(
@@ -143,6 +144,7 @@ def main() -> None:
                 tvm_speedup=(tvm_orig / tvm_opt) if tvm_opt else None,
                 tune_trials=args.tune_trials, tvm_tuned_ms_original=tuned_orig, tvm_tuned_ms_optimized=tuned_opt,
                 tuning_cost_model=resolve_cost_model("auto") if args.tune_trials else None,
+                tuning_original=tuning_info and tuning_info[0], tuning_optimized=tuning_info and tuning_info[1],
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min(o["cosine"] for o in v["outputs"]),
