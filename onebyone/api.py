@@ -91,10 +91,11 @@ def optimize(
     return optimized, report
 
 
-def _held_out(calibration):
+def _held_out(items: list) -> list:
+    """The held-out part of a per-calibration-sample list (the samples themselves, or one output per sample)."""
     from onebyone.passes.data_fit import HOLDOUT_EVERY
 
-    return calibration[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or calibration
+    return items[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or items
 
 
 def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress,
@@ -137,8 +138,7 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
     from onebyone.verify.onnxruntime_run import run_samples, session
 
     ref = run_samples(session(original, "original"), calibration)
-    held_ids = set(map(id, _held_out(calibration)))
-    held_ref = {k: [v for feed, v in zip(calibration, vs) if id(feed) in held_ids] for k, vs in ref.items()}
+    held_ref = {k: _held_out(vs) for k, vs in ref.items()}
     cache = cache_dir or tempfile.mkdtemp(prefix="onebyone-cache-")
     best = None
     lo, hi = 0.0, 1.0

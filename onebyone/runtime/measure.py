@@ -9,6 +9,18 @@ import re
 import tempfile
 
 
+def _per_candidate(inputs, work, result):
+    """result(work(inp), None) for each input, or result(None, message) where work raises: a failed candidate is
+    reported to the tuner, not raised."""
+    out = []
+    for inp in inputs:
+        try:
+            out.append(result(work(inp), None))
+        except Exception as exc:  # noqa: BLE001 - any failure of one candidate
+            out.append(result(None, str(exc)[:1000]))
+    return out
+
+
 def in_process_builder(cross_compiler: str | None = None):
     """Builds each candidate in this process (no popen workers, no per-worker import cost); with `cross_compiler`,
     links it into a shared library for the device (the stock export is a tar of objects that the device would
@@ -29,13 +41,8 @@ def in_process_builder(cross_compiler: str | None = None):
     @derived_object
     class InProcessBuilder(PyBuilder):
         def build(self, build_inputs):
-            out = []
-            for inp in build_inputs:
-                try:
-                    out.append(BuilderResult(export(default_build(inp.mod, inp.target, None)), None))
-                except Exception as exc:  # noqa: BLE001 - a failed candidate is reported to the tuner
-                    out.append(BuilderResult(None, str(exc)[:1000]))
-            return out
+            return _per_candidate(build_inputs, lambda inp: export(default_build(inp.mod, inp.target, None)),
+                                  BuilderResult)
 
     return InProcessBuilder()
 
@@ -94,13 +101,7 @@ def device_runner(remote):
     @derived_object
     class DeviceRunner(PyRunner):
         def run(self, runner_inputs):
-            out = []
-            for inp in runner_inputs:
-                try:
-                    out.append(Done(RunnerResult(time_one(inp), None)))
-                except Exception as exc:  # noqa: BLE001 - a failed candidate is reported to the tuner
-                    out.append(Done(RunnerResult(None, str(exc)[:1000])))
-            return out
+            return _per_candidate(runner_inputs, time_one, lambda value, error: Done(RunnerResult(value, error)))
 
     return DeviceRunner()
 

@@ -18,11 +18,10 @@ from onebyone.runtime import measure
 
 def prepare_for_tuning(mod, target):
     """The Relax module that is both tuned and compiled: batch norms and the like decomposed for inference."""
-    import tvm
     from tvm import relax
 
     with target:
-        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference()])(mod)
+        return relax.transform.DecomposeOpsForInference()(mod)
 
 
 def lower_for_tuning(prepared, target):
@@ -46,13 +45,13 @@ def lower_for_tuning(prepared, target):
         return seq(prepared)
 
 
-def applied_kernels(prepared, target, database) -> int:
+def applied_kernels(lowered, target, database) -> int:
     """How many kernels of the compiled model take their schedule from `database` (a tuned one or a recorded
-    default), i.e. how many lookups compile_relax's MetaScheduleApplyDatabase will hit."""
+    default), i.e. how many lookups compile_relax's MetaScheduleApplyDatabase will hit. `lowered`: from
+    lower_for_tuning, the same lowering compile_relax applies."""
     import tvm
     from tvm import relax
 
-    lowered = lower_for_tuning(prepared, target)
     with target, database, tvm.transform.PassContext(opt_level=3):
         applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(lowered)
     return sum(1 for f in applied.functions.values()
@@ -187,7 +186,7 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
         if not has_records(db_dir):
             raise OneByOneError(f"{db_dir}: no tuning records; tune first with --tune-trials N")
         database = ms.database.JSONDatabase(work_dir=str(db_dir))
-    info["applied_kernels"] = applied_kernels(prepared, target, database)
+    info["applied_kernels"] = applied_kernels(lowered, target, database)
     executable = ms.relax_integration.compile_relax(database, prepared, target, None)
     info["records"] = len(database) if hasattr(database, "__len__") else None
     return executable, info
