@@ -6,7 +6,7 @@ import os
 
 import onnx_ir as ir
 
-from onebyone.errors import OneByOneError
+from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
@@ -58,6 +58,7 @@ def optimize(
     samples_label: str = "random",
     tolerances: tol.Tolerances | None = None,
     verify: bool = True,
+    raise_on_failure: bool = True,
     calibration: Samples | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress=None,
@@ -70,7 +71,9 @@ def optimize(
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every
-    rewrite is lossless, APPROXIMATE otherwise, when None). It is up to the caller to refuse a failed result.
+    rewrite is lossless, APPROXIMATE otherwise, when None), and the optimized model's metadata records what was done
+    and the tolerances it met (see `stamp`). A failed verification raises VerificationFailed (its message lists
+    what failed; `.model` and `.report` hold the result) unless `raise_on_failure` is False.
     """
     original, name = _as_model(model)
     policy = policy or RankPolicy()
@@ -88,7 +91,50 @@ def optimize(
             original, optimized, samples, tolerances or default_tolerances(report), inputs_label=samples_label
         )
         report.verification = result.to_dict()
+        stamp(optimized, report)
+        if not result.passed and raise_on_failure:
+            raise VerificationFailed(result.message(), optimized, report)
     return optimized, report
+
+
+METADATA_PREFIX = "onebyone."
+
+
+def stamp(model: ir.Model, report: Report) -> None:
+    """Record in `model`'s metadata_props what onebyone did (policy, method, lossless or approximate) and the
+    verification it went through (tolerances, inputs, passed), so that `verify` can hold it to the same tolerances."""
+    import json
+
+    from onebyone import __version__
+
+    t = report.totals
+    props = {
+        "version": __version__,
+        "policy": report.policy,
+        "method": report.method,
+        "result": "unchanged" if not t.rewritten else ("lossless" if t.rewritten == t.lossless else "approximate"),
+        "rewritten_convs": f"{t.rewritten} of {t.convs} ({t.lossless} lossless)",
+        "mac_ratio": f"{t.mac_ratio:.4f}",
+    }
+    v = report.verification
+    if v is not None:
+        props["tolerances"] = json.dumps(v["tolerances"], sort_keys=True)
+        props["verified"] = json.dumps({"passed": v["passed"], "inputs": v["inputs"], "samples": v["samples"]})
+    for key, value in props.items():
+        model.metadata_props[METADATA_PREFIX + key] = str(value)
+
+
+def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
+    """The tolerances that `optimize` verified `model` against (from its metadata), or None if it has none."""
+    import json
+
+    text = model.metadata_props.get(METADATA_PREFIX + "tolerances")
+    if not text:
+        return None
+    try:
+        return tol.Tolerances.from_dict(json.loads(text))
+    except (ValueError, TypeError):
+        return None
 
 
 def _held_out(items: list) -> list:
@@ -109,17 +155,19 @@ def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progr
     p(optimized)
     if not calibration or policy.kind != "budget" or not p.report.totals.rewritten:
         return optimized, p.report
-    from onebyone.verify.metrics import worst_output_rel_l2
+    from onebyone.verify.metrics import worst_part_rel_l2
     from onebyone.verify.onnxruntime_run import run_samples, session
+    from onebyone.verify.parts import output_splits
 
     held = _held_out(calibration)
+    splits = output_splits(original)
     weight_only = original.clone()
     q = BottleneckPass(policy, input_shapes, model_name=name)
     q(weight_only)
     ref = held_reference or run_samples(session(original, "original"), held)
 
     def error(m: ir.Model) -> float:
-        return worst_output_rel_l2(ref, run_samples(session(m, "rewritten"), held))
+        return worst_part_rel_l2(ref, run_samples(session(m, "rewritten"), held), splits)
 
     e_data, e_weight = error(optimized), error(weight_only)
     keep_data = e_data <= e_weight
@@ -134,9 +182,11 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
     """Bisection on the MAC budget: the smallest fraction whose calibration output error is <= max_error."""
     import tempfile
 
-    from onebyone.verify.metrics import worst_output_rel_l2
+    from onebyone.verify.metrics import worst_part_rel_l2
     from onebyone.verify.onnxruntime_run import run_samples, session
+    from onebyone.verify.parts import output_splits
 
+    splits = output_splits(original)
     ref = run_samples(session(original, "original"), calibration)
     held_ref = {k: _held_out(vs) for k, vs in ref.items()}
     cache = cache_dir or tempfile.mkdtemp(prefix="onebyone-cache-")
@@ -148,7 +198,7 @@ def _search_budget(original, name, policy, input_shapes, calibration, cache_dir,
         candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress,
                                           held_ref)
         got = run_samples(session(candidate, "candidate"), calibration)
-        err = worst_output_rel_l2(ref, got)
+        err = worst_part_rel_l2(ref, got, splits)
         if err <= policy.max_error:
             best = (candidate, step_report, frac, err)
             hi = frac

@@ -1,6 +1,7 @@
-"""The `onebyone` command line: inspect, optimize, verify, models.
+"""The `onebyone` command line: inspect, optimize, verify, compile, run, emulate, inputs, models.
 
-Exit status: 0 on success, 1 when a verification misses its tolerances, 2 on bad input (one-line error).
+Exit status (a contract scripts may rely on): 0 success; 1 a verification missed its tolerances; 2 bad input or
+usage (a one-line `onebyone: error: ...`); 3 an internal error (one line; the traceback with --debug); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -14,8 +15,8 @@ import typer
 from rich.console import Console
 
 from onebyone import api, tables
-from onebyone.errors import OneByOneError
-from onebyone.modelio import external_data_files, load_model, save_model
+from onebyone.errors import OneByOneError, VerificationFailed
+from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
 from onebyone.passes.input_shapes import parse_input_shapes, resolve_input_shapes
 from onebyone.passes.rank_policy import RankPolicy
@@ -147,7 +148,7 @@ PolicyOpt = Annotated[str, typer.Option("--policy", help="exact (lossless only) 
 MacsOpt = Annotated[Optional[float], typer.Option("--macs", help="budget policy: fraction of the targeted convs' MACs to keep")]
 MaxErrOpt = Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")]
 CalibOpt = Annotated[Optional[str], typer.Option("--calibration", help="calibration data: .npz, image folder, or 'bundled'")]
-CalibCountOpt = Annotated[int, typer.Option("--calibration-samples", help="how many bundled calibration samples (crops/tones)")]
+CalibCountOpt = Annotated[int, typer.Option("--calibration-samples", min=1, help="how many bundled calibration samples (crops/tones)")]
 MethodOpt = Annotated[str, typer.Option("--method", help="weight (SVD of the weight) | data (needs --calibration); default: data when calibrated")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="cache calibration statistics here")]
 RankOpt = Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")]
@@ -159,16 +160,17 @@ InputsOpt = Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")]
 ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", help="HxW resize for --images (default: from the input shape)")]
 LayoutOpt = Annotated[str, typer.Option("--layout", help="NCHW or NHWC for --images")]
-BgrOpt = Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order")]
+BgrOpt = Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order", metavar="")]
 ScaleOpt = Annotated[float, typer.Option("--scale", help="pixel multiplier before mean/std")]
 MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")]
 StdOpt = Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")]
-SamplesOpt = Annotated[int, typer.Option("--samples", help="number of random samples when no inputs are given")]
+SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no inputs are given")]
 MaxRelOpt = Annotated[Optional[float], typer.Option("--max-rel-error", help="tolerance: worst per-sample relative L2 error")]
 MinCosOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="tolerance: minimum cosine similarity")]
 MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="tolerance: minimum top-1 agreement (class outputs)")]
 MaxAbsOpt = Annotated[Optional[float], typer.Option("--max-abs", help="tolerance: maximum absolute error")]
-AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="absolute floor of relative errors (per element; default 1e-6)")]
+AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="absolute noise level (default: from the dtype, float32 1e-5, and each output part's scale)")]
+RtolOpt = Annotated[Optional[float], typer.Option("--rtol", help="elementwise test |got-ref| <= atol + rtol*|ref| (default: 1e-4 for lossless rewrites, off for approximate ones)")]
 
 
 @app.command()
@@ -183,6 +185,7 @@ def inspect(
 ) -> None:
     """Per-layer table: candidates, skip reasons, ranks vs break-even, MACs (nothing is written but --report/--plot).
     With --calibration the layers carry data-aware error-vs-rank curves (plotted by --plot)."""
+    _check_extras(report, plot)
     arg = resolve_model(model)
     shapes = _shapes(arg, input_shape)
     m = load_model(arg.path)
@@ -191,8 +194,8 @@ def inspect(
     with _Progress() as progress:
         rep = api.inspect(m, _policy(policy, rank, energy, round_to, macs, max_error), shapes, calib, cache_dir, progress)
     rep.model = arg.name
-    console.print(tables.layer_table(rep))
-    console.print(tables.totals_line(rep))
+    console.print(tables.layer_table(rep, planned=True))
+    console.print(tables.totals_line(rep, planned=True))
     _write_extras(rep, report, plot)
 
 
@@ -207,14 +210,19 @@ def optimize(
     inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
     bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
     max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None, max_abs: MaxAbsOpt = None,
-    atol: AtolOpt = None,
-    force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification")] = False,
+    atol: AtolOpt = None, rtol: RtolOpt = None,
+    force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification", metavar="")] = False,
 ) -> None:
-    """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes."""
+    """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes (the written model's
+    metadata records what was done and the tolerances it met)."""
+    check_writable(output, "-o")
+    _check_extras(report, plot)
     arg = resolve_model(model)
     pol = _policy(policy, rank, energy, round_to, macs, max_error)
     shapes = _shapes(arg, input_shape)
     original = load_model(arg.path)
+    protect = (str(arg.path),) + external_data_files(arg.path)
+    check_not_input(output, protect)
     feeds, label = _samples(arg, original, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
     calib = _calibration(arg, original, shapes, calibration, calibration_samples, method,
                          (image_size, layout, bgr, scale, mean, std))
@@ -223,16 +231,17 @@ def optimize(
                                       calibration=calib, cache_dir=cache_dir, progress=progress)
     with console.status("verifying…"):
         base = api.default_tolerances(rep)
-        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
+        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1,
+                                        max_abs=max_abs, atol=atol, rtol=rtol)
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
+    api.stamp(optimized, rep)
     rep.model = arg.name
     console.print(tables.layer_table(rep))
     console.print(tables.totals_line(rep))
     tables.print_verification(console, rep.verification)
     passed = rep.verification["passed"]
     if passed or force:
-        protect = (str(arg.path),) + external_data_files(arg.path)
-        rep.output = str(save_model(optimized, output, inputs_to_protect=protect))
+        rep.output = str(save_model(optimized, output, inputs_to_protect=protect, external=len(protect) > 1))
         console.print(f"wrote {rep.output}" + ("" if passed else " [bold red](failed verification; written because of --force)[/]"))
     else:
         console.print(f"[bold red]not written[/]: {output} (failed verification; use --force to write it anyway)")
@@ -248,19 +257,27 @@ def verify(
     input_shape: InputShape = None, inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None,
     layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None,
     samples: SamplesOpt = 4, max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None,
-    max_abs: MaxAbsOpt = None, atol: AtolOpt = None, report: ReportOpt = None,
+    max_abs: MaxAbsOpt = None, atol: AtolOpt = None, rtol: RtolOpt = None, report: ReportOpt = None,
     target: Annotated[Optional[str], typer.Option("--target", help="also compile OPTIMIZED with TVM for this target and verify it")] = None,
     package: Annotated[Optional[Path], typer.Option("--package", help="with --target: use this compiled package")] = None,
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="with --target: run the package on this TVM RPC server (HOST:PORT)")] = None,
 ) -> None:
-    """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the lossless tolerances).
+    """Compare two models in onnxruntime; exit 1 when a tolerance fails (default: the tolerances that `optimize`
+    recorded in OPTIMIZED's metadata, else the lossless ones).
     With --target, the chain original (onnxruntime) → optimized (onnxruntime) → optimized (TVM) is verified."""
     arg = resolve_model(original)
     ref = load_model(arg.path)
     cand = load_model(optimized)
     shapes = _shapes(arg, input_shape)
+    if report is not None:
+        check_writable(report, "--report")
     feeds, label = _samples(arg, ref, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
-    tolerances = tol.with_overrides(tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1, max_abs=max_abs, atol=atol)
+    recorded = api.recorded_tolerances(cand)
+    if recorded is not None:
+        console.print(f"tolerances from {optimized.name}'s metadata (what `onebyone optimize` verified it against: "
+                  f"{cand.metadata_props.get(api.METADATA_PREFIX + 'result', '?')} rewrite)", markup=False)
+    tolerances = tol.with_overrides(recorded or tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine,
+                                    min_top1=min_top1, max_abs=max_abs, atol=atol, rtol=rtol)
     if target is None:
         with console.status("running both models…"):
             results = [api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()]
@@ -333,7 +350,7 @@ def run(
     package_dir: Annotated[Path, typer.Argument(help="package folder from `onebyone compile`")],
     inputs: InputsOpt = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write outputs to this .npz")] = None,
-    time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator")] = False,
+    time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator", metavar="")] = False,
     samples: SamplesOpt = 1,
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="run on this TVM RPC server (HOST:PORT)")] = None,
 ) -> None:
@@ -347,19 +364,28 @@ def run(
     shapes = {i["name"]: tuple(i["shape"]) for i in manifest["inputs"]}
     dtypes = {i["name"]: np.dtype(i["dtype"]) for i in manifest["inputs"]}
     feeds = npz_samples(inputs, shapes, dtypes) if inputs else random_samples(shapes, dtypes, count=samples)
-    if rpc:
-        remote = Remote(rpc)
-        outs = remote.run_package(package_dir, feeds)
-    else:
-        pkg = package.load_package(package_dir)
-        outs = chain.run_package(pkg, feeds)
+    where = f"the device at {rpc}" if rpc else "this machine"
+    with console.status(f"loading the package on {where}…") as status:
+        if rpc:
+            remote = Remote(rpc)
+            status.update(f"uploading and running {len(feeds)} sample(s) on {where}…")
+            outs = remote.run_package(package_dir, feeds)
+        else:
+            pkg = package.load_package(package_dir)
+            status.update(f"running {len(feeds)} sample(s) on {where}…")
+            outs = chain.run_package(pkg, feeds)
     for name, arrs in outs.items():
         console.print(f"{name}: {len(arrs)} x {list(arrs[0].shape)} {arrs[0].dtype}")
     if output is not None:
-        np.savez(output, **{k: np.stack(v) for k, v in outs.items()})
+        from onebyone.atomic import atomic_file
+
+        check_writable(output, "-o")
+        with atomic_file(output, suffix=".npz") as tmp:
+            np.savez(tmp, **{k: np.stack(v) for k, v in outs.items()})
         console.print(f"wrote {output}")
     if time_it:
-        stats = remote.time_package(package_dir, feeds[0]) if rpc else pkg.time(feeds[0])
+        with console.status(f"timing on {where} (a warm-up run, then repeated runs)…"):
+            stats = remote.time_package(package_dir, feeds[0]) if rpc else pkg.time(feeds[0])
         console.print("latency: " + ", ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 
 
@@ -368,19 +394,57 @@ def emulate(
     arch: Annotated[str, typer.Argument(help="aarch64")] = "aarch64",
     port: Annotated[int, typer.Option("--port", help="RPC port on 127.0.0.1")] = 9190,
 ) -> None:
-    """Start a TVM RPC server for aarch64 under qemu on 127.0.0.1:PORT (prepares a cached sysroot first)."""
+    """Start a TVM RPC server for aarch64 under qemu on 127.0.0.1:PORT (prepares a cached sysroot first). It runs
+    until Ctrl-C or SIGTERM, which end the server and every worker it started."""
+    import signal
+
     from onebyone.runtime import emulate as emu
+    from onebyone.runtime.processes import stop_group
 
     if arch != "aarch64":
         raise OneByOneError(f"only aarch64 can be emulated, not {arch!r}")
     root = emu.prepare(log=lambda m: err.print(m))
     err.print(f"sysroot ready: {root}")
-    proc = emu.start(port)
-    console.print(f"aarch64 TVM RPC server listening on 127.0.0.1:{port} (Ctrl-C stops it)")
+
+    def _terminate(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    proc = None
     try:
-        proc.wait()
+        proc = emu.start(port, log=lambda m: err.print(m))
+        console.print(f"aarch64 TVM RPC server listening on 127.0.0.1:{port} (Ctrl-C stops it)")
+        code = proc.wait()
+        raise OneByOneError(f"the emulated RPC server on 127.0.0.1:{port} exited by itself (status {code})")
     except KeyboardInterrupt:
-        proc.terminate()
+        console.print("stopped")
+    finally:
+        if proc is not None:
+            stop_group(proc)
+
+
+@app.command()
+def inputs(
+    model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name")],
+    output: Annotated[Path, typer.Option("-o", "--output", help=".npz to write ([K, *shape] per input name)")],
+    input_shape: InputShape = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
+    bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
+) -> None:
+    """Write an .npz of model inputs for --inputs (verify, optimize, run): from --images (with their preprocessing),
+    the bundled model's real inputs, or --samples K seeded random samples."""
+    import numpy as np
+
+    from onebyone.atomic import atomic_file
+
+    check_writable(output, "-o")
+    arg = resolve_model(model)
+    m = load_model(arg.path)
+    feeds, label = _samples(arg, m, _shapes(arg, input_shape), None, images, image_size, layout, bgr, scale, mean, std,
+                            samples)
+    with atomic_file(output, suffix=".npz") as tmp:
+        np.savez(tmp, **{name: np.stack([f[name] for f in feeds]) for name in feeds[0]})
+    console.print(f"wrote {output}: {len(feeds)} {label} sample(s) of "
+                  + ", ".join(f"{k} {list(v.shape)} {v.dtype}" for k, v in feeds[0].items()))
 
 
 @app.command()
@@ -397,6 +461,13 @@ def models() -> None:
     console.print(t)
 
 
+def _check_extras(report: Path | None, plot: Path | None) -> None:
+    """Before any work: the --report and --plot paths can be written."""
+    for path, option in ((report, "--report"), (plot, "--plot")):
+        if path is not None:
+            check_writable(path, option)
+
+
 def _write_extras(rep, report: Path | None, plot: Path | None) -> None:
     if report is not None:
         rep.write_json(report)
@@ -408,13 +479,69 @@ def _write_extras(rep, report: Path | None, plot: Path | None) -> None:
         console.print(f"spectra of {n} conv(s): {plot}" if n else "no candidate convs to plot")
 
 
-def main() -> None:
-    """Entry point: runs the app, turning OneByOneError into a one-line error and exit status 2."""
+EXIT_OK, EXIT_VERIFICATION_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+
+def _version(value: bool) -> None:
+    if value:
+        from onebyone import __version__
+
+        console.print(f"onebyone {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="print the version and exit", is_eager=True,
+                                          callback=_version, metavar="")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="print the traceback of internal errors (anywhere on the "
+                                        "command line)", metavar="")] = False,
+) -> None:
+    """Put 1x1 bottlenecks in front of spatial convs of an ONNX model, and prove nothing broke."""
+
+
+def _fail(text: str, code: int) -> None:
+    err.print(f"onebyone: {text}", markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point. Maps every outcome to the exit-status contract in this module's docstring, with one line on
+    stderr for every error; the traceback of an internal error only with --debug (or ONEBYONE_DEBUG=1)."""
+    import os
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("ONEBYONE_DEBUG") == "1"
+    args = [a for a in args if a != "--debug"]
     try:
-        app()
+        code = app(args=args, prog_name="onebyone", standalone_mode=False)
+    except VerificationFailed as exc:
+        _fail(f"verification failed: {exc}", EXIT_VERIFICATION_FAILED)
     except OneByOneError as exc:
-        err.print(f"onebyone: error: {exc}", markup=False, highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(f"error: {exc}", EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, exit 3, traceback on request
+        kind = type(exc).__name__
+        if kind == "Exit":  # click's (or typer's vendored click's) exceptions, told apart by name
+            code = exc.exit_code
+        elif kind == "NoArgsIsHelpError":  # the help was printed already
+            code = EXIT_BAD_INPUT
+        elif kind == "Abort":
+            _fail("interrupted", EXIT_INTERRUPTED)
+        elif hasattr(exc, "format_message") and hasattr(exc, "exit_code"):  # usage: missing argument, bad option...
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see 'onebyone {ctx.info_name} --help')" if ctx is not None and ctx.parent is not None else ""
+            _fail(f"error: {' '.join(exc.format_message().split())}{hint}", EXIT_BAD_INPUT)
+        else:
+            if debug:
+                import traceback
+
+                traceback.print_exc()
+            text = " ".join(str(exc).split())[:300] or "(no message)"
+            _fail(f"internal error: {kind}: {text}" + ("" if debug else " (rerun with --debug for the traceback)"),
+                  EXIT_INTERNAL)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

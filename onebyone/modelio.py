@@ -9,7 +9,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from onebyone.atomic import atomic_file
+from onebyone.atomic import atomic_file, atomic_pair
 from onebyone.errors import OneByOneError
 
 MIN_OPSET = 7  # Conv's semantics are unchanged from opset 1; 7 is the oldest opset onnxruntime runs.
@@ -39,12 +39,63 @@ def load_model(path: str | os.PathLike) -> ir.Model:
     if proto.ir_version <= 0 or not proto.graph.node:
         raise OneByOneError(f"{p}: not an ONNX model (no IR version or no graph nodes)")
     check_opset(proto, str(p))
+    check_external_data(proto, p)
     try:
         model = ir.serde.deserialize_model(proto)
+        model.clone()  # fails on graphs that are not well-formed (a dangling input, a cycle)
     except Exception as exc:  # noqa: BLE001 - any deserialization failure is a corrupt model
         raise OneByOneError(f"{p}: corrupt ONNX model ({_short(exc)})") from None
     ir.external_data.set_base_dir(model.graph, str(p.parent))
     return model
+
+
+def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
+    """Raise OneByOneError unless every external tensor's file lies inside the model's folder, exists, and holds the
+    bytes the tensor needs (a missing, truncated or escaping data file is named)."""
+    folder = path.parent.resolve()
+    for t in _all_tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in t.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise OneByOneError(f"{path}: tensor {t.name!r} points outside the model's folder ({location!r}); refusing to read it")
+        if not target.is_file():
+            raise OneByOneError(f"{path}: external data file {location!r} of tensor {t.name!r} is missing")
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else _nbytes(t)
+        except (ValueError, TypeError):
+            raise OneByOneError(f"{path}: tensor {t.name!r} has malformed external-data offset/length") from None
+        if length is not None and offset + length > target.stat().st_size:
+            raise OneByOneError(f"{path}: external data file {location!r} is truncated (tensor {t.name!r} needs bytes "
+                                f"{offset}..{offset + length}, the file has {target.stat().st_size})")
+
+
+def _nbytes(t: onnx.TensorProto) -> int | None:
+    try:
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize
+    except (KeyError, TypeError, ValueError):
+        return None
+    n = 1
+    for d in t.dims:
+        n *= d
+    return n * itemsize
+
+
+def _all_tensors(graph: onnx.GraphProto):
+    """Initializers and Constant-node tensors of a graph and its subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                yield attr.t
+            elif attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_tensors(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_tensors(g)
 
 
 def check_opset(proto: onnx.ModelProto, where: str) -> None:
@@ -64,26 +115,49 @@ def has_external_data(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
-def save_model(model: ir.Model, path: str | os.PathLike, *, inputs_to_protect: tuple[str, ...] = ()) -> Path:
+def save_model(model: ir.Model, path: str | os.PathLike, *, inputs_to_protect: tuple[str, ...] = (),
+               external: bool | None = None) -> Path:
     """Write `model` to `path` atomically (a temp file in the same folder, then a rename).
 
-    A model that had external data keeps it external, in `<name>.data` beside the output. Refuses to write
-    over any path in `inputs_to_protect` (the input model and its data files).
+    With `external` (default: when the model still holds external tensors) its weights go to `<name>.data` beside
+    the output, written atomically with it. Refuses to write over any path in `inputs_to_protect` (the input model
+    and its data files).
     """
     out = Path(path).resolve()
-    protected = {Path(p).resolve() for p in inputs_to_protect}
-    external = has_external_data(model)
+    external = has_external_data(model) if external is None else external
     data_name = out.name + ".data"
-    if out in protected or (external and out.parent / data_name in protected):
-        raise OneByOneError(f"{out}: refusing to overwrite the input model; choose another output path")
-    if not out.parent.is_dir():
-        raise OneByOneError(f"{out.parent}: output folder does not exist")
-    with atomic_file(out) as tmp:
+    check_not_input(out, inputs_to_protect)
+    check_writable(out, "output")
+    try:
         if external:
-            ir.save(model, tmp, external_data=data_name)
+            with atomic_pair(out, data_name) as folder:
+                ir.save(model, folder / out.name, external_data=data_name)
         else:
-            ir.save(model, tmp)
+            with atomic_file(out) as tmp:
+                ir.save(model, tmp)
+    except OSError as exc:
+        raise OneByOneError(f"{out}: cannot write the model ({exc.strerror or exc})") from None
     return out
+
+
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Raise OneByOneError unless a file can be created at `path`: not a folder, in an existing, writable folder."""
+    p = Path(path)
+    if p.is_dir():
+        raise OneByOneError(f"{what} {p}: is a folder; give a file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise OneByOneError(f"{what} {p}: folder {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OneByOneError(f"{what} {p}: folder {parent} is not writable")
+
+
+def check_not_input(path: str | os.PathLike, inputs: tuple[str, ...]) -> None:
+    """Raise OneByOneError when `path` (or its external data file) is one of the input files."""
+    out = Path(path).resolve()
+    protected = {Path(p).resolve() for p in inputs}
+    if out in protected or out.parent / (out.name + ".data") in protected:
+        raise OneByOneError(f"{out}: refusing to overwrite the input model; choose another output path")
 
 
 def external_data_files(path: str | os.PathLike) -> tuple[str, ...]:

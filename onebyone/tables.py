@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from onebyone.report import Report
@@ -22,8 +23,9 @@ def _macs(n: int) -> str:
     return str(n)
 
 
-def layer_table(report: Report) -> Table:
-    """One row per Conv: geometry, rank vs break-even, MACs before -> after, and the action with its reason."""
+def layer_table(report: Report, planned: bool = False) -> Table:
+    """One row per Conv: geometry, rank vs break-even, MACs before -> after, and the action with its reason
+    (`planned`: what `inspect` would do, worded as such)."""
     data = report.method == "data"
     t = Table(title=f"{report.model} — policy: {report.policy} — method: {report.method}", show_lines=False, header_style="bold")
     cols = ["conv", "kernel", "C→N /g", "stride", "in→out", "weight", "rank / b.e.", "MACs"]
@@ -40,6 +42,8 @@ def layer_table(report: Report) -> Table:
         macs = _macs(l.macs_before) if l.action == "skipped" else f"{_macs(l.macs_before)}→{_macs(l.macs_after)}"
         style = "green" if l.action == "rewritten" else "dim"
         action = ("lossless" if l.lossless else "rewritten") if l.action == "rewritten" else "skipped"
+        if planned:
+            action = {"skipped": "would skip", "rewritten": "would rewrite"}.get(action, f"would rewrite ({action})")
         t.add_row(
             short_name(l.name),
             "x".join(map(str, l.kernel)),
@@ -62,10 +66,11 @@ def _errs(l) -> str:
     return f"{l.predicted_error:.3f} / " + ("-" if l.measured_error is None else f"{l.measured_error:.3f}")
 
 
-def totals_line(report: Report) -> str:
+def totals_line(report: Report, planned: bool = False) -> str:
     t = report.totals
     line = (
-        f"{t.rewritten} of {t.convs} convs rewritten ({t.lossless} lossless); conv MACs {_macs(t.macs_before)} → "
+        f"{t.rewritten} of {t.convs} convs {'would be rewritten' if planned else 'rewritten'} ({t.lossless} lossless); "
+        f"conv MACs {_macs(t.macs_before)} → "
         f"{_macs(t.macs_after)} ({t.mac_ratio:.3f}x); params {t.params_before:,} → {t.params_after:,}"
     )
     c = report.method_check
@@ -76,36 +81,40 @@ def totals_line(report: Report) -> str:
 
 
 def verification_table(v: dict[str, Any]) -> Table:
-    """One row per output: max-abs, worst relative L2, cosine, top-1/top-5 agreement."""
+    """One row per output (and one per part of an output that splits): max-abs, worst relative L2, cosine, the
+    elementwise check (when the tolerances have rtol), top-1/top-5 agreement."""
     t = Table(header_style="bold")
-    for col in ("output", "shape", "max-abs", "rel L2 (worst)", "cosine", "top-1", "top-5"):
+    elementwise = v["tolerances"].get("rtol") is not None
+    cols = ["output", "shape", "max-abs", "rel L2 (worst)", "cosine"] + (["|Δ|/(atol+rtol·|ref|)"] if elementwise else [])
+    for col in cols + ["top-1", "top-5"]:
         t.add_column(col)
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     for o in v["outputs"]:
-        t.add_row(
-            short_name(o["name"], 28),
-            "x".join(map(str, o["shape"])),
-            f"{o['max_abs']:.3g}",
-            f"{o['worst_rel_l2']:.3g}",
-            f"{o['cosine']:.6f}",
-            "-" if o["top1"] is None else f"{o['top1']:.3f}",
-            "-" if o["top5"] is None else f"{o['top5']:.3f}",
-        )
+        rows = [(short_name(o["name"], 28), "x".join(map(str, o["shape"])), o)]
+        rows += [("  " + short_name(p["name"][len(o["name"]):], 26), "", p) for p in o.get("parts") or []]
+        for label, shape, m in rows:
+            cells = [escape(label), shape, f"{m['max_abs']:.3g}", f"{m['worst_rel_l2']:.3g}", fmt(m["cosine"], ".6f")]
+            if elementwise:
+                cells.append(fmt(m.get("allclose"), ".3g"))
+            cells += [fmt(m.get("top1"), ".3f"), fmt(m.get("top5"), ".3f")]
+            t.add_row(*cells)
     return t
 
 
 def verification_line(v: dict[str, Any]) -> str:
-    tol = v["tolerances"]
-    return (
-        f"verification: {v['candidate']} vs {v['reference']} on {v['samples']} {v['inputs']} input(s); tolerances: "
-        f"rel ≤ {tol['max_rel_l2']:g}, cos ≥ {tol['min_cosine']:g}, top-1 ≥ {tol['min_top1']:g}"
-        + (f", max-abs ≤ {tol['max_abs']:g}" if tol.get("max_abs") is not None else "")
-    )
+    from onebyone.verify.tolerances import Tolerances
+
+    return (f"verification: {v['candidate']} vs {v['reference']} on {v['samples']} {v['inputs']} input(s); tolerances: "
+            + Tolerances.from_dict(v["tolerances"]).describe()
+            + (f" (working precision {v['precision']})" if v.get("precision", "float32") != "float32" else ""))
 
 
 def print_verification(console: Console, v: dict[str, Any]) -> None:
     console.print(verification_line(v), soft_wrap=True)
     console.print(verification_table(v))
+    for note in v.get("notes") or []:
+        console.print(f"note: {note}", soft_wrap=True, markup=False)
     if v["passed"]:
         console.print("[bold green]PASS[/]: every output is within tolerance")
     else:
-        console.print("[bold red]FAIL[/]: " + "; ".join(v["failures"]))
+        console.print("[bold red]FAIL[/]: " + escape("; ".join(v["failures"])), soft_wrap=True)

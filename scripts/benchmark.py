@@ -147,7 +147,7 @@ def main() -> None:
                 tuning_original=tuning_info and tuning_info[0], tuning_optimized=tuning_info and tuning_info[1],
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
-                min_cosine=min(o["cosine"] for o in v["outputs"]),
+                min_cosine=min((o["cosine"] for o in v["outputs"] if o["cosine"] is not None), default=1.0),
             ))
             console.print(f"{label} / {pname}: done", style="dim")
             # written after every row, so a long (tuned) run that is stopped keeps what it measured

@@ -26,8 +26,9 @@ from onebyone import RankPolicy, optimize
 from onebyone.models import ocr
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
-from onebyone.verify.metrics import worst_output_rel_l2
+from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.parts import output_splits
 
 
 def classifier_metric(inputs: list, ref: dict, got: dict) -> dict:
@@ -84,7 +85,7 @@ def main() -> None:
                                              verify=False, calibration=cal, cache_dir=cache)
                 seconds = time.perf_counter() - t0
                 got = run_samples(session(optimized, "optimized"), evaluation)
-                err = worst_output_rel_l2(ref, got)
+                err = worst_part_rel_l2(ref, got, output_splits(original))
                 targeted = [l for l in report.layers if l.action == "rewritten" or "budget" in l.reason]
                 row = dict(model=name, fraction=fraction, method=method, seconds=seconds,
                            targeted_mac_ratio=sum(l.macs_after for l in targeted) / max(sum(l.macs_before for l in targeted), 1),

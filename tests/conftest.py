@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -48,3 +50,36 @@ def conv_macs_of(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+LEFTOVER_MARKERS = ("tvm.exec", "qemu-aarch64", "-m onebyone")
+
+
+def _leftovers(since: float) -> list[str]:
+    """Command lines of live processes started since `since` that run TVM servers or workers, qemu, or onebyone."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["pid", "create_time", "cmdline", "status"]):
+        info = p.info
+        if info["pid"] == os.getpid() or (info["create_time"] or 0) < since or info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        cmd = " ".join(info["cmdline"] or [])
+        if any(m in cmd for m in LEFTOVER_MARKERS):
+            found.append(f"{info['pid']}: {cmd[:160]}")
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_running():
+    """After the whole session (every fixture torn down), no server, worker or emulator that a test started runs."""
+    import time
+
+    since = time.time() - 1
+    yield
+    deadline = time.time() + 10  # processes being stopped get a moment to exit
+    left = _leftovers(since)
+    while left and time.time() < deadline:
+        time.sleep(0.5)
+        left = _leftovers(since)
+    assert not left, "tests left processes running:\n" + "\n".join(left)

@@ -7,32 +7,59 @@ reuse it. Needs qemu-aarch64 and aarch64-linux-gnu-g++ (scripts/setup-cross.sh i
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
+import time
 
 import onnx
 import onnx_ir as ir
+import psutil
 import pytest
 
 from onebyone import RankPolicy, optimize
 from onebyone.modelio import save_model
 from onebyone.models import generators
 from onebyone.runtime import emulate, package, targets
+from onebyone.runtime.processes import free_port as _free_port
+from onebyone.runtime.processes import group_alive, listening, start_group, stop_group
 from test_cli import cli, one_line_error
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def board():
+    emulate.prepare()
     port = _free_port()
     proc = emulate.start(port)
     yield f"127.0.0.1:{port}"
-    proc.terminate()
-    proc.wait(timeout=30)
+    stop_group(proc)
+    assert not group_alive(proc.pid) and not listening("127.0.0.1", port)
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGINT"])
+def test_stopping_emulate_ends_the_server_and_its_workers(how):
+    """`kill` or Ctrl-C on `onebyone emulate aarch64` leaves nothing listening or running."""
+    emulate.prepare()
+    port = _free_port()
+    proc = start_group([sys.executable, "-m", "onebyone", "emulate", "aarch64", "--port", str(port)],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not listening("127.0.0.1", port):
+            assert proc.poll() is None, proc.stderr.read()
+            time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port)):  # a session makes the server fork its worker
+            time.sleep(1)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        assert any("qemu" in " ".join(p.cmdline()) for p in started)  # the server runs under qemu, in its own group
+        proc.send_signal(getattr(signal, how))
+        out, _ = proc.communicate()
+        assert proc.returncode in (0, 130) and "stopped" in out
+        assert not listening("127.0.0.1", port)
+        left = [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], [p.cmdline() for p in left]
+    finally:
+        stop_group(proc)
 
 
 @pytest.fixture(scope="module")
@@ -87,19 +114,13 @@ def test_tuning_times_candidates_on_the_board(board, models, tmp_path):
 
 def test_tuning_on_the_wrong_device_is_a_one_line_error(models, tmp_path):
     """An x86 RPC server cannot load aarch64 candidates: tuning stops with the loader's error, writes no package."""
-    import subprocess
-    import sys
-    import time
-
     original, optimized = models
     port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
-                               "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = start_group([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(port),
+                          "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
+        while not listening("127.0.0.1", port):
+            assert server.poll() is None
             time.sleep(0.2)
         proc = cli("compile", optimized, "-o", tmp_path / "t", "--target", "aarch64", "--tune-trials", "2",
                    "--rpc", f"127.0.0.1:{port}")
@@ -107,5 +128,5 @@ def test_tuning_on_the_wrong_device_is_a_one_line_error(models, tmp_path):
         assert "Failed to load" in proc.stderr + proc.stdout  # the device's own reason, not the RPC wrapper's
         assert not (tmp_path / "t").exists()
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        stop_group(server)
+    assert not group_alive(server.pid)

@@ -76,7 +76,7 @@ def test_inspect_lists_every_conv_with_a_reason(fullrank_model, tmp_path):
     report = json.loads(rep.read_text())
     assert len(report["layers"]) == 6
     assert all(l["action"] == "skipped" and "break-even" in l["reason"] for l in report["layers"])
-    assert "0 of 6 convs rewritten" in proc.stdout
+    assert "0 of 6 convs would be rewritten" in proc.stdout
     proc = cli("inspect", fullrank_model, "--policy", "rank", "--rank", "0.25", "--report", rep, check_rc=0)
     assert json.loads(rep.read_text())["totals"]["rewritten"] > 0
 

@@ -46,7 +46,7 @@ def test_tolerances_report_each_failure():
 
 def test_approximate_rewrite_fails_lossless_tolerances_and_passes_loose_ones():
     model = ir.serde.deserialize_model(generators.resnet())
-    optimized, report = optimize(model, RankPolicy("rank", rank=0.25))
+    optimized, report = optimize(model, RankPolicy("rank", rank=0.25), raise_on_failure=False)
     assert report.totals.rewritten > 0 and report.totals.lossless == 0
     assert report.verification["tolerances"]["max_rel_l2"] == APPROXIMATE.max_rel_l2
     strict = verify(model, optimized, tolerances=LOSSLESS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import onnx
 
 from onebyone.models.builder import NetBuilder
@@ -61,4 +62,22 @@ def inception(size: int = 32, width: int = 16, modules: int = 2, classes: int = 
     return b.model(b.head(x, c, classes), "inception", opset)
 
 
-GENERATORS: dict[str, Callable[..., onnx.ModelProto]] = {"resnet": resnet, "vgg": vgg, "inception": inception}
+def detector(size: int = 32, width: int = 16, classes: int = 8, box_scale: float = 320.0, seed: int = 0,
+             low_rank: float | None = None, weights_as: str = "initializer", opset: int = 17) -> onnx.ModelProto:
+    """A YOLOv8-style single-scale detector whose one output `[N, 4 + classes, anchors]` concatenates box coordinates
+    in pixels (0..box_scale) with class scores in [0, 1] (sigmoid, mostly small): quantities of very different scale
+    in one tensor. A trunk (3x3, strided 3x3), then a box head and a score head (3x3 + 1x1 each)."""
+    b = NetBuilder(3, size, seed, low_rank, weights_as)
+    x = b.conv("input", 3, width, k=3)
+    x = b.conv(x, width, width, k=3, stride=2)
+    flat = lambda t, c: b.op("Reshape", [t, b.const(b._name("shape"), np.array([0, c, -1], np.int64))])  # noqa: E731
+    boxes = b.conv(b.conv(x, width, width, k=3), width, 4, k=1, relu=False)
+    boxes = b.op("Mul", [b.op("Sigmoid", [boxes]), b.const("box_scale", np.array(box_scale, np.float32))])
+    scores = b.conv(b.conv(x, width, width, k=3), width, classes, k=1, relu=False)
+    scores = b.op("Sigmoid", [b.op("Sub", [scores, b.const("score_offset", np.array(3.0, np.float32))])])
+    out = b.op("Concat", [flat(boxes, 4), flat(scores, classes)], axis=1)
+    return b.model(out, "detector", opset)
+
+
+GENERATORS: dict[str, Callable[..., onnx.ModelProto]] = {"resnet": resnet, "vgg": vgg, "inception": inception,
+                                                         "detector": detector}

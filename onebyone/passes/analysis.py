@@ -14,7 +14,7 @@ import onnx_ir as ir
 from onebyone.passes import cost, factorize
 from onebyone.passes.shapes import static_shapes
 
-QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear", "Cast"}
+QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"}
 
 
 @dataclasses.dataclass
@@ -126,15 +126,27 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
         if producer is not None and producer.op_type in QUANTIZED_PRODUCERS:
             info.weight_source = producer.op_type
             info.skip_reason = f"quantized weight (produced by {producer.op_type}); factorizing would change the quantization"
+        elif producer is not None and producer.op_type == "Cast":
+            source = producer.inputs[0] if producer.inputs else None
+            dtype = source.dtype if source is not None and source.dtype is not None else None
+            info.weight_source = "Cast"
+            info.skip_reason = (f"weight is cast at run time (Cast from {dtype.name.lower() if dtype else 'another type'}), "
+                                "not a constant of the conv's type")
         else:
             info.weight_source = "computed"
             info.skip_reason = "weight is not constant (computed at run time)"
         return None
     info.weight_source = "initializer" if w.is_initializer() else "Constant node"
+    info.weight_dtype = tensor.dtype.name.lower()
+    if tensor.dtype == ir.DataType.BFLOAT16:
+        info.skip_reason = "bfloat16 weight: not supported yet (convert the model to float32 or float16)"
+        return None
+    if not tensor.dtype.is_floating_point():
+        info.skip_reason = f"integer weight dtype {info.weight_dtype} (quantized models are not rewritten)"
+        return None
     array = tensor.numpy()
-    info.weight_dtype = str(array.dtype)
-    if not np.issubdtype(array.dtype, np.floating):
-        info.skip_reason = f"quantized or integer weight dtype {array.dtype}"
+    if not np.all(np.isfinite(array)):
+        info.skip_reason = "weight holds NaN or Inf values"
         return None
     return array
 
@@ -170,6 +182,7 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     info.dilations = _ints(node, "dilations", [1] * nd)
     info.pads = _ints(node, "pads", [0] * 2 * nd)
     info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+    _check_valid(info, node)
     if info.skip_reason is not None:
         return info
     if node.graph is not model.graph:
@@ -185,6 +198,9 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
             else "single input channel: no input channels to reduce"
         )
         return info
+    if any(p < 0 for p in info.pads):
+        info.skip_reason = f"negative pads {list(info.pads)} (cropping) are not supported"
+        return info
     if info.input_shape is None or info.output_shape is None:
         info.skip_reason = "input/output spatial size unknown; fix dynamic dims with --input-shape"
         return info
@@ -193,3 +209,32 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     if cost.max_profitable_rank(info.break_even_rank) < 1:
         info.skip_reason = f"no rank is below break-even ({info.break_even_rank:.2f}): a bottleneck cannot lower MACs"
     return info
+
+
+def _check_valid(info: ConvInfo, node: ir.Node) -> None:
+    """Raise OneByOneError, naming the conv, when its attributes contradict its weight or input (an invalid model:
+    no runtime can run it, so no rewrite of it can be verified)."""
+    from onebyone.errors import OneByOneError
+
+    problems = []
+    if info.groups < 1 or (info.out_channels and info.out_channels % info.groups):
+        problems.append(f"group {info.groups} does not divide the {info.out_channels} output channels")
+    nd = len(info.kernel)
+    for key, values, want in () if not nd else (("strides", info.strides, nd), ("dilations", info.dilations, nd), ("pads", info.pads, 2 * nd)):
+        if len(values) != want:
+            problems.append(f"{key} has {len(values)} values, a {nd}-D kernel needs {want}")
+    declared = _ints(node, "kernel_shape", [])
+    if declared and info.kernel and tuple(declared) != tuple(info.kernel):
+        problems.append(f"kernel_shape {list(declared)} differs from the weight's {list(info.kernel)}")
+    if info.input_shape is not None and len(info.input_shape) >= 2 and info.in_channels and info.input_shape[1] != info.in_channels:
+        problems.append(f"its input has {info.input_shape[1]} channels, the weight expects {info.in_channels} "
+                        f"({info.in_channels // max(info.groups, 1)} per group x {info.groups} groups)")
+    if info.input_shape is not None and info.kernel and info.auto_pad == "NOTSET" and not problems:
+        for d in range(nd):
+            size = info.input_shape[2 + d] + info.pads[d] + info.pads[d + nd] if len(info.input_shape) == 2 + nd else None
+            if size is not None and (info.kernel[d] - 1) * info.dilations[d] + 1 > size:
+                problems.append(f"its {info.kernel[d]}-tap kernel (dilation {info.dilations[d]}) is larger than the "
+                                f"padded input ({size}) along spatial axis {d}")
+                break
+    if problems:
+        raise OneByOneError(f"Conv {info.name!r} is invalid: {'; '.join(problems)}")

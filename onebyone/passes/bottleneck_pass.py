@@ -148,6 +148,9 @@ class BottleneckPass(ir.passes.InPlacePass):
                     rewrite.remove_if_unused(model.graph, v)
         layers = [d.layer for d in self.decisions]
         rewritten = [l for l in layers if l.action == "rewritten"]
+        if rewritten and model.ir_version is not None and model.ir_version < 4:
+            model.ir_version = 4  # IR < 4 requires every initializer to be a graph input; the new factors are not
+
         totals = Totals(
             convs=len(layers),
             rewritten=len(rewritten),

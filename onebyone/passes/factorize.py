@@ -31,11 +31,18 @@ def numerical_rank(svals: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -
     """Rank at the precision of `dtype`: singular values above s_max * max(shape) * eps(dtype).
 
     This is numpy.linalg.matrix_rank's default rule, with the epsilon of the weight's storage type
-    (float32 for most models) rather than float64, so rounding noise of a stored low-rank weight is not rank.
+    (float32 for most models) rather than float64, so rounding noise of a stored low-rank weight is not rank. For
+    half-precision weights the rank is the smallest whose discarded tail is within the weight's own rounding.
     """
     if svals.size == 0 or svals[0] == 0:
         return 0
     eps = np.finfo(dtype).eps if np.issubdtype(dtype, np.floating) else np.finfo(np.float32).eps
+    if eps > np.finfo(np.float32).eps:
+        # Half precision: max(shape)·eps would call ~10% of the spectrum noise. Lossless there means the discarded
+        # tail is no larger than the rounding of the weight itself: ‖tail‖_F ≤ eps·‖W‖_F.
+        sq = np.asarray(svals, np.float64) ** 2
+        tails = np.sqrt(np.maximum(sq.sum() - np.cumsum(sq), 0.0))  # tails[r-1] = ‖σ_{r+1..}‖
+        return int(np.argmax(tails <= eps * np.sqrt(sq.sum())) + 1)
     tol = svals[0] * max(shape) * eps
     return int(np.count_nonzero(svals > tol))
 

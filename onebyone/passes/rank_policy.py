@@ -38,6 +38,10 @@ class RankPolicy:
     max_error: float | None = None
 
     def __post_init__(self) -> None:
+        for field in ("rank", "energy", "macs", "max_error"):
+            value = getattr(self, field)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number, got {value}")
         if self.kind not in ("exact", "rank", "energy", "budget", "error"):
             raise ValueError(f"unknown policy {self.kind!r} (expected exact, rank, energy, budget or error)")
         if self.kind == "budget" and (self.macs is None or not 0 < self.macs <= 1):

@@ -4,7 +4,7 @@ candidate rank).
 A MAC budget split by each conv's own (local) error treats an error in the RGB stem like an error deep in the
 network; they are not alike. For every candidate conv, the model is run on a few calibration samples with only that
 conv rewritten (whitened factorization) at up to PROBES_PER_CONV probe ranks; the gain at a probe is the measured
-model-output relative error (the worst output, as in verification) divided by the measured relative error of the
+model-output relative error (the worst part of the worst output, as in verification) divided by the measured relative error of the
 conv's own output. To first order the model-output error of a set of rewrites is then sqrt(Σ gain² · local error²),
 with the local error taken from the conv's predicted error curve; that is what the budget allocation minimises.
 """
@@ -17,7 +17,8 @@ import onnx_ir as ir
 from onebyone.passes import calibration, whitening
 from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes.rewrite import UniqueNames, insert_bottleneck
-from onebyone.verify.metrics import worst_output_rel_l2
+from onebyone.verify.metrics import worst_part_rel_l2
+from onebyone.verify.parts import output_splits
 
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
@@ -55,6 +56,7 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     live = [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
     samples = samples[:PROBE_SAMPLES]
     outputs = [v.name for v in model.graph.outputs]
+    splits = output_splits(model)
     conv_outs = [d.info.node.outputs[0].name for d in live]
     ref_sess = session(calibration.with_outputs(model, conv_outs), "original (sensitivity)")
     wanted = {i.name for i in ref_sess.get_inputs()}
@@ -78,8 +80,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
             names = outputs + ([conv_out] if conv_out not in outputs else [])
             sess = session(calibration.with_outputs(probe, [conv_out]), "probe (sensitivity)")
             got = [dict(zip(names, sess.run(names, f))) for f in feeds]
-            final = worst_output_rel_l2(_by_name(refs, outputs), _by_name(got, outputs))  # the worst output, as verified
-            local = worst_output_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
+            final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
+            local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
             if local > 1e-6:
                 rs, gs = measured.setdefault(d.info.name, ([], []))
                 rs.append(rank)

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -94,9 +94,22 @@ def _write_wrapper(root: Path) -> Path:
     return wrapper
 
 
-def start(port: int = 9190, root: Path | None = None, timeout: float = 120.0) -> subprocess.Popen:
-    """Start the emulated RPC server on 127.0.0.1:port and wait until it accepts connections."""
-    sysroot = prepare(root)
+START_LIMIT_S = 900.0  # starting Python and TVM under qemu takes ~5 s idle, minutes on a loaded machine
+
+
+def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIMIT_S, log=None) -> subprocess.Popen:
+    """Start the emulated RPC server on 127.0.0.1:port (in a process group of its own: stop it with
+    runtime.processes.stop_group) and wait until it accepts connections. The sysroot must be ready (`prepare`):
+    building it and starting the server are separate steps with separate limits. `log` gets a line every 15 s
+    while the server starts. On failure the whole group is ended and OneByOneError names the port."""
+    from onebyone.runtime.processes import listening, start_group, stop_group
+
+    sysroot = (root or cache_root()) / "aarch64"
+    if not (sysroot / READY).is_file():
+        raise OneByOneError(f"the aarch64 sysroot is not built at {sysroot}: run `onebyone emulate aarch64` once "
+                            "(it builds it first)")
+    if listening("127.0.0.1", port):
+        raise OneByOneError(f"127.0.0.1:{port} is already in use; choose another --port")
     wrapper = _write_wrapper(sysroot)
     boot = (
         "import sys, runpy\n"
@@ -104,15 +117,22 @@ def start(port: int = 9190, root: Path | None = None, timeout: float = 120.0) ->
         f"sys.argv = ['rpc_server', '--host', '127.0.0.1', '--port', '{port}', '--port-end', '{port + 1}']\n"
         "runpy.run_module('tvm.exec.rpc_server', run_name='__main__')\n"
     )
-    proc = subprocess.Popen([str(wrapper), "-c", boot], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    logfile = tempfile.TemporaryFile(mode="w+")  # the server's output, read back only when it fails
+    proc = start_group([str(wrapper), "-c", boot], stdout=logfile, stderr=subprocess.STDOUT, text=True)
+    t0 = time.monotonic()
+    next_note = t0 + 15
+    while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
-            raise OneByOneError(f"the emulated RPC server exited: {' '.join((proc.stdout.read() or '').split())[-300:]}")
-        with socket.socket() as s:
-            s.settimeout(0.5)
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return proc
+            stop_group(proc)
+            logfile.seek(0)
+            raise OneByOneError(f"the emulated RPC server for 127.0.0.1:{port} exited: "
+                                f"{' '.join(logfile.read().split())[-300:]}")
+        if listening("127.0.0.1", port):
+            return proc
+        if log and time.monotonic() > next_note:
+            log(f"starting the emulated board on 127.0.0.1:{port} ({time.monotonic() - t0:.0f} s)…")
+            next_note += 15
         time.sleep(0.5)
-    proc.kill()
-    raise OneByOneError(f"the emulated RPC server did not listen on 127.0.0.1:{port} within {timeout:.0f} s")
+    stop_group(proc)
+    raise OneByOneError(f"the emulated RPC server did not listen on 127.0.0.1:{port} within {timeout:.0f} s "
+                        "(stopped it; a loaded machine starts it slowly: retry, or raise the limit)")

@@ -258,7 +258,7 @@ def _check_device_code(executable, target: dict[str, Any], folder: Path) -> dict
         raise OneByOneError("the CUDA build holds no device code")
     src = folder / "device.cu"
     src.write_text("\n".join(sources))
-    nvcc = shutil.which("nvcc")
+    nvcc = find_nvcc()
     if nvcc is None:
         return {"source": src.name, "arch": arch, "cubin": None, "checked": False, "why": "nvcc not found"}
     cubin = folder / f"device.{arch}.cubin"
@@ -268,6 +268,21 @@ def _check_device_code(executable, target: dict[str, Any], folder: Path) -> dict
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout.strip().splitlines()[-1]
     return {"source": src.name, "arch": arch, "cubin": cubin.name, "cubin_bytes": cubin.stat().st_size,
             "checked": True, "nvcc": version}
+
+
+def find_nvcc() -> str | None:
+    """nvcc on PATH, else the one of the PyPI wheel nvidia-cuda-nvcc (installed by the test extra), else None."""
+    import importlib.util
+
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for candidate in sorted(Path(root).glob("cu*/bin/nvcc"), reverse=True):
+            if os.access(candidate, os.X_OK):
+                return str(candidate)
+    return None
 
 
 def _inferred_outputs(proto: onnx.ModelProto):

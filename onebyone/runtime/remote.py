@@ -15,17 +15,35 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class Remote:
-    """A connection to a TVM RPC server; OneByOneError when it cannot be reached."""
+def rpc_failure(address: str, exc: BaseException) -> OneByOneError:
+    """One line naming the server and what went wrong (refused, timed out, session expired, cannot load)."""
+    text = " ".join(str(exc).split())
+    kind = type(exc).__name__
+    if "SessionTimeout" in kind or "session" in text.lower() and "timeout" in text.lower():
+        why = "the RPC session timed out"
+    elif "Failed to load" in text or "cannot open shared object" in text or "wrong ELF class" in text:
+        why = "the device cannot load the package (built for another CPU or GPU?): " + text.split("Failed to load", 1)[-1][:200]
+    elif "Connection refused" in text or "connect" in text.lower():
+        why = "the connection failed (is it still running?)"
+    else:
+        why = f"{kind}: {text[:250]}"
+    return OneByOneError(f"TVM RPC server {address}: {why}")
 
-    def __init__(self, address: str, timeout: int = 300) -> None:
+
+class Remote:
+    """A connection to a TVM RPC server; every failure is a one-line OneByOneError naming the server.
+
+    `session_timeout` (seconds, 0: none) bounds a whole session; by default there is none, so slow devices and
+    loaded machines are not cut off (a server that dies is still reported)."""
+
+    def __init__(self, address: str, session_timeout: int = 0) -> None:
         from tvm import rpc
 
         self.address = address
         self._loaded: dict[str, tuple] = {}
         host, port = parse_address(address)
         try:
-            self.session = rpc.connect(host, port, session_timeout=timeout)
+            self.session = rpc.connect(host, port, session_timeout=session_timeout)
         except Exception:  # noqa: BLE001 - TVM raises an InternalError with a C++ trace
             raise OneByOneError(f"cannot reach the TVM RPC server at {address} (is it running? `onebyone emulate aarch64`)") from None
 
@@ -37,7 +55,12 @@ class Remote:
         """(manifest, remote VM, remote device) for a package, uploaded and loaded once per session."""
         key = str(path)
         if key not in self._loaded:
-            self._loaded[key] = self._load(path)
+            try:
+                self._loaded[key] = self._load(path)
+            except OneByOneError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - TVM raises many types over RPC
+                raise rpc_failure(self.address, exc) from None
         return self._loaded[key]
 
     def _load(self, path):
@@ -56,9 +79,12 @@ class Remote:
         manifest, vm, dev = self._vm(path)
         names = [o["name"] for o in manifest["outputs"]]
         outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-        for feed in samples:
-            for n, r in zip(names, as_outputs(vm["main"](*device_args(manifest, feed, dev)))):
-                outs[n].append(r.numpy())
+        try:
+            for feed in samples:
+                for n, r in zip(names, as_outputs(vm["main"](*device_args(manifest, feed, dev)))):
+                    outs[n].append(r.numpy())
+        except Exception as exc:  # noqa: BLE001
+            raise rpc_failure(self.address, exc) from None
         return outs
 
     def time_package(self, path, feed: dict, repeat: int = 5) -> dict[str, float]:
@@ -67,13 +93,16 @@ class Remote:
         import time
 
         manifest, vm, dev = self._vm(path)
-        args = device_args(manifest, feed, dev)
-        vm["main"](*args)  # warm-up
         times = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            vm["main"](*args)
-            dev.sync()
-            times.append(time.perf_counter() - t0)
+        try:
+            args = device_args(manifest, feed, dev)
+            vm["main"](*args)  # warm-up
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                vm["main"](*args)
+                dev.sync()
+                times.append(time.perf_counter() - t0)
+        except Exception as exc:  # noqa: BLE001
+            raise rpc_failure(self.address, exc) from None
         r = np.asarray(times) * 1e3
         return {"median_ms": float(np.median(r)), "mean_ms": float(r.mean()), "min_ms": float(r.min()), "max_ms": float(r.max())}

@@ -51,6 +51,10 @@ def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtyp
         raise OneByOneError(f"{p}: no array for model input {missing[0]!r}")
     counts = set()
     for name, arr in arrays.items():
+        want_dtype = np.dtype(dtypes[name])
+        if arr.dtype != want_dtype:
+            raise OneByOneError(f"{p}: array {name!r} is {arr.dtype}, the model input is {want_dtype} (convert it, e.g. "
+                                f"arr.astype(np.{want_dtype.name}); onebyone does not cast inputs silently)")
         want = tuple(input_shapes[name])
         if tuple(arr.shape[1:]) != want:
             raise OneByOneError(
@@ -60,7 +64,7 @@ def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtyp
     if len(counts) != 1 or 0 in counts:
         raise OneByOneError(f"{p}: arrays must hold the same number K >= 1 of samples, got {sorted(counts)}")
     k = counts.pop()
-    return [{n: arrays[n][i].astype(dtypes[n], copy=False) for n in arrays} for i in range(k)]
+    return [{n: np.asarray(arrays[n][i]) for n in arrays} for i in range(k)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,4 +1,16 @@
-"""Numerical agreement between a reference output and a candidate output (plain numpy)."""
+"""Numerical agreement between a reference output and a candidate output (plain numpy).
+
+Each output is measured per part (see verify.parts: the slices of a Concat that joins quantities of different
+scale; otherwise the whole output), every part on its own scale:
+- relative L2 error ‖got − ref‖ / max(‖ref‖, floor·√size), over all samples and for the worst single sample. The floor
+  (`floor_of`) is the noise level of the working dtype divided by the relative tolerance: a part whose reference is
+  below it carries no signal that a relative error could measure (a detector's map on an input without text), and
+  its error counts in units of that absolute floor instead;
+- cosine similarity, only on parts whose reference is above the floor;
+- the elementwise test of numerical libraries, |got − ref| ≤ atol + rtol·|ref| (numpy.allclose), when the
+  tolerances set rtol; atol is derived per part from the dtype and the part's scale (max |ref|) unless given;
+- top-1/top-5 agreement for outputs shaped like class scores.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +18,52 @@ import dataclasses
 
 import numpy as np
 
+from onebyone.verify.parts import Split
+
+# Absolute noise level per working dtype (what float rounding of values of order 1 leaves after a deep network),
+# as torch.testing.assert_close and numpy use for float32; wider for half precision.
+ABS_FLOOR = {"float64": 1e-9, "float32": 1e-5, "float16": 1e-3, "bfloat16": 1e-2}
+# Relative error that half-precision arithmetic alone produces: tolerances are never tighter than this.
+REL_FLOOR = {"float16": 4e-3, "bfloat16": 3e-2}
+
+
+def abs_floor(dtype_name: str) -> float:
+    """The absolute noise level of a working dtype (0 for integer and boolean outputs: they must match exactly)."""
+    return ABS_FLOOR.get(dtype_name, 0.0 if dtype_name.startswith(("int", "uint", "bool")) else 1e-5)
+
+
+@dataclasses.dataclass
+class PartMetrics:
+    """Agreement of one part of an output over all samples (see the module docstring)."""
+
+    name: str
+    max_abs: float
+    rel_l2: float
+    worst_rel_l2: float
+    cosine: float | None  # None: the reference is below the floor, so direction carries no signal
+    scale: float  # max |ref|
+    above_floor: bool
+    allclose: float | None = None  # max over elements of |got − ref| / (atol + rtol·|ref|); ≤ 1 passes
+    atol: float | None = None
+
 
 @dataclasses.dataclass
 class OutputMetrics:
-    """Agreement of one model output over all samples.
-
-    rel_l2 is over all samples together; worst_rel_l2 is the largest per-sample value. Relative errors divide by
-    max(‖ref‖, atol·sqrt(size)) so that outputs that are ~0 everywhere do not blow up. top1/top5 are fractions
-    of rows whose arg-max (top-5 set) agree, given only for outputs that look like class scores.
-    """
+    """Agreement of one model output: the worst of its parts for each measure, and the parts themselves when the
+    output has several. top1/top5 are fractions of rows whose arg-max (top-5 set) agree, for class-score outputs."""
 
     name: str
     shape: list[int]
     max_abs: float
     rel_l2: float
     worst_rel_l2: float
-    cosine: float
+    cosine: float | None
     top1: float | None = None
     top5: float | None = None
+    allclose: float | None = None
+    worst_part: str | None = None  # the part with the largest worst_rel_l2, when the output has several
+    parts: list[PartMetrics] | None = None
+    below_floor: list[str] = dataclasses.field(default_factory=list)  # parts whose reference is below the floor
 
 
 def rel_l2(ref: np.ndarray, got: np.ndarray, atol: float = 1e-6) -> float:
@@ -34,10 +74,24 @@ def rel_l2(ref: np.ndarray, got: np.ndarray, atol: float = 1e-6) -> float:
     return float(np.linalg.norm(r - g) / denom) if denom > 0 else 0.0
 
 
-def worst_output_rel_l2(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]]) -> float:
-    """The largest, over output names, of rel_l2 between all samples of `ref` and of `got` (per name, one array per
-    sample) taken together."""
-    return max(rel_l2(np.concatenate([a.ravel() for a in ref[k]]), np.concatenate([b.ravel() for b in got[k]])) for k in ref)
+def _parts(name: str, arrays: list[np.ndarray], split: Split | None) -> list[tuple[str, list[np.ndarray]]]:
+    """(part name, per-sample slices) for one output."""
+    if split is None or any(np.ndim(a) <= split.axis for a in arrays):
+        return [(name, [np.asarray(a) for a in arrays])]
+    per_sample = [split.slices(np.asarray(a)) for a in arrays]
+    return [(name + label, [p[k][1] for p in per_sample]) for k, (label, _, _) in enumerate(split.bounds)]
+
+
+def worst_part_rel_l2(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
+                      splits: dict[str, Split] | None = None) -> float:
+    """The largest, over output names and their parts, of rel_l2 between all samples of `ref` and of `got` (per name,
+    one array per sample) taken together: the model-output error that budgets, searches and probes minimise."""
+    worst = 0.0
+    for k in ref:
+        split = (splits or {}).get(k)
+        for (_, rs), (_, gs) in zip(_parts(k, ref[k], split), _parts(k, got[k], split)):
+            worst = max(worst, rel_l2(np.concatenate([a.ravel() for a in rs]), np.concatenate([b.ravel() for b in gs])))
+    return worst
 
 
 def cosine(ref: np.ndarray, got: np.ndarray) -> float:
@@ -68,25 +122,65 @@ def topk_agreement(ref: np.ndarray, got: np.ndarray, k: int) -> float:
     return float(np.mean(np.all(a == b, axis=-1)))
 
 
-def compare_output(name: str, refs: list[np.ndarray], gots: list[np.ndarray], atol: float = 1e-6) -> OutputMetrics:
-    """Metrics of one output over K samples (`refs[i]` and `gots[i]` are sample i's outputs)."""
-    ref = np.concatenate([np.asarray(r).reshape(1, -1) for r in refs])
-    got = np.concatenate([np.asarray(g).reshape(1, -1) for g in gots])
-    if ref.shape != got.shape:
-        raise ValueError(f"output {name!r}: shapes differ ({refs[0].shape} vs {gots[0].shape})")
+def measure_part(name: str, refs: list[np.ndarray], gots: list[np.ndarray], floor: float,
+                 atol: float | None = None, rtol: float | None = None) -> PartMetrics:
+    """Metrics of one part over K samples. `floor`: the absolute level below which the reference carries no signal
+    (relative errors divide by at least floor·√size). With `rtol`, the elementwise test uses `atol` when given, else
+    max(floor, rtol·max|ref|)."""
+    ref = np.concatenate([np.asarray(r, np.float64).reshape(1, -1) for r in refs])
+    got = np.concatenate([np.asarray(g, np.float64).reshape(1, -1) for g in gots])
+    # NaN where the reference has NaN, and the same infinity, agree; they are left out of every measure
+    agree = (np.isnan(ref) & np.isnan(got)) | (np.isinf(ref) & (ref == got))
+    if agree.any():
+        ref, got = np.where(agree, 0.0, ref), np.where(agree, 0.0, got)
+    diff = np.abs(ref - got)
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    above = float(np.linalg.norm(ref)) > floor * np.sqrt(max(ref.size, 1))
+    m = PartMetrics(
+        name=name,
+        max_abs=float(diff.max()) if ref.size else 0.0,
+        rel_l2=rel_l2(ref, got, floor),
+        worst_rel_l2=max((rel_l2(r, g, floor) for r, g in zip(ref, got)), default=0.0),
+        cosine=cosine(ref, got) if above else None,
+        scale=scale,
+        above_floor=above,
+    )
+    if rtol is not None and ref.size:
+        m.atol = atol if atol is not None else max(floor, rtol * scale)
+        bound = m.atol + rtol * np.abs(ref)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(bound > 0, diff / np.where(bound > 0, bound, 1), np.where(diff > 0, np.inf, 0.0))
+        m.allclose = float(np.nanmax(np.where(np.isnan(diff), np.inf, ratio)))
+    return m
+
+
+def compare_output(name: str, refs: list[np.ndarray], gots: list[np.ndarray], floor: float = 1e-6,
+                   split: Split | None = None, atol: float | None = None, rtol: float | None = None) -> OutputMetrics:
+    """Metrics of one output over K samples (`refs[i]` and `gots[i]` are sample i's outputs), part by part."""
+    r0, g0 = np.asarray(refs[0]), np.asarray(gots[0])
+    if r0.shape != g0.shape or len(refs) != len(gots):
+        raise ValueError(f"output {name!r}: shapes differ ({r0.shape} vs {g0.shape})")
+    parts = [measure_part(pname, rs, gs, floor, atol, rtol)
+             for (pname, rs), (_, gs) in zip(_parts(name, refs, split), _parts(name, gots, split))]
+    worst = max(parts, key=lambda p: p.worst_rel_l2)
+    cosines = [p.cosine for p in parts if p.cosine is not None]
+    closeness = [p.allclose for p in parts if p.allclose is not None]
     m = OutputMetrics(
         name=name,
-        shape=list(np.asarray(refs[0]).shape),
-        max_abs=float(np.max(np.abs(ref.astype(np.float64) - got))) if ref.size else 0.0,
-        rel_l2=rel_l2(ref, got, atol),
-        worst_rel_l2=max(rel_l2(r, g, atol) for r, g in zip(ref, got)),
-        cosine=cosine(ref, got),
+        shape=list(r0.shape),
+        max_abs=max(p.max_abs for p in parts),
+        rel_l2=max(p.rel_l2 for p in parts),
+        worst_rel_l2=worst.worst_rel_l2,
+        cosine=min(cosines) if cosines else None,
+        allclose=max(closeness) if closeness else None,
+        worst_part=worst.name if len(parts) > 1 else None,
+        parts=parts if len(parts) > 1 else None,
+        below_floor=[p.name for p in parts if not p.above_floor],
     )
-    shape = tuple(np.asarray(refs[0]).shape)
-    if looks_like_class_scores(shape):
+    if looks_like_class_scores(tuple(r0.shape)):
         r = np.concatenate([np.asarray(x) for x in refs])
         g = np.concatenate([np.asarray(x) for x in gots])
         m.top1 = topk_agreement(r, g, 1)
-        if shape[1] > 5:
+        if r0.shape[1] > 5:
             m.top5 = topk_agreement(r, g, 5)
     return m

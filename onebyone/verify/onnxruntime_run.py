@@ -14,6 +14,8 @@ import onnxruntime as ort
 from onebyone.errors import OneByOneError
 from onebyone.modelio import has_external_data, unsupported_ops
 
+ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print before onebyone's one-line errors
+
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
     """A CPU onnxruntime session for a model object or file; OneByOneError when onnxruntime cannot load it."""
