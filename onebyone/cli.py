@@ -409,7 +409,8 @@ def emulate(
     def _terminate(signum, frame):
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGINT):  # SIGINT too: a background job may have inherited it ignored
+        signal.signal(sig, _terminate)
     proc = None
     try:
         proc = emu.start(port, log=lambda m: err.print(m))

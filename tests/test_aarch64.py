@@ -98,7 +98,7 @@ def test_rpc_errors(models, tmp_path):
 def test_tuning_times_candidates_on_the_board(board, models, tmp_path):
     original, optimized = models
     db, pkg = tmp_path / "db", tmp_path / "tuned"
-    proc = cli("compile", optimized, "-o", pkg, "--target", "cortex-a72", "--tune-trials", "4", "--tuning-db", db,
+    proc = cli("compile", optimized, "-o", pkg, "--target", "cortex-a72", "--tune-trials", "2", "--tuning-db", db,
                "--rpc", board, "--cost-model", "random", check_rc=0)
     assert f"timed on {board}" in proc.stdout and "random cost model" in proc.stdout
     manifest = package.read_manifest(pkg)
@@ -127,6 +127,10 @@ def test_tuning_on_the_wrong_device_is_a_one_line_error(models, tmp_path):
         one_line_error(proc, "none of the 2 candidates ran")
         assert "Failed to load" in proc.stderr + proc.stdout  # the device's own reason, not the RPC wrapper's
         assert not (tmp_path / "t").exists()
+        # running an aarch64 package there: one line naming the server and why
+        pkg = package.compile_model(ir.load(str(optimized)), targets.resolve("aarch64"), tmp_path / "arm")
+        one_line_error(cli("run", pkg, "--rpc", f"127.0.0.1:{port}"), f"TVM RPC server 127.0.0.1:{port}",
+                       "cannot load the package")
     finally:
         stop_group(server)
     assert not group_alive(server.pid)

@@ -17,7 +17,7 @@ from onebyone.models import generators
 
 
 def cli(*args, check_rc: int | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "onebyone", *map(str, args)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "onebyone", *map(str, args)], capture_output=True, text=True)
     if check_rc is not None:
         assert proc.returncode == check_rc, proc.stdout + proc.stderr
     return proc
@@ -190,3 +190,33 @@ def test_calibrated_optimize_and_inspect(tmp_path, fullrank_model):
     one_line_error(cli("optimize", fullrank_model, "-o", out, "--calibration", "bundled"), "bundled models only")
     one_line_error(cli("optimize", fullrank_model, "-o", out, "--policy", "budget"), "--macs")
     one_line_error(cli("optimize", fullrank_model, "-o", out, "--policy", "error", "--max-error", "0.1"), "--calibration")
+
+
+def test_exit_status_contract_for_usage_and_internal_errors(lowrank_model, monkeypatch, capsys):
+    """Usage errors are one line and exit 2; an internal error is one line and exit 3, its traceback only with
+    --debug; --version prints the version."""
+    from onebyone import __version__, api
+    from onebyone import cli as cli_module
+
+    def run(*args):
+        with pytest.raises(SystemExit) as info:
+            cli_module.main([str(a) for a in args])
+        out = capsys.readouterr()
+        return info.value.code, out.out, out.err
+
+    code, out, _ = run("--version")
+    assert code == 0 and __version__ in out
+    for args, needle in ((("optimize", lowrank_model), "Missing option"), (("inspect", lowrank_model, "--bogus"), "--bogus"),
+                         (("nosuch",), "No such command"), (("optimize", lowrank_model, "-o", "x.onnx", "--rank", "abc"), "--rank")):
+        code, _, err = run(*args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
+
+    def broken(*a, **k):
+        raise RuntimeError("something inside broke")
+
+    monkeypatch.setattr(api, "inspect", broken)
+    code, _, err = run("inspect", lowrank_model)
+    assert code == 3 and err.strip().splitlines() == [
+        "onebyone: internal error: RuntimeError: something inside broke (rerun with --debug for the traceback)"]
+    code, _, err = run("inspect", lowrank_model, "--debug")
+    assert code == 3 and "Traceback" in err and err.strip().endswith("something inside broke")

@@ -82,7 +82,7 @@ def check_exact(case) -> str:
     return layer.action
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(conv_cases())
 def test_exact_rewrite_matches_onnxruntime(case):
     event(check_exact(case))

@@ -165,7 +165,7 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
             runner = measure.device_runner(remote)
         else:
             runner = ms.runner.LocalRunner(
-                timeout_sec=60, initializer=measure.load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
+                timeout_sec=300, initializer=measure.load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
         watch = measure.trial_watch(trials, progress)
         callbacks = [*ms.measure_callback.MeasureCallback.create("default"), watch]
