@@ -6,11 +6,11 @@ import os
 
 import onnx_ir as ir
 
+from onebyone.calibrated import DataSource, search
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
-from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
-from onebyone.passes.rank_policy import RankPolicy
+from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
 from onebyone.verify import tolerances as tol
 from onebyone.verify.compare import Verification, verify_models
@@ -36,7 +36,7 @@ def default_tolerances(report: Report) -> tol.Tolerances:
 
 def inspect(
     model: ir.Model | str | os.PathLike,
-    policy: RankPolicy | None = None,
+    policy: Policy | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     calibration: Samples | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -51,7 +51,7 @@ def inspect(
 
 def optimize(
     model: ir.Model | str | os.PathLike,
-    policy: RankPolicy | None = None,
+    policy: Policy | None = None,
     input_shapes: dict[str, tuple[int, ...]] | None = None,
     *,
     samples: Samples | None = None,
@@ -77,12 +77,9 @@ def optimize(
     """
     original, name = _as_model(model)
     policy = policy or RankPolicy()
-    if policy.kind == "error":
-        if not calibration:
-            raise OneByOneError("policy 'error' measures errors on calibration data: give --calibration")
-        optimized, report = _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress)
-    else:
-        optimized, report = _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress)
+    if policy.searched and not calibration:
+        raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
+    optimized, report = _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress)
     if verify:
         if samples is None:
             shapes = resolve_input_shapes(original, input_shapes)
@@ -137,83 +134,18 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
         return None
 
 
-def _held_out(items: list) -> list:
-    """The held-out part of a per-calibration-sample list (the samples themselves, or one output per sample)."""
-    from onebyone.passes.data_fit import HOLDOUT_EVERY
-
-    return items[HOLDOUT_EVERY - 1 :: HOLDOUT_EVERY] or items
-
-
-def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress,
-             held_reference=None) -> tuple[ir.Model, Report]:
-    """A rewritten copy of `original` and its report. With calibration data and a MAC budget, the data-aware rewrite
-    is kept only when its model-output error on held-out calibration samples (every 4th) is at most that of
-    weight-only SVD under the same budget; otherwise the weight-only rewrite is returned. Either way the report's
-    `method_check` holds both errors. `held_reference`: the original's outputs on those samples, if already run."""
-    optimized = original.clone()
-    p = BottleneckPass(policy, input_shapes, model_name=name, calibration=calibration, cache_dir=cache_dir, progress=progress)
-    p(optimized)
-    if not calibration or policy.kind != "budget" or not p.report.totals.rewritten:
-        return optimized, p.report
-    from onebyone.verify.metrics import worst_part_rel_l2
-    from onebyone.verify.onnxruntime_run import run_samples, session
-    from onebyone.verify.parts import output_splits
-
-    held = _held_out(calibration)
-    splits = output_splits(original)
-    weight_only = original.clone()
-    q = BottleneckPass(policy, input_shapes, model_name=name)
-    q(weight_only)
-    ref = held_reference or run_samples(session(original, "original"), held)
-
-    def error(m: ir.Model) -> float:
-        return worst_part_rel_l2(ref, run_samples(session(m, "rewritten"), held), splits)
-
-    e_data, e_weight = error(optimized), error(weight_only)
-    keep_data = e_data <= e_weight
-    report = p.report if keep_data else q.report
-    report.method_check = {"data": e_data, "weight": e_weight, "kept": "data" if keep_data else "weight",
-                           "samples": len(held)}
-    report.calibration = p.report.calibration
-    return (optimized if keep_data else weight_only), report
-
-
-def _search_budget(original, name, policy, input_shapes, calibration, cache_dir, progress, steps: int = 6):
-    """Bisection on the MAC budget: the smallest fraction whose calibration output error is <= max_error."""
-    import tempfile
-
-    from onebyone.verify.metrics import worst_part_rel_l2
-    from onebyone.verify.onnxruntime_run import run_samples, session
-    from onebyone.verify.parts import output_splits
-
-    splits = output_splits(original)
-    ref = run_samples(session(original, "original"), calibration)
-    held_ref = {k: _held_out(vs) for k, vs in ref.items()}
-    cache = cache_dir or tempfile.mkdtemp(prefix="onebyone-cache-")
-    best = None
-    lo, hi = 0.0, 1.0
-    for step in range(steps):
-        frac = hi if best is None and step == 0 else (lo + hi) / 2
-        budget_policy = RankPolicy("budget", macs=frac, round_to=policy.round_to)
-        candidate, step_report = _rewrite(original, name, budget_policy, input_shapes, calibration, cache, progress,
-                                          held_ref)
-        got = run_samples(session(candidate, "candidate"), calibration)
-        err = worst_part_rel_l2(ref, got, splits)
-        if err <= policy.max_error:
-            best = (candidate, step_report, frac, err)
-            hi = frac
-        else:
-            lo = frac
-        if step == 0 and best is None:
-            break
-    if best is None:  # even the full budget misses: return the model unchanged
-        candidate = original.clone()
-        p = BottleneckPass(RankPolicy("budget", macs=1.0), input_shapes, model_name=name, calibration=calibration, cache_dir=cache)
-        p(candidate)
-        best = (candidate, p.report, 1.0, 0.0)
-    candidate, report, frac, err = best
-    report.policy = f"{policy.describe()} (found MAC budget {frac:.3f}, calibration output error {err:.3g})"
-    return candidate, report
+def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress) -> tuple[ir.Model, Report]:
+    """The rewrite for `policy`: weight-only without calibration data; with it, data-aware (a MAC budget checked
+    against weight-only at the same budget; an error target searched over budgets; see calibrated.search)."""
+    if not calibration:
+        return search.rewrite(original, name, policy, input_shapes, progress=progress)
+    source = DataSource(calibration, cache_dir)
+    if policy.searched:
+        return search.smallest_budget(original, name, policy, input_shapes, source, progress)
+    if policy.uses_gains:  # a global budget: checked against weight-only SVD at the same budget
+        reference = search.Reference(original, calibration)
+        return search.checked_budget(original, name, policy, input_shapes, source, reference, progress)
+    return search.rewrite(original, name, policy, input_shapes, source, progress)
 
 
 def verify(

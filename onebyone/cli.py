@@ -19,7 +19,7 @@ from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
 from onebyone.passes.input_shapes import parse_input_shapes, resolve_input_shapes
-from onebyone.passes.rank_policy import RankPolicy
+from onebyone.passes.policies import POLICIES, Policy, RankPolicy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import ImagePreprocess, folder_images, image_samples, npz_samples, random_samples
 
@@ -52,15 +52,24 @@ def _shapes(arg: ModelArg, given: list[str] | None) -> dict[str, tuple[int, ...]
 
 
 def _policy(policy: str, rank: float | None, energy: float | None, round_to: int, macs: float | None = None,
-            max_error: float | None = None) -> RankPolicy:
+            max_error: float | None = None) -> Policy:
+    """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""
+    import dataclasses
+
     try:
-        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to, macs=macs, max_error=max_error)  # type: ignore[arg-type]
+        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to, macs=macs, max_error=max_error)
     except ValueError as exc:
-        raise OneByOneError(str(exc)) from None
+        cls = POLICIES.get(policy)
+        flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)] if cls else []
+        raise OneByOneError(f"{exc}" + (f" (--policy {policy} takes {', '.join(flags)})" if flags else "")) from None
 
 
-def _calibration(arg: ModelArg, model, shapes, source: str | None, count: int, method: str, prep_opts) -> list | None:
+def _calibration(arg: ModelArg, model, shapes, source: str | None, count: int, method: str, prep_opts,
+                 policy: Policy | None = None) -> list | None:
     """Calibration samples from --calibration (an .npz, a folder of images, or 'bundled'), or None (weight-only)."""
+    if policy is not None and policy.searched and source is None:
+        raise OneByOneError(f"--policy {policy.kind} measures errors on calibration data: give --calibration "
+                            "(an .npz, a folder of images, or 'bundled')")
     if method not in ("auto", "weight", "data"):
         raise OneByOneError(f"--method must be weight or data, got {method!r}")
     if method == "weight":
@@ -144,8 +153,8 @@ def _samples(arg, model, shapes, inputs, images, image_size, layout, bgr, scale,
 
 # Shared option types
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix dynamic dims: NAME:1x3x224x224 (repeatable).")]
-PolicyOpt = Annotated[str, typer.Option("--policy", help="exact (lossless only) | rank | energy | budget | error")]
-MacsOpt = Annotated[Optional[float], typer.Option("--macs", help="budget policy: fraction of the targeted convs' MACs to keep")]
+PolicyOpt = Annotated[str, typer.Option("--policy", help=" | ".join(POLICIES) + " (exact: lossless only; see the README)")]
+MacsOpt = Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")]
 MaxErrOpt = Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")]
 CalibOpt = Annotated[Optional[str], typer.Option("--calibration", help="calibration data: .npz, image folder, or 'bundled'")]
 CalibCountOpt = Annotated[int, typer.Option("--calibration-samples", min=1, help="how many bundled calibration samples (crops/tones)")]
@@ -189,10 +198,11 @@ def inspect(
     arg = resolve_model(model)
     shapes = _shapes(arg, input_shape)
     m = load_model(arg.path)
+    pol = _policy(policy, rank, energy, round_to, macs, max_error)
     calib = _calibration(arg, m, shapes, calibration, calibration_samples, method,
-                         (image_size, layout, bgr, scale, mean, std))
+                         (image_size, layout, bgr, scale, mean, std), pol)
     with _Progress() as progress:
-        rep = api.inspect(m, _policy(policy, rank, energy, round_to, macs, max_error), shapes, calib, cache_dir, progress)
+        rep = api.inspect(m, pol, shapes, calib, cache_dir, progress)
     rep.model = arg.name
     console.print(tables.layer_table(rep, planned=True))
     console.print(tables.totals_line(rep, planned=True))
@@ -225,7 +235,7 @@ def optimize(
     check_not_input(output, protect)
     feeds, label = _samples(arg, original, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
     calib = _calibration(arg, original, shapes, calibration, calibration_samples, method,
-                         (image_size, layout, bgr, scale, mean, std))
+                         (image_size, layout, bgr, scale, mean, std), pol)
     with _Progress() as progress:
         optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False,
                                       calibration=calib, cache_dir=cache_dir, progress=progress)

@@ -13,3 +13,9 @@ class VerificationFailed(Exception):
         super().__init__(message)
         self.model = model
         self.report = report
+
+
+def first_line(exc: BaseException | str) -> str:
+    """An error's text on one line (whitespace collapsed), at most 300 characters; the type's name when empty."""
+    text = " ".join(str(exc).split())
+    return (text or (type(exc).__name__ if isinstance(exc, BaseException) else ""))[:300]

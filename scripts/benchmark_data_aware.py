@@ -27,7 +27,7 @@ from onebyone.models import ocr
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
 from onebyone.verify.metrics import worst_part_rel_l2
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.parts import output_splits
 
 
@@ -76,7 +76,7 @@ def main() -> None:
         original = ir.load(str(m.path()))
         evaluation = m.samples()
         calib = m.calibration_samples(args.calibration_samples)
-        ref = run_samples(session(original, "original"), evaluation)
+        ref = run_samples(original, evaluation, "original")
         cache = tempfile.mkdtemp(prefix="onebyone-bench-")
         for fraction in args.fractions:
             for method, cal in (("weight", None), ("data", calib)):
@@ -84,7 +84,7 @@ def main() -> None:
                 optimized, report = optimize(original, RankPolicy("budget", macs=fraction), m.input_shapes,
                                              verify=False, calibration=cal, cache_dir=cache)
                 seconds = time.perf_counter() - t0
-                got = run_samples(session(optimized, "optimized"), evaluation)
+                got = run_samples(optimized, evaluation, "optimized")
                 err = worst_part_rel_l2(ref, got, output_splits(original))
                 targeted = [l for l in report.layers if l.action == "rewritten" or "budget" in l.reason]
                 row = dict(model=name, fraction=fraction, method=method, seconds=seconds,

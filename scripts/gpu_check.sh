@@ -27,7 +27,7 @@ import sys
 import tvm
 
 from onebyone.errors import OneByOneError
-from onebyone.runtime.package import load_cuda_runtime
+from onebyone.runtime.cuda import load_cuda_runtime
 
 try:
     load_cuda_runtime()

@@ -33,3 +33,46 @@ def test_atomic_folder_replaces_a_whole_folder_or_nothing(tmp_path):
     with atomic_folder(target) as tmp:
         (tmp / "model.so").write_text("new")
     assert [p.name for p in target.iterdir()] == ["model.so"] and [p.name for p in tmp_path.iterdir()] == ["pkg"]
+
+
+def test_outputs_get_the_permissions_of_the_umask(tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        with atomic_file(tmp_path / "a.txt") as tmp:
+            tmp.write_text("x")
+        assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644  # mkstemp alone would leave 0600
+    finally:
+        os.umask(old)
+
+
+def test_a_model_and_its_data_file_are_replaced_together_or_not_at_all(tmp_path, monkeypatch):
+    """If the model's rename fails after its data file moved in, the old data file is put back, so the model
+    already there keeps loading."""
+    import os
+
+    from onebyone.atomic import atomic_pair
+
+    (tmp_path / "m.onnx").write_text("old model")
+    (tmp_path / "m.onnx.data").write_text("old data")
+    real_replace = os.replace
+
+    def failing_replace(src, dst):
+        if str(dst).endswith("m.onnx"):
+            raise OSError("disk full")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", failing_replace)
+    with pytest.raises(OSError):
+        with atomic_pair(tmp_path / "m.onnx", "m.onnx.data") as folder:
+            (folder / "m.onnx").write_text("new model")
+            (folder / "m.onnx.data").write_text("new data")
+    assert (tmp_path / "m.onnx").read_text() == "old model" and (tmp_path / "m.onnx.data").read_text() == "old data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    with atomic_pair(tmp_path / "m.onnx", "m.onnx.data") as folder:
+        (folder / "m.onnx").write_text("new model")
+        (folder / "m.onnx.data").write_text("new data")
+    assert (tmp_path / "m.onnx").read_text() == "new model" and (tmp_path / "m.onnx.data").read_text() == "new data"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]

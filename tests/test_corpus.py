@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent / "corpus"))
 import build as corpus  # noqa: E402
 
 from onebyone import cli  # noqa: E402
-from onebyone.verify.onnxruntime_run import run_samples, session  # noqa: E402
+from onebyone.verify.onnxruntime_run import run_samples  # noqa: E402
 
 LIMIT_S = 120
 
@@ -157,5 +157,5 @@ def test_scalar_inputs_feed_onnxruntime(folder):
 
     samples = npz_samples(d / "inputs.npz", {"x": (1, 8, 8, 8), "g": ()}, {"x": np.float32, "g": np.float32})
     assert samples[1]["g"].shape == () and isinstance(samples[1]["g"], np.ndarray)
-    outs = run_samples(session(str(d / "model.onnx")), samples)
+    outs = run_samples(str(d / "model.onnx"), samples)
     assert len(outs["y"]) == 2

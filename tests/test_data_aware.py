@@ -15,8 +15,11 @@ from onebyone import RankPolicy, optimize
 from onebyone.models import generators
 from onebyone.models.single_conv import single_conv_model
 from onebyone.models.weights import random_weight
-from onebyone.passes import budget, calibration, factorize, whitening
+from onebyone.calibrated import DataSource, fitting, whitening
+from onebyone.calibrated import moments as calibration
+from onebyone.passes import budget, factorize
 from onebyone.passes.bottleneck_pass import BottleneckPass
+from onebyone.verify.onnxruntime_run import with_outputs
 
 
 def _ir(proto):
@@ -29,7 +32,7 @@ def test_streaming_moments_equal_a_direct_computation(tmp_path, rng):
     names = [n.inputs[0].name for n in model.graph if n.op_type == "Conv"][:3]
     stats = calibration.collect(model, samples, names)
     # direct: every activation of every sample at once, from an independent onnxruntime run
-    proto = calibration.with_outputs(model, names)
+    proto = with_outputs(model, names)
     import onnxruntime as ort
 
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -108,17 +111,15 @@ def test_data_aware_layer_error_is_at_most_weight_only_on_calibration(rng):
     model = generators.vgg(size=24, seed=3)
     calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(16)]
     policy = RankPolicy("rank", rank=0.5)
-    from onebyone.passes import data_fit
-
-    data = BottleneckPass(policy, calibration=calib)
+    data = BottleneckPass(policy, source=DataSource(calib))
     m_data = data(_ir(model)).model
     weight = BottleneckPass(policy)
     m_weight = weight(_ir(model)).model
     first = next(d for d in data.decisions if d.rank is not None)
     out = first.info.node.outputs[0].name
     original = _ir(model)
-    err_data = data_fit.measure(original, m_data, calib, [out])[out]
-    err_weight = data_fit.measure(original, m_weight, calib, [out])[out]
+    err_data = fitting.measure(original, m_data, calib, [out])[out]
+    err_weight = fitting.measure(original, m_weight, calib, [out])[out]
     assert err_data <= err_weight * 1.0001
     assert first.layer.measured_error == pytest.approx(err_data, rel=1e-6)
 
@@ -180,16 +181,14 @@ def test_budget_keeps_the_rewrite_with_the_lower_held_out_model_error(rng):
 def test_a_data_rewrite_worse_than_weight_only_is_not_kept(rng, monkeypatch):
     """If the data-aware factors were off (here: W' replaced by noise of the same scale, with a prediction that keeps
     the per-conv back-off from undoing it), the held-out model-output check falls back to weight-only SVD."""
-    from onebyone.passes import data_fit
-
-    real_fit = data_fit.fit
+    real_fit = fitting.fit
 
     def off_fit(*args, **kwargs):
         factors, name = real_fit(*args, **kwargs)
         noise = np.random.default_rng(0).standard_normal(factors.weight.shape) * np.std(factors.weight)
         return dataclasses.replace(factors, weight=noise.astype(factors.weight.dtype), predicted_error=10.0), name
 
-    monkeypatch.setattr(data_fit, "fit", off_fit)
+    monkeypatch.setattr(fitting, "fit", off_fit)
     model = generators.resnet(size=24, seed=3)
     calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
     optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from onebyone.passes import cost, factorize
-from onebyone.passes.rank_policy import RankPolicy
+from onebyone.passes.policies import RankPolicy
 from onebyone.models.weights import low_rank_weight, random_weight
 
 
@@ -57,22 +57,80 @@ def test_energy_rank():
     assert factorize.energy_rank(s, 1.0) == 4
 
 
+def _decision(w):
+    """The plan's decision for a one-conv model with weight `w` (16 channels, 12x12 input)."""
+    import onnx_ir as ir
+
+    from onebyone.models.single_conv import single_conv_model
+    from onebyone.passes import plan
+    from onebyone.passes.analysis import analyze
+
+    model = ir.serde.deserialize_model(single_conv_model((1, 16, 12, 12), w, pads=(1, 1, 1, 1)))
+    (info,) = analyze(model, {"x": (1, 16, 12, 12)})
+    return plan.start(info)
+
+
 def test_rank_policies(rng):
     w = random_weight(16, 16, (3, 3), rng)
-    svals = factorize.singular_values(w, 1)
-    shape = (16, 144)
-    assert RankPolicy("rank", rank=5).choose(svals, shape, w.dtype) == (5, False)
-    assert RankPolicy("rank", rank=0.25).choose(svals, shape, w.dtype)[0] == 4
-    assert RankPolicy("rank", rank=5, round_to=8).choose(svals, shape, w.dtype)[0] == 8
-    assert RankPolicy("rank", rank=15, round_to=8).choose(svals, shape, w.dtype)[0] == 16  # capped at C/g
-    assert RankPolicy("exact").choose(svals, shape, w.dtype) == (16, True)
-    r, _ = RankPolicy("energy", energy=0.9).choose(svals, shape, w.dtype)
+    d = _decision(w)
+    svals = d.svals
+
+    def rank(policy):
+        return policy.rounded(policy.rank_for(d), 16)
+
+    assert rank(RankPolicy("rank", rank=5)) == 5
+    assert rank(RankPolicy("rank", rank=0.25)) == 4
+    assert rank(RankPolicy("rank", rank=5, round_to=8)) == 8
+    assert rank(RankPolicy("rank", rank=15, round_to=8)) == 16  # capped at C/g
+    assert rank(RankPolicy("exact")) == 16  # random weights are full rank
+    r = rank(RankPolicy("energy", energy=0.9))
     sq = svals[0] ** 2
     assert sq[:r].sum() / sq.sum() >= 0.9 > sq[: r - 1].sum() / sq.sum()
 
 
+def test_saving_policy_keeps_each_conv_within_its_fraction_of_macs(rng):
+    """The example policy added as one file: the largest rank whose MACs are within the fraction, per conv."""
+    d = _decision(random_weight(16, 16, (3, 3), rng))
+    RankPolicy("saving", macs=0.5).assign([d])
+    assert d.rank is not None and d.layer.macs_after <= 0.5 * d.layer.macs_before
+    assert d.macs_at(d.rank + 1) > 0.5 * d.layer.macs_before
+    d2 = _decision(random_weight(16, 16, (3, 3), rng))
+    RankPolicy("saving", macs=0.01).assign([d2])
+    assert d2.rank is None and "within 0.01" in d2.layer.reason
+
+
+def test_a_registered_policy_is_usable_by_name_through_the_pass(rng):
+    """A new policy is one class and its registration: RankPolicy and the pass take it by name."""
+    import dataclasses
+
+    import onnx_ir as ir
+
+    from onebyone import BottleneckPass
+    from onebyone.models.single_conv import single_conv_model
+    from onebyone.passes.policies import POLICIES, register
+    from onebyone.passes.policies.per_conv import PerConv
+
+    @register
+    @dataclasses.dataclass(frozen=True)
+    class Half(PerConv):
+        kind = "half-of-break-even"
+
+        def rank_for(self, d):
+            return max(1, int(d.info.break_even_rank // 2))
+
+    try:
+        model = ir.serde.deserialize_model(single_conv_model((1, 16, 12, 12), random_weight(16, 16, (3, 3), rng), pads=(1, 1, 1, 1)))
+        p = BottleneckPass(RankPolicy("half-of-break-even"))
+        p(model)
+        (layer,) = p.report.layers
+        assert layer.action == "rewritten" and layer.rank == int(layer.break_even_rank // 2)
+    finally:
+        POLICIES.pop("half-of-break-even")
+
+
 @pytest.mark.parametrize("bad", [dict(kind="rank"), dict(kind="rank", rank=1.5), dict(kind="energy", energy=1.5),
-                                 dict(kind="exact", round_to=0), dict(kind="svd")])
+                                 dict(kind="exact", round_to=0), dict(kind="svd"), dict(kind="exact", rank=3),
+                                 dict(kind="saving", macs=1.0), dict(kind="rank", rank=float("nan"))])
 def test_bad_policies_are_refused(bad):
     with pytest.raises(ValueError):
         RankPolicy(**bad)

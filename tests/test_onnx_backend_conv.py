@@ -12,7 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from onebyone import RankPolicy, optimize
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 
 
 def _conv_cases():
@@ -55,7 +55,7 @@ def test_backend_conv_case_passes_through_optimize(case, policy, weight):
         assert report.verification["passed"]
         for layer in report.layers:  # 1 input channel: nothing to reduce, with the reason said
             assert layer.action == "skipped" and layer.reason
-        got = run_samples(session(optimized), [feed])
+        got = run_samples(optimized, [feed])
         out_names = [o.name for o in case.model.graph.output]
         for name, want in zip(out_names, expected):
             np.testing.assert_allclose(got[name][0], want, rtol=case.rtol, atol=case.atol)

@@ -16,7 +16,7 @@ import pytest
 
 from onebyone import RankPolicy, optimize
 from onebyone.models.real import REAL_MODELS, real_model
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 
 
 def cli(*args):
@@ -51,8 +51,8 @@ def test_opennsfw_lossless_layer_and_approximation_keep_the_class(tmp_path):
     (o,) = report["verification"]["outputs"]
     assert o["top1"] == 1.0 and report["verification"]["inputs"] == "bundled real"
     # The written model agrees with the original on the real photos in an independent onnxruntime session.
-    ref = run_samples(session(str(m.path())), photos)["outputs"]
-    got = run_samples(session(str(out)), photos)["outputs"]
+    ref = run_samples(str(m.path()), photos)["outputs"]
+    got = run_samples(str(out), photos)["outputs"]
     for r, g in zip(ref, got):
         assert np.argmax(r) == np.argmax(g) and np.max(np.abs(r - g)) < 0.01
 
@@ -65,8 +65,8 @@ def test_ppocr_detector_constant_weights_keep_the_text_mask(tmp_path):
     out = tmp_path / "det.onnx"
     proc = cli("optimize", "ppocr-det", "-o", out, "--policy", "energy", "--energy", "0.97", "--max-rel-error", "0.3")
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    ref = run_samples(session(str(m.path())), photos)["sigmoid_0.tmp_0"]
-    got = run_samples(session(str(out)), photos)["sigmoid_0.tmp_0"]
+    ref = run_samples(str(m.path()), photos)["sigmoid_0.tmp_0"]
+    got = run_samples(str(out), photos)["sigmoid_0.tmp_0"]
     for r, g in zip(ref, got):
         assert np.mean((r > 0.3) != (g > 0.3)) < 1e-3
     stored = onnx.load(out)
@@ -83,7 +83,7 @@ def test_basic_pitch_keeps_the_midi_notes(tmp_path):
     proc = cli("optimize", "basic-pitch", "-o", out, "--policy", "energy", "--energy", "0.9", "--round-to", "8")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     for path in (m.path(), out):
-        notes = run_samples(session(str(path)), tones)["StatefulPartitionedCall:2"]
+        notes = run_samples(str(path), tones)["StatefulPartitionedCall:2"]
         assert [21 + int(np.argmax(n[0].mean(0))) for n in notes] == [69, 60, 76, 45]
     proc = cli("verify", "basic-pitch", out, "--max-rel-error", "0.01", "--min-cosine", "0.9999")
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ from onebyone import RankPolicy, optimize
 from onebyone.errors import OneByOneError
 from onebyone.models import generators
 from onebyone.modelio import save_model
-from onebyone.runtime import package, targets
+from onebyone.runtime import cuda, package, targets
 from test_cli import cli, one_line_error
 
 
@@ -67,7 +67,7 @@ def test_verify_chain_catches_a_wrong_package(models, tmp_path):
 
 
 def test_cuda_package_holds_device_code_that_nvcc_compiles(models, tmp_path):
-    if package.find_nvcc() is None:
+    if cuda.find_nvcc() is None:
         pytest.fail("nvcc is required for the CUDA device-code check (the test extra installs nvidia-cuda-nvcc)")
     _, optimized = models
     pkg_dir = package.compile_model(ir.load(str(optimized)), targets.resolve("cuda"), tmp_path / "cuda")

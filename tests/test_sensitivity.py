@@ -8,7 +8,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from conftest import run_ort
 from onebyone import RankPolicy, optimize
-from onebyone.passes import calibration, plan, sensitivity
+from onebyone.calibrated import moments as calibration
+from onebyone.calibrated import sensitivity, whitening
+from onebyone.passes import plan
+from onebyone.verify.onnxruntime_run import with_outputs
 from onebyone.passes.analysis import analyze
 
 
@@ -40,7 +43,12 @@ def _decisions(model, samples):
     infos = analyze(model, {"x": (1, 16, 12, 12)})
     names = sorted({i.node.inputs[0].name for i in infos if i.skip_reason is None})
     moments = calibration.collect(model, samples, names)
-    return [plan.start(i, moments.get(i.node.inputs[0].name)) for i in infos]
+    out = []
+    for i in infos:
+        m = moments.get(i.node.inputs[0].name) if i.skip_reason is None else None
+        spectrum = whitening.spectrum(i.weight, i.groups, m.second_moment) if m is not None else None
+        out.append(plan.start(i, spectrum, m))
+    return out
 
 
 def test_gain_is_the_ratio_of_output_to_conv_error_measured_independently(rng):
@@ -49,7 +57,7 @@ def test_gain_is_the_ratio_of_output_to_conv_error_measured_independently(rng):
     model = _two_branch_model(rng, 1.0, 1.0, offset=3.0)
     samples = _samples(rng)
     gains = sensitivity.output_gains(model, _decisions(model, samples), samples)
-    proto = calibration.with_outputs(model, ["ya", "yb"])
+    proto = with_outputs(model, ["ya", "yb"])
     runs = [run_ort(proto, s) for s in samples]  # [out, ya, yb]
     out = np.concatenate([r[0].ravel() for r in runs]).astype(np.float64)
     for name, k in (("conv_a", 1), ("conv_b", 2)):

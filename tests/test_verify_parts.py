@@ -12,11 +12,11 @@ from onnx import TensorProto, helper, numpy_helper
 import onebyone
 from onebyone import APPROXIMATE, LOSSLESS, RankPolicy
 from onebyone.models import generators
-from onebyone.passes import sensitivity
+from onebyone.calibrated import sensitivity
 from onebyone.runtime.chain import TARGET_TOLERANCES
 from onebyone.verify.compare import compare_outputs, verify_models
 from onebyone.verify.metrics import rel_l2
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.parts import output_splits
 from test_cli import cli
 
@@ -63,8 +63,8 @@ def test_damage_confined_to_small_scale_channels_fails_verification(detector):
     the whole output, and must fail per part."""
     damaged = _edited(detector, "conv8.weight", lambda w: w * 1.5)
     samples = _samples(4)
-    ref = run_samples(session(_ir(detector)), samples)
-    got = run_samples(session(_ir(damaged)), samples)
+    ref = run_samples(_ir(detector), samples)
+    got = run_samples(_ir(damaged), samples)
     name = detector.graph.output[0].name
     whole = rel_l2(np.stack(ref[name]), np.stack(got[name]))
     assert whole < 0.01  # the old yardstick would pass it
@@ -109,7 +109,7 @@ def _near_zero_map() -> onnx.ModelProto:
 def test_float_noise_on_a_near_zero_output_passes_and_real_damage_fails():
     model = _ir(_near_zero_map())
     samples = [{"x": np.random.default_rng(k).standard_normal((1, 3, 16, 16)).astype(np.float32)} for k in range(3)]
-    ref = run_samples(session(model), samples)
+    ref = run_samples(model, samples)
     assert max(float(np.abs(a).max()) for a in ref["map"]) < 1e-3
     # a compiler's reordering of float sums: the logits move by ~1e-3 relative, the map by ~1e-7 absolute
     noisy = {"map": [a * (1 + 1e-3 * np.random.default_rng(9).standard_normal(a.shape)).astype(np.float32) for a in ref["map"]]}

@@ -53,9 +53,15 @@ def single_conv_model(
     opsets = [helper.make_opsetid("", opset)]
     model = helper.make_model(graph, opset_imports=opsets, producer_name="onebyone.tests")
     model.ir_version = helper.find_min_ir_version_for(opsets)
+    return _typed_output(model, len(input_shape))
+
+
+def _typed_output(model: onnx.ModelProto, rank: int) -> onnx.ModelProto:
+    """The model with its output 'y' typed by shape inference (or at least by its rank, where inference gives up on
+    some auto_pad cases)."""
     inferred = {vi.name: vi for vi in onnx.shape_inference.infer_shapes(model).graph.value_info}
     if "y" in inferred:
         model.graph.output[0].CopyFrom(inferred["y"])
-    else:  # shape inference gives up on some auto_pad cases: state the rank at least
-        model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * len(input_shape)))
+    else:
+        model.graph.output[0].CopyFrom(helper.make_tensor_value_info("y", TensorProto.FLOAT, [None] * rank))
     return model

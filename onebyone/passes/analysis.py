@@ -151,13 +151,14 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     return array
 
 
-def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> list[ConvInfo]:
+def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_shapes=None) -> list[ConvInfo]:
     """A ConvInfo for every Conv of the model, in graph order. The model is unchanged (besides naming
-    unnamed convs). `input_shapes` must give a static shape for every model input."""
+    unnamed convs). `input_shapes` must give a static shape for every model input; `measure_shapes` measures the
+    shapes inference leaves unknown (see shapes.static_shapes)."""
     nodes = conv_nodes(model)
     wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
     wanted |= {n.outputs[0].name for n in nodes}
-    shapes = static_shapes(model, input_shapes, wanted) if nodes else {}
+    shapes = static_shapes(model, input_shapes, wanted, measure_shapes) if nodes else {}
     return [_analyze_one(n, model, shapes) for n in nodes]
 
 

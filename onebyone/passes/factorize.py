@@ -57,13 +57,31 @@ def energy_rank(svals: np.ndarray, energy: float) -> int:
     return int(min(len(sq), np.searchsorted(kept, energy - 1e-12) + 1))
 
 
+def error_curve(svals: list[np.ndarray], energy: list[float]) -> np.ndarray:
+    """Predicted relative output error for ranks 0..C/g (index = rank) from per-group singular values and the
+    total energy of each group (the weight's, or the expected output's when whitened by input statistics)."""
+    c = max(len(s) for s in svals)
+    total = sum(energy)
+    kept = np.zeros(c + 1)
+    for s in svals:
+        sq = np.zeros(c)
+        sq[: len(s)] = s**2
+        kept[1:] += np.cumsum(sq)
+    return np.sqrt(np.clip(total - kept, 0, None) / total) if total > 0 else np.zeros(c + 1)
+
+
 @dataclasses.dataclass(frozen=True)
 class Factors:
-    """B[g*r, C/g, 1, ...] and W'[N, r, *kernel] with W ≈ W' ∘ B; `rel_error` = ‖W - W'∘B‖_F / ‖W‖_F."""
+    """B[g*r, C/g, 1, ...] and W'[N, r, *kernel] with W ≈ W' ∘ B; `rel_error` = ‖W - W'∘B‖_F / ‖W‖_F.
+
+    Data-aware factors also carry `bias_delta` (added to the conv's bias; None: unchanged) and `predicted_error`
+    (the relative output error the fit predicts on the calibration statistics; None without data)."""
 
     bottleneck: np.ndarray
     weight: np.ndarray
     rel_error: float
+    bias_delta: np.ndarray | None = None
+    predicted_error: float | None = None
 
 
 def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
-from onebyone.passes import budget, cost, factorize, whitening
+from onebyone.passes import cost, factorize
 from onebyone.passes.analysis import ConvInfo
-from onebyone.passes.calibration import Moments
-from onebyone.passes.rank_policy import RankPolicy
 from onebyone.report import LayerReport
 
 
@@ -20,7 +19,7 @@ class Decision:
     info: ConvInfo
     layer: LayerReport
     rank: int | None = None
-    moments: Moments | None = None
+    moments: Any = None  # the factor source's statistics of this conv's input (calibration moments), if any
     data_svals: list[np.ndarray] | None = None
     data_energy: list[float] | None = None
 
@@ -36,22 +35,24 @@ class Decision:
     def error_curve(self) -> np.ndarray:
         """Predicted relative output error for ranks 0..C/g (weight-energy based without calibration data)."""
         if self.data_svals is not None:
-            return whitening.error_curve(self.data_svals, self.data_energy)
-        return whitening.error_curve(self.info.svals, [float((s**2).sum()) for s in self.info.svals])
+            return factorize.error_curve(self.data_svals, self.data_energy)
+        return factorize.error_curve(self.info.svals, [float((s**2).sum()) for s in self.info.svals])
 
     def macs_at(self, rank: int) -> int:
         i = self.info
         return cost.bottleneck_macs(i.spatial_in, i.spatial_out, i.out_channels, i.in_channels, i.groups, i.kernel_size, rank)
 
 
-def start(info: ConvInfo, moments: Moments | None = None) -> Decision:
-    """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given."""
+def start(info: ConvInfo, spectrum: tuple[list[np.ndarray], list[float]] | None = None, moments: Any = None) -> Decision:
+    """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given. `spectrum`
+    (per-group singular values and energies, e.g. of the weight whitened by input statistics) replaces the weight's
+    own spectrum for choosing ranks; `moments` are the statistics it came from."""
     d = Decision(info, _base_layer(info), moments=moments)
     if info.skip_reason is not None:
         d.layer.reason = info.skip_reason
         return d
-    if moments is not None:
-        d.data_svals, d.data_energy = whitening.spectrum(info.weight, info.groups, moments.second_moment)
+    if spectrum is not None:
+        d.data_svals, d.data_energy = spectrum
     d.layer.numerical_rank = d.numerical_rank()
     d.layer.error_curve = [round(float(e), 6) for e in d.error_curve()]
     if d.data_svals is not None:
@@ -66,45 +67,8 @@ def candidate_ranks(d: Decision, round_to: int) -> np.ndarray:
     return np.arange(step, top + 1, step)
 
 
-def choose(decisions: list[Decision], policy: RankPolicy, gains: dict[str, np.ndarray] | None = None) -> None:
-    """Set the rank (or the skip reason) of every candidate conv under `policy` (not 'error', see api).
-
-    A budget is split by marginal error per MAC saved; with `gains` (per conv, per rank; see passes.sensitivity)
-    each conv's error is its predicted model-output error (gain × predicted local error), else its local error."""
-    live = [d for d in decisions if d.info.skip_reason is None]
-    if policy.kind == "budget":
-        curves = []
-        for d in live:
-            ranks = candidate_ranks(d, policy.round_to)
-            errs = d.error_curve()
-            if gains and d.info.name in gains:
-                errs = errs * gains[d.info.name]
-                d.layer.output_error_curve = [round(float(e), 6) for e in errs]
-            curves.append(budget.Curve(d.info.name, ranks, errs[ranks], np.array([d.macs_at(int(r)) for r in ranks]), d.info.macs))
-        targeted = sum(d.info.macs for d in live)
-        chosen = budget.allocate(curves, policy.macs * targeted)
-        for d in live:
-            r = chosen[d.info.name]
-            if r is None:
-                d.layer.reason = f"left alone by the MAC budget ({policy.macs} of {targeted:,} targeted MACs)"
-            else:
-                _accept(d, r, policy)
-        return
-    for d in live:
-        rank, _ = policy.choose(d.svals, d.info.matrix_shape, d.info.weight.dtype)
-        be = d.info.break_even_rank
-        d.layer.rank = rank
-        if rank >= be:
-            if policy.kind == "exact":
-                d.layer.reason = (f"numerical rank {d.layer.numerical_rank} is not below break-even {be:.1f}: "
-                                  f"no lossless rewrite lowers MACs")
-            else:
-                d.layer.reason = f"rank {rank} ({policy.describe()}) is not below break-even {be:.1f}: it would not lower MACs"
-            continue
-        _accept(d, rank, policy)
-
-
-def _accept(d: Decision, rank: int, policy: RankPolicy) -> None:
+def accept(d: Decision, rank: int) -> None:
+    """Rewrite this conv at `rank` (per group): the layer says whether it is lossless and what it costs."""
     d.rank = rank
     layer = d.layer
     layer.rank = rank
@@ -124,6 +88,12 @@ def _accept(d: Decision, rank: int, policy: RankPolicy) -> None:
     i = d.info
     layer.params_after = int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size
                              + (i.out_channels if i.has_bias or d.moments is not None else 0))
+
+
+def reject(d: Decision, reason: str) -> None:
+    """Leave this conv alone, saying why."""
+    d.rank = None
+    d.layer.reason = reason
 
 
 def _energy_kept(svals: list[np.ndarray], rank: int) -> float:

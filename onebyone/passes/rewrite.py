@@ -48,7 +48,7 @@ def insert_bottleneck(
         w_val = _initializer(graph, names(f"{node.name}.weight.r{rank}"), factors.weight)
         shared[key] = (factors, b_val, w_val)
     _, b_val, w_val = shared[key]
-    delta = getattr(factors, "bias_delta", None)
+    delta = factors.bias_delta
     if delta is not None and np.any(delta):
         _correct_bias(graph, node, delta, names)
     mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
@@ -68,6 +68,24 @@ def insert_bottleneck(
     node.replace_input_with(0, mid)
     node.replace_input_with(1, w_val)
     return squeeze
+
+
+def remove_bottleneck(graph: ir.Graph, node: ir.Node, old_inputs: list[ir.Value | None], squeeze: ir.Node) -> None:
+    """The inverse of insert_bottleneck: `node` gets back its inputs `old_inputs` (as they were before the insert),
+    the inserted 1x1 conv `squeeze` is removed, and factors (and a corrected bias) nothing else uses are dropped."""
+    created = list(node.inputs[1:]) + [squeeze.inputs[1]]
+    for i, v in enumerate(old_inputs):
+        if i < len(node.inputs):
+            node.replace_input_with(i, v)
+        elif v is not None:
+            node.resize_inputs(i + 1)
+            node.replace_input_with(i, v)
+    if len(node.inputs) > len(old_inputs):
+        node.resize_inputs(len(old_inputs))
+    graph.remove(squeeze, safe=True)
+    for v in created:
+        if v is not None and v not in old_inputs:
+            remove_if_unused(graph, v)
 
 
 def _correct_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: UniqueNames) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 from onebyone.runtime.package import Package, compile_model, load_package
 from onebyone.verify.compare import compare_outputs, model_precision
 from onebyone.verify.parts import output_splits
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.tolerances import Tolerances
 
 # TVM reorders float32 reductions and may fuse differently than onnxruntime: per target, how close it must be.
@@ -42,8 +42,8 @@ def verify_chain(
     3. optimized compiled vs original in onnxruntime (end to end; `model_tolerances`).
     The package is compiled into a temp folder unless `package` is given; `rpc` (a runtime.remote.Remote) runs
     it on a remote device instead of locally."""
-    ref = run_samples(session(original, "original (onnxruntime)"), samples)
-    opt = run_samples(session(optimized, "optimized (onnxruntime)"), samples)
+    ref = run_samples(original, samples, "original (onnxruntime)")
+    opt = run_samples(optimized, samples, "optimized (onnxruntime)")
     kind = "cuda" if target.get("kind") == "cuda" else ("aarch64" if "aarch64" in str(target.get("mtriple", "")) else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         path = package or compile_model(optimized, target, f"{tmp}/pkg", input_shapes)

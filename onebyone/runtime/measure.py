@@ -122,7 +122,7 @@ def _error_line(message: str) -> str:
 def load_cuda_runtime_in_worker() -> None:
     """LocalRunner worker initializer: the wheel's CUDA runtime is a sidecar library that a fresh worker process
     does not load by itself ("a loader of that name is not registered")."""
-    from onebyone.runtime.package import load_cuda_runtime
+    from onebyone.runtime.cuda import load_cuda_runtime
 
     load_cuda_runtime()
 

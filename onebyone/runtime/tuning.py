@@ -151,37 +151,7 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
     lowered = lower_for_tuning(prepared, target)
     info: dict = {"trials": trials, "database": str(db_dir)}
     if trials > 0:
-        # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
-        logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        cost_model = resolve_cost_model(cost_model)
-        all_tasks = ms.relax_integration.extract_tasks(lowered, target)
-        chosen = select_tasks(all_tasks, trials)
-        if progress:
-            progress(f"tuning {len(chosen)} of {len(all_tasks)} kernels with {trials} trials "
-                     f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
-        per_iter = max(2, min(16, trials // len(chosen)))
-        builder = measure.in_process_builder(cross_compiler)
-        if remote is not None:
-            runner = measure.device_runner(remote)
-        else:
-            runner = ms.runner.LocalRunner(
-                timeout_sec=300, initializer=measure.load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
-        watch = measure.trial_watch(trials, progress)
-        callbacks = [*ms.measure_callback.MeasureCallback.create("default"), watch]
-        try:
-            database = ms.tune.tune_tasks(
-                tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
-                num_trials_per_iter=per_iter, builder=builder, runner=runner, cost_model=cost_model,
-                measure_callbacks=callbacks,
-            )
-        except ValueError as exc:
-            raise OneByOneError(f"tuning failed: {exc}") from None
-        if watch.done and not watch.ran:
-            raise OneByOneError(f"tuning: none of the {watch.done} candidates ran ({watch.first_error})")
-        baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
-        info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines,
-                    measured_on=remote.address if remote is not None else "this machine")
+        database = _tune(lowered, target, trials, db_dir, progress, remote, cross_compiler, cost_model, info)
     else:
         if not has_records(db_dir):
             raise OneByOneError(f"{db_dir}: no tuning records; tune first with --tune-trials N")
@@ -190,3 +160,42 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
     executable = ms.relax_integration.compile_relax(database, prepared, target, None)
     info["records"] = len(database) if hasattr(database, "__len__") else None
     return executable, info
+
+
+def _tune(lowered, target, trials, db_dir: Path, progress, remote, cross_compiler, cost_model, info: dict):
+    """Run MetaSchedule over the heaviest kernels of `lowered` and record the default code of each as a candidate;
+    fills `info` (cost model, kernels, baselines, where candidates were timed) and returns the database."""
+    from tvm.s_tir import meta_schedule as ms
+
+    # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+    cost_model = resolve_cost_model(cost_model)
+    all_tasks = ms.relax_integration.extract_tasks(lowered, target)
+    chosen = select_tasks(all_tasks, trials)
+    if progress:
+        progress(f"tuning {len(chosen)} of {len(all_tasks)} kernels with {trials} trials "
+                 f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
+    per_iter = max(2, min(16, trials // len(chosen)))
+    builder = measure.in_process_builder(cross_compiler)
+    if remote is not None:
+        runner = measure.device_runner(remote)
+    else:
+        runner = ms.runner.LocalRunner(
+            timeout_sec=300, initializer=measure.load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
+    watch = measure.trial_watch(trials, progress)
+    callbacks = [*ms.measure_callback.MeasureCallback.create("default"), watch]
+    try:
+        database = ms.tune.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=str(db_dir), max_trials_global=trials,
+            num_trials_per_iter=per_iter, builder=builder, runner=runner, cost_model=cost_model,
+            measure_callbacks=callbacks,
+        )
+    except ValueError as exc:
+        raise OneByOneError(f"tuning failed: {exc}") from None
+    if watch.done and not watch.ran:
+        raise OneByOneError(f"tuning: none of the {watch.done} candidates ran ({watch.first_error})")
+    baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
+    info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines,
+                measured_on=remote.address if remote is not None else "this machine")
+    return database

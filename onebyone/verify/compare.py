@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.verify.metrics import OutputMetrics, compare_output
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.parts import Split, output_splits
 from onebyone.verify.tolerances import Tolerances, narrowest_float
 
@@ -71,8 +71,8 @@ def verify_models(
     (the reference's Concat outputs are split, see verify.parts).
 
     The candidate must produce the reference's outputs by name; a missing output is a failure."""
-    ref_out = run_samples(session(reference, reference_label), samples, reference_label)
-    cand_out = run_samples(session(candidate, candidate_label), samples, candidate_label)
+    ref_out = run_samples(reference, samples, reference_label)
+    cand_out = run_samples(candidate, samples, candidate_label)
     splits = output_splits(reference) if isinstance(reference, ir.Model) else {}
     return compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label, splits,
                            model_precision(reference, candidate))

@@ -42,22 +42,70 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
         raise OneByOneError(f"onnxruntime cannot load {label}: {text[:300]}") from None
 
 
-def run_samples(
-    sess: ort.InferenceSession, samples: list[dict[str, np.ndarray]], label: str = "model"
-) -> dict[str, list[np.ndarray]]:
-    """Outputs per output name, one array per sample, in sample order; OneByOneError when a run fails."""
-    names = [o.name for o in sess.get_outputs()]
-    wanted = {i.name for i in sess.get_inputs()}
-    outs: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    for feed in samples:
-        missing = sorted(wanted - set(feed))
+def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
+    """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
+    onnxruntime prunes everything downstream of them)."""
+    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    if only:
+        del out.graph.output[:]
+    have = {o.name for o in out.graph.output}
+    for n in names:
+        if n not in have:
+            out.graph.output.add().name = n
+    return out
+
+
+class Probe:
+    """The one way onebyone runs a model in onnxruntime: a session that returns named values (the model's outputs by
+    default, or any intermediate values: `names`; with `only`, just those, so the rest of the graph is pruned), fed
+    from sample dicts that may hold more inputs than it takes. Every failure is a OneByOneError naming `label`."""
+
+    def __init__(self, model, names: list[str] | None = None, label: str = "model", only: bool = False) -> None:
+        self.label = label
+        source = with_outputs(model, names, only) if names else model
+        self.session = session(source, label)
+        self.names = list(names) if names and only else [o.name for o in self.session.get_outputs()]
+        self.inputs = {i.name for i in self.session.get_inputs()}
+
+    def run(self, feed: dict[str, np.ndarray], names: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The named values (default: all of this probe's) for one sample."""
+        names = names or self.names
+        missing = sorted(self.inputs - set(feed))
         if missing:
-            raise OneByOneError(f"{label} needs input {missing[0]!r}, which the verification inputs do not have")
+            raise OneByOneError(f"{self.label} needs input {missing[0]!r}, which the inputs given do not have")
         try:
-            results = sess.run(names, {k: v for k, v in feed.items() if k in wanted})
+            results = self.session.run(names, {k: v for k, v in feed.items() if k in self.inputs})
         except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
             text = " ".join(str(exc).split())
-            raise OneByOneError(f"onnxruntime failed to run {label}: {text[:300]}") from None
-        for n, arr in zip(names, results):
-            outs[n].append(arr)
-    return outs
+            raise OneByOneError(f"onnxruntime failed to run {self.label}: {text[:300]}") from None
+        return dict(zip(names, results))
+
+    def by_name(self, samples: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
+        """Per value name, one array per sample, in sample order."""
+        outs: dict[str, list[np.ndarray]] = {n: [] for n in self.names}
+        for feed in samples:
+            for n, arr in self.run(feed).items():
+                outs[n].append(arr)
+        return outs
+
+
+def run_samples(model, samples: list[dict[str, np.ndarray]], label: str = "model") -> dict[str, list[np.ndarray]]:
+    """The model's outputs per output name, one array per sample, in sample order (a model, a file, or a Probe)."""
+    probe = model if isinstance(model, Probe) else Probe(model, label=label)
+    return probe.by_name(samples)
+
+
+def measure_shapes(proto: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the named values, measured by one run on zero inputs of the given shapes ({} when it fails)."""
+    feed = {}
+    for vi in proto.graph.input:
+        if vi.name in input_shapes:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type)
+            feed[vi.name] = np.zeros(input_shapes[vi.name], dtype=dtype)
+    try:
+        outs = Probe(proto, names, "shape probe", only=True).run(feed)
+    except OneByOneError:  # shapes stay unknown; the convs are skipped with a reason
+        return {}
+    return {n: tuple(int(d) for d in o.shape) for n, o in outs.items()}

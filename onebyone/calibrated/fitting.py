@@ -11,9 +11,13 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.passes import calibration, factorize, whitening
-from onebyone.passes import patches as patches_mod
+from onebyone.calibrated import moments as calibration
+from onebyone.calibrated import patches as patches_mod
+from onebyone.calibrated import whitening
+from onebyone.calibrated.holdout import is_held_out
+from onebyone.passes import factorize
 from onebyone.passes.plan import Decision
+from onebyone.verify.onnxruntime_run import Probe
 
 
 MAX_POSITIONS_PER_SAMPLE = 4096  # patch statistics use at most this many output positions per sample
@@ -25,9 +29,6 @@ def ridge_for(dim: int, count: int) -> float:
     """Relative ridge for `dim` unknowns estimated from `count` positions: negligible with plenty of data,
     strong (shrinking toward the whitened factorization) when the fit would interpolate the calibration set."""
     return max(MIN_RIDGE, SHRINK * dim / max(count, 1))
-
-
-HOLDOUT_EVERY = 4  # every 4th calibration sample is held out to choose between candidate factorizations
 
 
 def fit(d: Decision, paired: calibration.Moments | None, fit_stats: list[PatchMoments],
@@ -60,7 +61,7 @@ def fit(d: Decision, paired: calibration.Moments | None, fit_stats: list[PatchMo
     bias = _bias(d)
     best = None
     for label, start in (("svd", plain), ("whitened", whitened)):
-        delta0 = getattr(start, "bias_delta", None)
+        delta0 = start.bias_delta
         delta0 = delta0.astype(np.float64) if delta0 is not None else np.zeros(info.out_channels)
         held_eq = group_equations(info.weight, bias, start.bottleneck, info.groups, holdout)
         fit_eq = held_eq if holdout is fit_stats else group_equations(info.weight, bias, start.bottleneck, info.groups, fit_stats)
@@ -115,16 +116,13 @@ def patch_moments(
     original: ir.Model, current: ir.Model | None, samples: list[dict], d: Decision, seed: int = 0
 ) -> tuple[list[PatchMoments], list[PatchMoments], calibration.Moments | None]:
     """Per-group patch moments of the conv's input in `original` (x) and `current` (x̂; None: x̂ = x) on the fit
-    samples and on the held-out samples (every HOLDOUT_EVERY-th), and the paired channel moments of the fit
+    samples and on the held-out samples (see calibrated.holdout), and the paired channel moments of the fit
     samples (None when x̂ = x)."""
-    from onebyone.verify.onnxruntime_run import session
-
     info = d.info
     name = info.node.inputs[0].name
     pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads, info.auto_pad)
-    ref = session(calibration.with_outputs(original, [name], only=True), "original (fitting)")
-    cur = session(calibration.with_outputs(current, [name], only=True), "rewritten (fitting)") if current is not None else None
-    wanted = {i.name for i in ref.get_inputs()}
+    ref = Probe(original, [name], "original (fitting)", only=True)
+    cur = Probe(current, [name], "rewritten (fitting)", only=True) if current is not None else None
     cpg = info.in_channels // info.groups
     dim = cpg * info.kernel_size
     per_group = info.out_channels // info.groups
@@ -134,10 +132,9 @@ def patch_moments(
     channel = calibration.Moments.zeros(info.in_channels, paired=True) if cur is not None else None
     rng = np.random.default_rng(seed)
     for index, feed in enumerate(samples):
-        is_held = len(samples) >= HOLDOUT_EVERY and index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
-        feed = {k: v for k, v in feed.items() if k in wanted}
-        (x,) = ref.run([name], feed)
-        x_hat = cur.run([name], feed)[0] if cur is not None else x
+        is_held = is_held_out(index, len(samples))
+        x = ref.run(feed)[name]
+        x_hat = cur.run(feed)[name] if cur is not None else x
         if channel is not None and not is_held:
             channel.update(x, x_hat)
         keep = None
@@ -203,7 +200,7 @@ def refit(equations: list[tuple], start: factorize.Factors, kernel: tuple[int, .
     r = start.weight.shape[1]
     w_new = np.zeros((n, r) + tuple(kernel))
     delta = np.zeros(n)
-    start_delta = getattr(start, "bias_delta", None)
+    start_delta = start.bias_delta
     for rows, w, b, ff, yf, _, count in equations:
         dim = ff.shape[0]
         ridge = ridge_for(dim, count) * max(np.trace(ff[:-1, :-1]) / max(dim - 1, 1), 1e-30)
@@ -228,16 +225,14 @@ def output_error(equations: list[tuple], new_weight: np.ndarray, delta: np.ndarr
 
 def measure(original: ir.Model, rewritten: ir.Model, samples: list[dict], names: list[str]) -> dict[str, float]:
     """Relative L2 error of each named value of `rewritten` against `original`, over all samples."""
-    from onebyone.verify.onnxruntime_run import session
-
-    ref = session(calibration.with_outputs(original, names, only=True), "original (measuring)")
-    got = session(calibration.with_outputs(rewritten, names, only=True), "rewritten (measuring)")
-    wanted = {i.name for i in ref.get_inputs()}
+    ref = Probe(original, names, "original (measuring)", only=True)
+    got = Probe(rewritten, names, "rewritten (measuring)", only=True)
     num = dict.fromkeys(names, 0.0)
     den = dict.fromkeys(names, 0.0)
     for feed in samples:
-        feed = {k: v for k, v in feed.items() if k in wanted}
-        for n, a, b in zip(names, ref.run(names, feed), got.run(names, feed)):
+        a_all, b_all = ref.run(feed), got.run(feed)
+        for n in names:
+            a, b = a_all[n], b_all[n]
             a64 = a.astype(np.float64)
             num[n] += float(((a64 - b) ** 2).sum())
             den[n] += float((a64**2).sum())

@@ -10,11 +10,11 @@ Q = Mᵀ R, the whitened weight. The mean error left over is added to the bias.
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 
 from onebyone.passes import factorize
+from onebyone.passes.factorize import error_curve  # noqa: F401 - the error curve of a whitened spectrum
 
 DEFAULT_REG = 1e-6  # λ = DEFAULT_REG · mean eigenvalue: keeps dead or constant channels from blowing up R⁻¹
 
@@ -29,14 +29,7 @@ def sqrt_and_inverse(s: np.ndarray, reg: float = DEFAULT_REG) -> tuple[np.ndarra
     return (vecs * root) @ vecs.T, (vecs / root) @ vecs.T
 
 
-@dataclasses.dataclass(frozen=True)
-class DataFactors(factorize.Factors):
-    """Factors plus the bias correction (added to the conv's bias), and per-group spectra of Q.
-
-    `predicted_error` is the relative output error the fit predicts on the calibration statistics."""
-
-    bias_delta: np.ndarray | None = None
-    predicted_error: float = 0.0
+DataFactors = factorize.Factors  # data-aware factors: with bias_delta and predicted_error set
 
 
 def _groups(weight: np.ndarray, groups: int, s: np.ndarray):
@@ -61,18 +54,6 @@ def spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np
         svals.append(np.linalg.svd(m.T @ psd_sqrt(s), compute_uv=False))
         energy.append(quad(m, s))
     return svals, energy
-
-
-def error_curve(svals: list[np.ndarray], energy: list[float]) -> np.ndarray:
-    """Predicted relative output error for ranks 0..C/g (index = rank), from `spectrum`."""
-    c = max(len(s) for s in svals)
-    total = sum(energy)
-    kept = np.zeros(c + 1)
-    for s in svals:
-        sq = np.zeros(c)
-        sq[: len(s)] = s**2
-        kept[1:] += np.cumsum(sq)
-    return np.sqrt(np.clip(total - kept, 0, None) / total) if total > 0 else np.zeros(c + 1)
 
 
 def factorize_data(

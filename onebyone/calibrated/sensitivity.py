@@ -14,10 +14,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.passes import calibration, whitening
+from onebyone.calibrated import whitening
 from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes.rewrite import UniqueNames, insert_bottleneck
 from onebyone.verify.metrics import worst_part_rel_l2
+from onebyone.verify.onnxruntime_run import Probe
 from onebyone.verify.parts import output_splits
 
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
@@ -51,44 +52,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     probed get the median gain of the others at every rank.
 
     Guarantees: `model` is not modified; one onnxruntime session per probe, on at most PROBE_SAMPLES samples."""
-    from onebyone.verify.onnxruntime_run import session
-
     live = [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
-    samples = samples[:PROBE_SAMPLES]
-    outputs = [v.name for v in model.graph.outputs]
-    splits = output_splits(model)
-    conv_outs = [d.info.node.outputs[0].name for d in live]
-    ref_sess = session(calibration.with_outputs(model, conv_outs), "original (sensitivity)")
-    wanted = {i.name for i in ref_sess.get_inputs()}
-    feeds = [{k: v for k, v in f.items() if k in wanted} for f in samples]
-    names = outputs + [n for n in conv_outs if n not in outputs]
-    refs = [dict(zip(names, ref_sess.run(names, f))) for f in feeds]
-    index = {id(n): i for i, n in enumerate(model.graph)}
-    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical_rank()]) for d in live]
-    total = sum(len(p) for _, p in plans)
-    done = 0
-    measured: dict[str, tuple[list[int], list[float]]] = {}
-    for d, ranks in plans:
-        m = d.moments
-        for rank in ranks:
-            factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment, m.second_moment,
-                                               m.second_moment, m.mean, m.mean)
-            probe = model.clone()
-            node = list(probe.graph)[index[id(d.info.node)]]
-            insert_bottleneck(probe.graph, node, factors, UniqueNames(probe.graph), {})
-            conv_out = node.outputs[0].name
-            names = outputs + ([conv_out] if conv_out not in outputs else [])
-            sess = session(calibration.with_outputs(probe, [conv_out]), "probe (sensitivity)")
-            got = [dict(zip(names, sess.run(names, f))) for f in feeds]
-            final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
-            local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
-            if local > 1e-6:
-                rs, gs = measured.setdefault(d.info.name, ([], []))
-                rs.append(rank)
-                gs.append(final / local)
-            done += 1
-            if progress:
-                progress(done, total)
+    measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
     out = {}
     for d in live:
@@ -101,3 +66,38 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
         else:
             out[d.info.name] = np.full(size, fallback)
     return out
+
+
+def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
+    """Per conv name, (probe ranks, gains measured there): the model is run with only that conv rewritten (whitened
+    factors) at each probe rank; gain = worst output part's relative error / the conv's own relative error."""
+    outputs = [v.name for v in model.graph.outputs]
+    splits = output_splits(model)
+    conv_outs = [d.info.node.outputs[0].name for d in live]
+    reference = Probe(model, outputs + [n for n in conv_outs if n not in outputs], "original (sensitivity)", only=True)
+    refs = [reference.run(f) for f in samples]
+    index = {id(n): i for i, n in enumerate(model.graph)}
+    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical_rank()]) for d in live]
+    total, done = sum(len(p) for _, p in plans), 0
+    measured: dict[str, tuple[list[int], list[float]]] = {}
+    for d, ranks in plans:
+        m = d.moments
+        for rank in ranks:
+            factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment, m.second_moment,
+                                               m.second_moment, m.mean, m.mean)
+            probe = model.clone()
+            node = list(probe.graph)[index[id(d.info.node)]]
+            insert_bottleneck(probe.graph, node, factors, UniqueNames(probe.graph), {})
+            conv_out = node.outputs[0].name
+            runner = Probe(probe, outputs + ([conv_out] if conv_out not in outputs else []), "probe (sensitivity)", only=True)
+            got = [runner.run(f) for f in samples]
+            final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
+            local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
+            if local > 1e-6:
+                rs, gs = measured.setdefault(d.info.name, ([], []))
+                rs.append(rank)
+                gs.append(final / local)
+            done += 1
+            if progress:
+                progress(done, total)
+    return measured

@@ -14,11 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
-from onebyone.verify.onnxruntime_run import session
+from onebyone.verify.onnxruntime_run import Probe
 
 
 @dataclasses.dataclass
@@ -77,31 +76,14 @@ class Moments:
 Progress = Callable[[int, int], None]
 
 
-def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
-    """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
-    onnxruntime prunes everything downstream of them)."""
-    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    if only:
-        del out.graph.output[:]
-    have = {o.name for o in out.graph.output}
-    for n in names:
-        if n not in have:
-            out.graph.output.add().name = n
-    return out
-
-
 def collect(
     model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None
 ) -> dict[str, Moments]:
     """Moments of the named values of `model` over `samples` (one onnxruntime run per sample)."""
-    sess = session(with_outputs(model, names, only=True), "calibration run")
+    probe = Probe(model, names, "calibration run", only=True)
     stats: dict[str, Moments] = {}
-    wanted = {i.name for i in sess.get_inputs()}
     for i, feed in enumerate(samples):
-        feed = {k: v for k, v in feed.items() if k in wanted}
-        for n, x in zip(names, sess.run(names, feed)):
+        for n, x in probe.run(feed).items():
             if n not in stats:
                 stats[n] = Moments.zeros(x.shape[1])
             stats[n].update(x)

@@ -1,0 +1,83 @@
+"""Model-level decisions made by measuring the whole model on calibration data: whether the data-aware rewrite beats
+weight-only SVD at the same budget, and the smallest MAC budget that meets an output-error target."""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from onebyone.calibrated.holdout import held_out
+from onebyone.calibrated.source import DataSource
+from onebyone.passes.bottleneck_pass import BottleneckPass
+from onebyone.passes.policies import Policy, RankPolicy
+from onebyone.report import Report
+from onebyone.verify.metrics import worst_part_rel_l2
+from onebyone.verify.onnxruntime_run import measure_shapes, run_samples
+from onebyone.verify.parts import output_splits
+
+
+def rewrite(original: ir.Model, name: str, policy: Policy, input_shapes, source=None, progress=None) -> tuple[ir.Model, Report]:
+    """A rewritten copy of `original` (never changed) and its report, factors from `source` (default weight-only)."""
+    optimized = original.clone()
+    p = BottleneckPass(policy, input_shapes, model_name=name, source=source, measure_shapes=measure_shapes,
+                       progress=progress)
+    p(optimized)
+    return optimized, p.report
+
+
+class Reference:
+    """The original model's outputs on the calibration samples, run once, and the split of its outputs into parts."""
+
+    def __init__(self, original: ir.Model, samples: list[dict]) -> None:
+        self.samples = samples
+        self.splits = output_splits(original)
+        self.outputs = run_samples(original, samples, "original")
+        self.held_samples = held_out(samples)
+        self.held_outputs = {k: held_out(v) for k, v in self.outputs.items()}
+
+    def error(self, model: ir.Model, held: bool = False) -> float:
+        """The worst output part's relative error of `model` on all (or the held-out) calibration samples."""
+        samples, ref = (self.held_samples, self.held_outputs) if held else (self.samples, self.outputs)
+        return worst_part_rel_l2(ref, run_samples(model, samples, "rewritten"), self.splits)
+
+
+def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,
+                   progress=None) -> tuple[ir.Model, Report]:
+    """The data-aware rewrite under a MAC budget, kept only when its model-output error on the held-out calibration
+    samples is at most that of weight-only SVD under the same budget (else the weight-only rewrite); the report's
+    `method_check` holds both errors."""
+    data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress)
+    if not data_report.totals.rewritten:
+        return data_model, data_report
+    weight_model, weight_report = rewrite(original, name, policy, input_shapes)
+    e_data, e_weight = reference.error(data_model, held=True), reference.error(weight_model, held=True)
+    keep_data = e_data <= e_weight
+    report = data_report if keep_data else weight_report
+    report.method_check = {"data": e_data, "weight": e_weight, "kept": "data" if keep_data else "weight",
+                           "samples": len(reference.held_samples)}
+    report.calibration = data_report.calibration
+    return (data_model if keep_data else weight_model), report
+
+
+def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
+                    steps: int = 5) -> tuple[ir.Model, Report]:
+    """Bisection on the MAC budget: the smallest fraction whose calibration output error (worst output part) is at
+    most policy.max_error; the model unchanged when no budget below 1 meets it. The calibration statistics and the
+    output gains are computed once (the source keeps them), not at every step."""
+    reference = Reference(original, source.samples)
+    best = None
+    lo, hi = 0.0, 1.0
+    for _ in range(steps):
+        frac = (lo + hi) / 2
+        budget = RankPolicy("budget", macs=frac, round_to=policy.round_to)
+        candidate, report = checked_budget(original, name, budget, input_shapes, source, reference, progress)
+        err = reference.error(candidate)
+        if err <= policy.max_error:
+            best, hi = (candidate, report, frac, err), frac
+        else:
+            lo = frac
+    if best is None:
+        candidate, report = rewrite(original, name, RankPolicy("budget", macs=1.0), input_shapes, source, progress)
+        best = (candidate, report, 1.0, 0.0)
+    candidate, report, frac, err = best
+    report.policy = f"{policy.describe()} (found MAC budget {frac:.3f}, calibration output error {err:.3g})"
+    return candidate, report

@@ -1,0 +1,29 @@
+"""`energy`: the smallest rank keeping a fraction of the squared singular values (of the weight, or with calibration
+data of the whitened weight: the expected output energy)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onebyone.passes import factorize
+from onebyone.passes.policies.base import register
+from onebyone.passes.policies.per_conv import PerConv
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Energy(PerConv):
+    """The smallest rank that keeps `energy` of the spectrum's energy in every group."""
+
+    kind = "energy"
+    energy: float | None = None
+
+    def validate(self) -> None:
+        if self.energy is None or not 0 < self.energy <= 1:
+            raise ValueError(f"policy 'energy' needs energy in (0, 1], got {self.energy}")
+
+    def describe(self) -> str:
+        return f"energy {self.energy}" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+
+    def rank_for(self, d) -> int:
+        return max(factorize.energy_rank(s, self.energy) for s in d.svals)

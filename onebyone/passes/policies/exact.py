@@ -1,0 +1,27 @@
+"""`exact`: the numerical rank at the weight dtype's precision, so the rewrite is lossless (the default)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from onebyone.passes.policies.base import register
+from onebyone.passes.policies.per_conv import PerConv
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Exact(PerConv):
+    """Lossless rewrites only: the rank is the spectrum's numerical rank (the weight's, or on calibration data the
+    whitened weight's, which makes the rewrite exact for inputs like those)."""
+
+    kind = "exact"
+
+    def describe(self) -> str:
+        return "exact (lossless only)" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+
+    def rank_for(self, d) -> int:
+        return d.numerical_rank()
+
+    def not_below(self, d, rank: int) -> str:
+        return (f"numerical rank {d.layer.numerical_rank} is not below break-even {d.info.break_even_rank:.1f}: "
+                "no lossless rewrite lowers MACs")
