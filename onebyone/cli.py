@@ -350,7 +350,7 @@ def compile_(
         if not tuned["applied_kernels"]:
             console.print("note: the tuning database matches no kernel of this model (tuned for another model, input "
                           "shape or target?): the package runs TVM's default code")
-    elif spec.get("kind") == "llvm" and not targets.is_cross(spec):
+    elif targets.device_kind(spec) == "cpu" and not targets.is_cross(spec):
         console.print("note: untuned TVM CPU code applies no schedules and can be far slower than onnxruntime; "
                       "tune with --tune-trials N --tuning-db DIR and measure with `onebyone run PKG --time`")
 

@@ -104,6 +104,27 @@ def test_targets():
     for bad in ("mars", "{not json", '{"mtriple": "x"}', "cuda:arch"):
         with pytest.raises(OneByOneError):
             targets.resolve(bad)
+    # every preset belongs to the family that says how it is built, loaded and checked
+    assert {n: targets.family(targets.resolve(n)).name for n in ("cpu", "x86-64", "x86-64-v3", "aarch64", "cortex-a72", "cuda")} == {
+        "cpu": "cpu", "x86-64": "cpu", "x86-64-v3": "x86-64-v3", "aarch64": "aarch64", "cortex-a72": "aarch64", "cuda": "cuda"}
+    assert targets.family(targets.resolve("cuda")).tolerances.rtol == 1e-3
+    assert targets.family(targets.resolve("my-board")).cross_compiler == "aarch64-linux-gnu-g++"
+
+
+def test_the_x86_64_v3_target_added_as_one_module_builds_and_runs_where_the_cpu_has_avx2(models, tmp_path):
+    """The example target (x86-64-v3: AVX2 + FMA): compiled here, and run and compared with onnxruntime where this
+    machine's CPU has those instructions (detected, not assumed)."""
+    import platform
+
+    original, optimized = models
+    pkg_dir = package.compile_model(ir.load(str(optimized)), targets.resolve("x86-64-v3"), tmp_path / "v3")
+    assert json.loads((pkg_dir / "manifest.json").read_text())["target"]["mcpu"] == "x86-64-v3"
+    flags = open("/proc/cpuinfo").read().split() if platform.machine() == "x86_64" else []
+    if {"avx2", "fma"} <= set(flags):
+        x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
+        ref = run_ort(onnx.load(str(optimized)), {"input": x})[0]
+        got = next(iter(package.load_package(pkg_dir).run({"input": x}).values()))
+        assert rel_err(ref, got) < 1e-4
 
 
 def test_runtime_bad_input(models, tmp_path):

@@ -13,7 +13,7 @@ import onebyone
 from onebyone import APPROXIMATE, LOSSLESS, RankPolicy
 from onebyone.models import generators
 from onebyone.calibrated import sensitivity
-from onebyone.runtime.chain import TARGET_TOLERANCES
+from onebyone.runtime import targets
 from onebyone.verify.compare import compare_outputs, verify_models
 from onebyone.verify.metrics import rel_l2
 from onebyone.verify.onnxruntime_run import run_samples
@@ -114,12 +114,12 @@ def test_float_noise_on_a_near_zero_output_passes_and_real_damage_fails():
     # a compiler's reordering of float sums: the logits move by ~1e-3 relative, the map by ~1e-7 absolute
     noisy = {"map": [a * (1 + 1e-3 * np.random.default_rng(9).standard_normal(a.shape)).astype(np.float32) for a in ref["map"]]}
     assert rel_l2(np.stack(ref["map"]), np.stack(noisy["map"])) > 1e-4  # what the old check failed on
-    for tol in (TARGET_TOLERANCES["cpu"], LOSSLESS):
+    for tol in (targets.family(targets.resolve("cpu")).tolerances, LOSSLESS):
         v = compare_outputs(ref, noisy, tol, "ort", "tvm", "random")
         assert v.passed, v.failures
         assert v.notes and "noise floor" in v.notes[0]
     wrong = {"map": [a + 1e-3 for a in ref["map"]]}  # an offset 100x the values
-    assert not compare_outputs(ref, wrong, TARGET_TOLERANCES["cpu"], "ort", "tvm", "random").passed
+    assert not compare_outputs(ref, wrong, targets.family(targets.resolve("cpu")).tolerances, "ort", "tvm", "random").passed
 
 
 @pytest.mark.parametrize("damage", ["weight x1.5", "wrong conv", "transposed layout"])
@@ -133,7 +133,7 @@ def test_real_damage_fails_every_tolerance_set(damage, tolerances):
         bad = _edited(original, "conv2.weight", lambda w: np.random.default_rng(5).standard_normal(w.shape) * w.std())
     else:
         bad = _edited(original, "conv2.weight", lambda w: w.swapaxes(2, 3))
-    tol = {"lossless": LOSSLESS, "cpu": TARGET_TOLERANCES["cpu"], "approximate": APPROXIMATE}[tolerances]
+    tol = {"lossless": LOSSLESS, "cpu": targets.family(targets.resolve("cpu")).tolerances, "approximate": APPROXIMATE}[tolerances]
     v = verify_models(_ir(original), _ir(bad), samples, tol)
     assert not v.passed, (damage, tolerances, v.outputs)
     same = verify_models(_ir(original), _ir(original), samples, tol)

@@ -7,20 +7,17 @@ from typing import Any
 
 import numpy as np
 
+from onebyone.runtime import targets
 from onebyone.runtime.package import Package, compile_model, load_package
 from onebyone.verify.compare import compare_outputs, model_precision
 from onebyone.verify.parts import output_splits
 from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.tolerances import Tolerances
 
-# TVM reorders float32 reductions and may fuse differently than onnxruntime: per target, how close it must be.
-# Elementwise |tvm − ort| <= atol + rtol·|ort| per output part, atol derived from the dtype and the part's scale
-# (see verify.metrics); relative L2 and cosine only where the output is above the noise floor.
-TARGET_TOLERANCES: dict[str, Tolerances] = {
-    "cpu": Tolerances(max_rel_l2=1e-4, min_cosine=0.99999, min_top1=1.0, rtol=1e-4),
-    "cuda": Tolerances(max_rel_l2=1e-3, min_cosine=0.9999, min_top1=1.0, rtol=1e-3),
-    "aarch64": Tolerances(max_rel_l2=1e-4, min_cosine=0.99999, min_top1=1.0, rtol=1e-4),
-}
+def target_tolerances(target: dict[str, Any]) -> Tolerances:
+    """How close TVM's outputs must be to onnxruntime's on `target` (its family's tolerances: elementwise
+    |tvm − ort| <= atol + rtol·|ort| per output part, relative L2 and cosine where the output is above the floor)."""
+    return targets.family(target).tolerances
 
 
 def run_package(pkg: Package, samples: list[dict]) -> dict[str, list[np.ndarray]]:
@@ -38,13 +35,12 @@ def verify_chain(
 ) -> list[dict[str, Any]]:
     """Three comparisons on the same samples, each with its tolerances:
     1. optimized vs original, both in onnxruntime (the rewrite; `model_tolerances`);
-    2. optimized compiled for `target` vs optimized in onnxruntime (the compiler; TARGET_TOLERANCES);
+    2. optimized compiled for `target` vs optimized in onnxruntime (the compiler; target_tolerances);
     3. optimized compiled vs original in onnxruntime (end to end; `model_tolerances`).
     The package is compiled into a temp folder unless `package` is given; `rpc` (a runtime.remote.Remote) runs
     it on a remote device instead of locally."""
     ref = run_samples(original, samples, "original (onnxruntime)")
     opt = run_samples(optimized, samples, "optimized (onnxruntime)")
-    kind = "cuda" if target.get("kind") == "cuda" else ("aarch64" if "aarch64" in str(target.get("mtriple", "")) else "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         path = package or compile_model(optimized, target, f"{tmp}/pkg", input_shapes)
         if rpc is not None:
@@ -56,7 +52,7 @@ def verify_chain(
     return [
         compare_outputs(ref, opt, model_tolerances, "original (onnxruntime)", "optimized (onnxruntime)", inputs_label,
                         splits, precision).to_dict(),
-        compare_outputs(opt, got, TARGET_TOLERANCES[kind], "optimized (onnxruntime)", label, inputs_label,
+        compare_outputs(opt, got, target_tolerances(target), "optimized (onnxruntime)", label, inputs_label,
                         splits, precision).to_dict(),
         compare_outputs(ref, got, model_tolerances, "original (onnxruntime)", label, inputs_label,
                         splits, precision).to_dict(),

@@ -22,7 +22,7 @@ import onnx_ir as ir
 from onebyone.atomic import atomic_folder
 from onebyone.errors import OneByOneError, first_line
 from onebyone.passes.input_shapes import resolve_input_shapes
-from onebyone.runtime import cuda, targets, tuning
+from onebyone.runtime import targets, tuning
 from onebyone.runtime.prepare import prepare
 
 FORMAT = 1
@@ -67,7 +67,7 @@ def compile_model(
 
             kwargs["fcompile"] = tvm_cc.cross_compiler(cc)
         executable.export_library(str(tmp / LIBRARY), **kwargs)
-        device_code = cuda.check_device_code(executable, target, tmp) if target.get("kind") == "cuda" else None
+        device_code = targets.family(target).check_build(executable, target, tmp)
         manifest = _manifest(model, proto, shapes, target, tuned, device_code, source_path)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     return out
@@ -77,7 +77,9 @@ def _cross_compiler(target: dict[str, Any], given: str | None) -> str | None:
     """The C++ cross compiler a target for another CPU needs (None for this machine); OneByOneError when absent."""
     if not targets.is_cross(target):
         return None
-    cc = given or "aarch64-linux-gnu-g++"
+    cc = given or targets.family(target).cross_compiler
+    if cc is None:
+        raise OneByOneError(f"{target.get('mtriple')} is not this machine's CPU: give --cross-compiler")
     if shutil.which(cc) is None:
         raise OneByOneError(f"cross compiler {cc!r} not found; install it (Debian: apt-get install g++-aarch64-linux-gnu)")
     return cc
@@ -92,11 +94,13 @@ def _ready_to_tune(target: dict[str, Any], cc: str | None, remote, cost_model: s
     if cc and remote is None:
         raise OneByOneError("tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
                             "(a board running tvm.exec.rpc_server, or `onebyone emulate aarch64`)")
-    if target.get("kind") == "cuda" and remote is None:
-        cuda.load_cuda_runtime()  # one-line error naming the missing driver or CUDA runtime library
-        if not tvm.cuda(0).exist:
-            raise OneByOneError("tuning for cuda times the candidates on a GPU, and this machine has none")
-    if target.get("kind") == "llvm" and "num-cores" not in target:
+    family = targets.family(target)
+    if family.device != "cpu" and remote is None:
+        family.load_runtime()  # one-line error naming the missing driver or runtime library
+        if not tvm.device(family.device, 0).exist:
+            raise OneByOneError(f"tuning for {family.name} times the candidates on a {family.device} device, and this "
+                                "machine has none")
+    if family.device == "cpu" and "num-cores" not in target:
         target = dict(target, **{"num-cores": remote.num_threads() if remote else (os.cpu_count() or 1)})
     return target
 
@@ -224,11 +228,11 @@ def load_package(path: str | os.PathLike) -> Package:
     manifest = read_manifest(p)
     if targets.is_cross(manifest["target"]):
         raise OneByOneError(f"{p}: built for {manifest['target'].get('mtriple')}; run it on that device (--rpc)")
-    if manifest["device"] == "cuda":
-        cuda.load_cuda_runtime(p)
-    device = tvm.cuda(0) if manifest["device"] == "cuda" else tvm.cpu(0)
-    if manifest["device"] == "cuda" and not device.exist:
-        raise OneByOneError(f"{p}: a CUDA package needs a GPU, and this machine has none")
+    family = targets.family(manifest["target"])
+    family.load_runtime(p)
+    device = tvm.device(manifest["device"], 0)
+    if not device.exist:
+        raise OneByOneError(f"{p}: a {family.name} package needs a {manifest['device']} device, and this machine has none")
     try:
         lib = tvm.runtime.load_module(str(p / manifest["library"]))
     except Exception as exc:  # noqa: BLE001

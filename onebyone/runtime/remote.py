@@ -71,7 +71,7 @@ class Remote:
         remote_name = f"onebyone-{manifest['source_model_sha256'][:12]}.so"
         self.session.upload(lib_path, remote_name)
         lib = self.session.load_module(remote_name)
-        dev = self.session.cuda(0) if manifest["device"] == "cuda" else self.session.cpu(0)
+        dev = self.session.device(manifest["device"], 0)
         return manifest, relax.VirtualMachine(lib, dev), dev
 
     def run_package(self, path, samples: list[dict]) -> dict[str, list[np.ndarray]]:

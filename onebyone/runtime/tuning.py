@@ -180,8 +180,10 @@ def _tune(lowered, target, trials, db_dir: Path, progress, remote, cross_compile
     if remote is not None:
         runner = measure.device_runner(remote)
     else:
-        runner = ms.runner.LocalRunner(
-            timeout_sec=300, initializer=measure.load_cuda_runtime_in_worker if target.kind.name == "cuda" else None)
+        from onebyone.runtime import targets
+
+        initializer = targets.family({"kind": target.kind.name}).worker_initializer()
+        runner = ms.runner.LocalRunner(timeout_sec=300, initializer=initializer)
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(chosen, str(db_dir))
     watch = measure.trial_watch(trials, progress)
     callbacks = [*ms.measure_callback.MeasureCallback.create("default"), watch]

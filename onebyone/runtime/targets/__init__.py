@@ -1,41 +1,22 @@
-"""Named TVM targets (JSON dicts) that users can extend: cpu (this host), cuda, aarch64 and ARM core presets."""
+"""Named TVM targets (JSON dicts) grouped in families, one module each: cpu (this host, x86-64), x86-64-v3,
+aarch64 boards, cuda. A new target is one module that registers its Family (see x86_64_v3.py), plus its import here.
+"""
 
 from __future__ import annotations
 
-import functools
-import os
 import json
 from typing import Any
 
 from onebyone.errors import OneByOneError
+from onebyone.runtime.targets import aarch64, cpu, nvidia, x86_64_v3  # noqa: F401 - registration
+from onebyone.runtime.targets.base import FAMILIES, PRESETS, Family, triple_is_foreign
+from onebyone.runtime.targets.cpu import host_cpu  # noqa: F401 - part of the interface
 
-
-@functools.cache
-def host_cpu() -> str:
-    """The host CPU as LLVM names it (e.g. znver3, rocketlake), so compiled code uses exactly its vector ISA."""
-    from tvm.target import codegen
-
-    return str(codegen.llvm_get_system_cpu())
-
-
-def _cpu() -> dict[str, Any]:
-    return {"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1}
-
-
-PRESETS: dict[str, Any] = {
-    "cpu": _cpu,
-    "x86-64": lambda: {"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": "x86-64-v2"},
-    # Limits that hold on every NVIDIA GPU since sm_30 (48 KiB static shared memory, 1024 threads, warps of 32).
-    "cuda": lambda: {"kind": "cuda", "arch": "sm_90", "max_shared_memory_per_block": 49152,
-                     "max_threads_per_block": 1024, "thread_warp_size": 32, "host": {"kind": "llvm"}},
-    "aarch64": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]},
-    "cortex-a72": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a72", "mattr": ["+neon"]},
-    "cortex-a76": lambda: {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76", "mattr": ["+neon", "+dotprod"]},
-}
+__all__ = ["FAMILIES", "PRESETS", "Family", "device_kind", "family", "host_cpu", "is_cross", "register", "resolve"]
 
 
 def register(name: str, target: dict[str, Any]) -> None:
-    """Add (or replace) a named preset."""
+    """Add (or replace) a named preset; its family is found from the dict like any other target's."""
     PRESETS[name] = lambda: dict(target)
 
 
@@ -64,16 +45,19 @@ def resolve(spec: str, **overrides: Any) -> dict[str, Any]:
     return target
 
 
+def family(target: dict[str, Any]) -> Family:
+    """The family a target dict belongs to (the most specific that claims it; a plain CPU target otherwise)."""
+    for fam in sorted(FAMILIES, key=lambda f: f.name == "cpu"):  # the generic CPU family last
+        if fam.claims(target):
+            return fam
+    raise OneByOneError(f"no target family takes {json.dumps(target)} (kinds: llvm, cuda)")
+
+
 def device_kind(target: dict[str, Any]) -> str:
     """'cuda' or 'cpu': where a package built for `target` runs."""
-    return "cuda" if target.get("kind") == "cuda" else "cpu"
+    return family(target).device
 
 
 def is_cross(target: dict[str, Any]) -> bool:
     """True when the target's triple is not this machine's (the library needs a cross toolchain)."""
-    triple = target.get("mtriple") or (target.get("host") or {}).get("mtriple")
-    if not triple:
-        return False
-    import platform
-
-    return not triple.startswith(platform.machine())
+    return triple_is_foreign(target)
