@@ -152,3 +152,18 @@ def test_break_even_is_exactly_where_macs_stop_falling(h, stride, c, n, groups, 
     assert after == hin * (groups * rank) * (c // groups) + hout * n * rank * k
     assert (after < before) == (rank < cost.break_even_rank(hin, hout, n, c, groups, k))
     assert cost.max_profitable_rank(cost.break_even_rank(hin, hout, n, c, groups, k)) < cost.break_even_rank(hin, hout, n, c, groups, k)
+
+
+def test_half_precision_numerical_rank_is_lossless_only_within_the_weights_own_rounding(rng):
+    """float16: a decaying spectrum is not 'low rank' (max(shape)·eps would call ~14% of it noise), an exactly
+    low-rank weight stored in float16 is."""
+    u, _ = np.linalg.qr(rng.standard_normal((16, 16)))
+    v, _ = np.linalg.qr(rng.standard_normal((144, 16)))
+    decaying = ((u * 0.5 ** np.arange(16)) @ v.T).astype(np.float16)
+    exact4 = (u[:, :4] @ v[:, :4].T).astype(np.float16)
+    for m, lo, hi in ((decaying, 10, 16), (exact4, 4, 4)):
+        s = np.linalg.svd(m.astype(np.float64), compute_uv=False)
+        r = factorize.numerical_rank(s, (16, 144), np.float16)
+        assert lo <= r <= hi, r
+        tail = np.sqrt((s[r:] ** 2).sum())
+        assert tail <= np.finfo(np.float16).eps * np.linalg.norm(s)  # what is cut is within float16 rounding

@@ -215,3 +215,18 @@ def test_tuning_saves_a_database_that_a_second_compile_reuses(tmp_path):
     for folder in ("tuned", "again"):
         got = package.load_package(tmp_path / folder).run({"input": x})
         assert rel_err(ref, next(iter(got.values()))) < 1e-4
+
+
+def test_every_rpc_failure_is_one_line_naming_the_server():
+    from onebyone.runtime.remote import rpc_failure
+
+    class RPCSessionTimeoutError(Exception):
+        pass
+
+    cases = [(RPCSessionTimeoutError("session timeout"), "timed out"),
+             (RuntimeError("Failed to load module: wrong ELF class: ELFCLASS64"), "cannot load the package"),
+             (ConnectionError("Connection refused"), "connection failed"),
+             (ValueError("something\nelse"), "ValueError: something else")]
+    for exc, needle in cases:
+        msg = str(rpc_failure("10.0.0.7:9090", exc))
+        assert msg.startswith("TVM RPC server 10.0.0.7:9090: ") and needle in msg and "\n" not in msg, msg

@@ -314,6 +314,8 @@ CASES: list[Case] = [
     Case("auto-pad-same-upper", _save(_conv_model(_w(rank=2), auto_pad="SAME_UPPER")), ("rewrite", "lossless")),
     Case("auto-pad-same-lower", _save(_conv_model(_w(rank=2), auto_pad="SAME_LOWER", strides=[2, 2])), ("rewrite", "lossless")),
     Case("auto-pad-valid", _save(_conv_model(_w(rank=2), auto_pad="VALID")), ("rewrite", "lossless")),
+    Case("negative-pads", _save(_conv_model(_w(rank=2), pads=[-1, 0, 0, 0])), ("skip", "negative pads"),
+         optimize_expect=("error", "onnxruntime")),
     Case("asymmetric-pads", _save(_conv_model(_w(rank=2), pads=[0, 1, 2, 1])), ("rewrite", "lossless")),
     Case("kernel-1x31", _save(_conv_model(_w(k=(1, 31), rank=2), x_shape=(1, C, 4, 40), pads=[0, 15, 0, 15])), ("rewrite", "lossless")),
     Case("checker-invalid-attribute", _save(_bad_attribute()), ("error", "invalid")),
@@ -331,6 +333,8 @@ CASES: list[Case] = [
          output="no/such/folder/out.onnx"),
     Case("output-is-a-folder", lambda f: (_save(_lowrank())(f), (f / "outdir").mkdir()), LOSSLESS,
          optimize_expect=("error", "is a folder"), output="outdir"),
+    Case("report-in-missing-folder", _save(_lowrank()), ("error", "does not exist"), args=("--report", "no/dir/r.json")),
+    Case("plot-in-missing-folder", _save(_lowrank()), ("error", "does not exist"), args=("--plot", "no/dir/s.png")),
     # option values
     Case("rank-zero", _save(_lowrank()), ("error", "rank"), args=("--policy", "rank", "--rank", "0")),
     Case("rank-nan", _save(_lowrank()), ("error", "finite"), args=("--policy", "rank", "--rank", "nan")),
