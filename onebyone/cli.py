@@ -19,9 +19,10 @@ from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
 from onebyone.passes.input_shapes import parse_input_shapes, resolve_input_shapes
-from onebyone.passes.policies import POLICIES, Policy, RankPolicy
+from onebyone.cli_options import CalibrationOptions, ImageOptions, InputOptions, PolicyOptions, ToleranceOptions, takes
+from onebyone.passes.policies import Policy
 from onebyone.verify import tolerances as tol
-from onebyone.verify.inputs import ImagePreprocess, folder_images, image_samples, npz_samples, random_samples
+from onebyone.verify.inputs import folder_images, image_samples, npz_samples, random_samples
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Put 1x1 bottlenecks in front of spatial convs of an ONNX model, and prove nothing broke.")
@@ -51,42 +52,26 @@ def _shapes(arg: ModelArg, given: list[str] | None) -> dict[str, tuple[int, ...]
     return shapes
 
 
-def _policy(policy: str, rank: float | None, energy: float | None, round_to: int, macs: float | None = None,
-            max_error: float | None = None) -> Policy:
-    """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""
-    import dataclasses
-
-    try:
-        return RankPolicy(policy, rank=rank, energy=energy, round_to=round_to, macs=macs, max_error=max_error)
-    except ValueError as exc:
-        cls = POLICIES.get(policy)
-        flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)] if cls else []
-        raise OneByOneError(f"{exc}" + (f" (--policy {policy} takes {', '.join(flags)})" if flags else "")) from None
-
-
-def _calibration(arg: ModelArg, model, shapes, source: str | None, count: int, method: str, prep_opts,
+def _calibration(arg: ModelArg, model, shapes, cal: CalibrationOptions, img: ImageOptions,
                  policy: Policy | None = None) -> list | None:
     """Calibration samples from --calibration (an .npz, a folder of images, or 'bundled'), or None (weight-only)."""
-    if policy is not None and policy.searched and source is None:
+    if policy is not None and policy.searched and cal.calibration is None:
         raise OneByOneError(f"--policy {policy.kind} measures errors on calibration data: give --calibration "
                             "(an .npz, a folder of images, or 'bundled')")
-    if method not in ("auto", "weight", "data"):
-        raise OneByOneError(f"--method must be weight or data, got {method!r}")
-    if method == "weight":
+    if cal.method not in ("auto", "weight", "data"):
+        raise OneByOneError(f"--method must be weight or data, got {cal.method!r}")
+    wanted = cal.method != "weight" and cal.calibration is not None
+    if cal.method == "data" and cal.calibration is None:
+        raise OneByOneError("--method data needs --calibration (an .npz, a folder of images, or 'bundled')")
+    if not wanted:
         return None
-    if source is None:
-        if method == "data":
-            raise OneByOneError("--method data needs --calibration (an .npz, a folder of images, or 'bundled')")
-        return None
-    if source == "bundled":
+    if cal.calibration == "bundled":
         if arg.bundled is None:
             raise OneByOneError("--calibration bundled works with bundled models only; give an .npz or an image folder")
-        return arg.bundled.calibration_samples(count)
-    path = Path(source)
-    if path.is_dir():
-        feeds, _ = _samples(arg, model, shapes, None, path, *prep_opts, count)
-        return feeds
-    feeds, _ = _samples(arg, model, shapes, path, None, *prep_opts, count)
+        return arg.bundled.calibration_samples(cal.calibration_samples)
+    path = Path(cal.calibration)
+    source = InputOptions(images=path, samples=cal.calibration_samples) if path.is_dir() else InputOptions(inputs=path)
+    feeds, _ = _samples(arg, model, shapes, source, img, bundled=False)
     return feeds
 
 
@@ -113,84 +98,35 @@ class _Progress:
         self.bar.update(self.tasks[stage], completed=done, total=total)
 
 
-def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
-    if text is None:
-        return None
-    try:
-        vals = tuple(float(x) for x in text.split(","))
-    except ValueError:
-        vals = ()
-    if len(vals) != 3:
-        raise OneByOneError(f"{option} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
-    return vals  # type: ignore[return-value]
-
-
-def _samples(arg, model, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, count):
-    """Verification samples: --inputs, else --images, else the bundled model's real inputs, else random."""
+def _samples(arg, model, shapes, src: InputOptions, img: ImageOptions, bundled: bool = True):
+    """(samples, label): --inputs, else --images, else the bundled model's real inputs, else random."""
     resolved = resolve_input_shapes(model, shapes)
     dtypes = api.input_dtypes(model)
-    if inputs is not None:
-        return npz_samples(inputs, resolved, dtypes), f"{Path(inputs).name}"
-    if images is not None:
+    if src.inputs is not None:
+        return npz_samples(src.inputs, resolved, dtypes), f"{Path(src.inputs).name}"
+    if src.images is not None:
         names = list(resolved)
         if len(names) != 1:
             raise OneByOneError(f"--images needs a single-input model; this one has inputs {names}")
-        shape = resolved[names[0]]
-        if image_size:
-            try:
-                h, w = (int(x) for x in image_size.lower().split("x"))
-            except ValueError:
-                raise OneByOneError(f"--image-size {image_size!r}: expected HxW, e.g. 224x224") from None
-        else:
-            h, w = (shape[2], shape[3]) if layout == "NCHW" else (shape[1], shape[2])
-        prep = ImagePreprocess(h, w, layout=layout, bgr=bgr, scale=scale,
-                               mean=_floats3(mean, "--mean") or (0.0, 0.0, 0.0), std=_floats3(std, "--std") or (1.0, 1.0, 1.0))
-        return image_samples(folder_images(images), names[0], prep), f"image(s) from {images}"
-    if arg.bundled is not None:
+        prep = img.preprocess(resolved[names[0]])
+        return image_samples(folder_images(src.images), names[0], prep), f"image(s) from {src.images}"
+    if bundled and arg.bundled is not None:
         return arg.bundled.samples(), "bundled real"
-    return random_samples(resolved, dtypes, count=count), "random"
+    return random_samples(resolved, dtypes, count=src.samples), "random"
 
 
 # Shared option types
 InputShape = Annotated[Optional[list[str]], typer.Option("--input-shape", help="Fix dynamic dims: NAME:1x3x224x224 (repeatable).")]
-PolicyOpt = Annotated[str, typer.Option("--policy", help=" | ".join(POLICIES) + " (exact: lossless only; see the README)")]
-MacsOpt = Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")]
-MaxErrOpt = Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")]
-CalibOpt = Annotated[Optional[str], typer.Option("--calibration", help="calibration data: .npz, image folder, or 'bundled'")]
-CalibCountOpt = Annotated[int, typer.Option("--calibration-samples", min=1, help="how many bundled calibration samples (crops/tones)")]
-MethodOpt = Annotated[str, typer.Option("--method", help="weight (SVD of the weight) | data (needs --calibration); default: data when calibrated")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="cache calibration statistics here")]
-RankOpt = Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")]
-EnergyOpt = Annotated[Optional[float], typer.Option("--energy", help="energy policy: fraction of squared singular values kept")]
-RoundOpt = Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")]
 ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="write the JSON report here")]
 PlotOpt = Annotated[Optional[Path], typer.Option("--plot", help="write singular-value spectra (PNG) here")]
-InputsOpt = Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name")]
-ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")]
-ImageSizeOpt = Annotated[Optional[str], typer.Option("--image-size", help="HxW resize for --images (default: from the input shape)")]
-LayoutOpt = Annotated[str, typer.Option("--layout", help="NCHW or NHWC for --images")]
-BgrOpt = Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order", metavar="")]
-ScaleOpt = Annotated[float, typer.Option("--scale", help="pixel multiplier before mean/std")]
-MeanOpt = Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")]
-StdOpt = Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")]
-SamplesOpt = Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no inputs are given")]
-MaxRelOpt = Annotated[Optional[float], typer.Option("--max-rel-error", help="tolerance: worst per-sample relative L2 error")]
-MinCosOpt = Annotated[Optional[float], typer.Option("--min-cosine", help="tolerance: minimum cosine similarity")]
-MinTop1Opt = Annotated[Optional[float], typer.Option("--min-top1", help="tolerance: minimum top-1 agreement (class outputs)")]
-MaxAbsOpt = Annotated[Optional[float], typer.Option("--max-abs", help="tolerance: maximum absolute error")]
-AtolOpt = Annotated[Optional[float], typer.Option("--atol", help="absolute noise level (default: from the dtype, float32 1e-5, and each output part's scale)")]
-RtolOpt = Annotated[Optional[float], typer.Option("--rtol", help="elementwise test |got-ref| <= atol + rtol*|ref| (default: 1e-4 for lossless rewrites, off for approximate ones)")]
 
 
 @app.command()
+@takes(pol=PolicyOptions, cal=CalibrationOptions, img=ImageOptions)
 def inspect(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
-    policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
-    macs: MacsOpt = None, max_error: MaxErrOpt = None,
+    pol: PolicyOptions, cal: CalibrationOptions, img: ImageOptions,
     input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
-    calibration: CalibOpt = None, calibration_samples: CalibCountOpt = 32, method: MethodOpt = "auto", cache_dir: CacheOpt = None,
-    image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255,
-    mean: MeanOpt = None, std: StdOpt = None,
 ) -> None:
     """Per-layer table: candidates, skip reasons, ranks vs break-even, MACs (nothing is written but --report/--plot).
     With --calibration the layers carry data-aware error-vs-rank curves (plotted by --plot)."""
@@ -198,11 +134,10 @@ def inspect(
     arg = resolve_model(model)
     shapes = _shapes(arg, input_shape)
     m = load_model(arg.path)
-    pol = _policy(policy, rank, energy, round_to, macs, max_error)
-    calib = _calibration(arg, m, shapes, calibration, calibration_samples, method,
-                         (image_size, layout, bgr, scale, mean, std), pol)
+    policy = pol.build()
+    calib = _calibration(arg, m, shapes, cal, img, policy)
     with _Progress() as progress:
-        rep = api.inspect(m, pol, shapes, calib, cache_dir, progress)
+        rep = api.inspect(m, policy, shapes, calib, cal.cache_dir, progress)
     rep.model = arg.name
     console.print(tables.layer_table(rep, planned=True))
     console.print(tables.totals_line(rep, planned=True))
@@ -210,17 +145,12 @@ def inspect(
 
 
 @app.command()
+@takes(pol=PolicyOptions, cal=CalibrationOptions, src=InputOptions, img=ImageOptions, tols=ToleranceOptions)
 def optimize(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized model")],
-    policy: PolicyOpt = "exact", rank: RankOpt = None, energy: EnergyOpt = None, round_to: RoundOpt = 1,
-    macs: MacsOpt = None, max_error: MaxErrOpt = None,
-    calibration: CalibOpt = None, calibration_samples: CalibCountOpt = 32, method: MethodOpt = "auto", cache_dir: CacheOpt = None,
+    pol: PolicyOptions, cal: CalibrationOptions, src: InputOptions, img: ImageOptions, tols: ToleranceOptions,
     input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
-    inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
-    bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
-    max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None, max_abs: MaxAbsOpt = None,
-    atol: AtolOpt = None, rtol: RtolOpt = None,
     force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification", metavar="")] = False,
 ) -> None:
     """Rewrite the model, verify it against the original in onnxruntime, and write it if it passes (the written model's
@@ -228,21 +158,18 @@ def optimize(
     check_writable(output, "-o")
     _check_extras(report, plot)
     arg = resolve_model(model)
-    pol = _policy(policy, rank, energy, round_to, macs, max_error)
+    policy = pol.build()
     shapes = _shapes(arg, input_shape)
     original = load_model(arg.path)
     protect = (str(arg.path),) + external_data_files(arg.path)
     check_not_input(output, protect)
-    feeds, label = _samples(arg, original, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
-    calib = _calibration(arg, original, shapes, calibration, calibration_samples, method,
-                         (image_size, layout, bgr, scale, mean, std), pol)
+    feeds, label = _samples(arg, original, shapes, src, img)
+    calib = _calibration(arg, original, shapes, cal, img, policy)
     with _Progress() as progress:
-        optimized, rep = api.optimize(original, pol, shapes, samples=feeds, samples_label=label, verify=False,
-                                      calibration=calib, cache_dir=cache_dir, progress=progress)
+        optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
+                                      calibration=calib, cache_dir=cal.cache_dir, progress=progress)
     with console.status("verifying…"):
-        base = api.default_tolerances(rep)
-        tolerances = tol.with_overrides(base, max_rel_l2=max_rel_error, min_cosine=min_cosine, min_top1=min_top1,
-                                        max_abs=max_abs, atol=atol, rtol=rtol)
+        tolerances = tols.over(api.default_tolerances(rep))
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
     api.stamp(optimized, rep)
     rep.model = arg.name
@@ -261,13 +188,12 @@ def optimize(
 
 
 @app.command()
+@takes(src=InputOptions, img=ImageOptions, tols=ToleranceOptions)
 def verify(
     original: Annotated[str, typer.Argument(help="the reference ONNX model (file or bundled name)")],
     optimized: Annotated[Path, typer.Argument(help="the optimized ONNX model")],
-    input_shape: InputShape = None, inputs: InputsOpt = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None,
-    layout: LayoutOpt = "NCHW", bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None,
-    samples: SamplesOpt = 4, max_rel_error: MaxRelOpt = None, min_cosine: MinCosOpt = None, min_top1: MinTop1Opt = None,
-    max_abs: MaxAbsOpt = None, atol: AtolOpt = None, rtol: RtolOpt = None, report: ReportOpt = None,
+    src: InputOptions, img: ImageOptions, tols: ToleranceOptions,
+    input_shape: InputShape = None, report: ReportOpt = None,
     target: Annotated[Optional[str], typer.Option("--target", help="also compile OPTIMIZED with TVM for this target and verify it")] = None,
     package: Annotated[Optional[Path], typer.Option("--package", help="with --target: use this compiled package")] = None,
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="with --target: run the package on this TVM RPC server (HOST:PORT)")] = None,
@@ -281,13 +207,12 @@ def verify(
     shapes = _shapes(arg, input_shape)
     if report is not None:
         check_writable(report, "--report")
-    feeds, label = _samples(arg, ref, shapes, inputs, images, image_size, layout, bgr, scale, mean, std, samples)
+    feeds, label = _samples(arg, ref, shapes, src, img)
     recorded = api.recorded_tolerances(cand)
     if recorded is not None:
         console.print(f"tolerances from {optimized.name}'s metadata (what `onebyone optimize` verified it against: "
                   f"{cand.metadata_props.get(api.METADATA_PREFIX + 'result', '?')} rewrite)", markup=False)
-    tolerances = tol.with_overrides(recorded or tol.LOSSLESS, max_rel_l2=max_rel_error, min_cosine=min_cosine,
-                                    min_top1=min_top1, max_abs=max_abs, atol=atol, rtol=rtol)
+    tolerances = tols.over(recorded or tol.LOSSLESS)
     if target is None:
         with console.status("running both models…"):
             results = [api.verify(ref, cand, feeds, tolerances, samples_label=label).to_dict()]
@@ -358,10 +283,10 @@ def compile_(
 @app.command()
 def run(
     package_dir: Annotated[Path, typer.Argument(help="package folder from `onebyone compile`")],
-    inputs: InputsOpt = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write outputs to this .npz")] = None,
     time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator", metavar="")] = False,
-    samples: SamplesOpt = 1,
+    samples: Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no --inputs")] = 1,
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="run on this TVM RPC server (HOST:PORT)")] = None,
 ) -> None:
     """Run a compiled package locally, or on a remote device over TVM RPC, on --inputs (or random inputs)."""
@@ -435,11 +360,11 @@ def emulate(
 
 
 @app.command()
+@takes(src=InputOptions, img=ImageOptions)
 def inputs(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name")],
     output: Annotated[Path, typer.Option("-o", "--output", help=".npz to write ([K, *shape] per input name)")],
-    input_shape: InputShape = None, images: ImagesOpt = None, image_size: ImageSizeOpt = None, layout: LayoutOpt = "NCHW",
-    bgr: BgrOpt = False, scale: ScaleOpt = 1 / 255, mean: MeanOpt = None, std: StdOpt = None, samples: SamplesOpt = 4,
+    src: InputOptions, img: ImageOptions, input_shape: InputShape = None,
 ) -> None:
     """Write an .npz of model inputs for --inputs (verify, optimize, run): from --images (with their preprocessing),
     the bundled model's real inputs, or --samples K seeded random samples."""
@@ -450,8 +375,7 @@ def inputs(
     check_writable(output, "-o")
     arg = resolve_model(model)
     m = load_model(arg.path)
-    feeds, label = _samples(arg, m, _shapes(arg, input_shape), None, images, image_size, layout, bgr, scale, mean, std,
-                            samples)
+    feeds, label = _samples(arg, m, _shapes(arg, input_shape), src, img)
     with atomic_file(output, suffix=".npz") as tmp:
         np.savez(tmp, **{name: np.stack([f[name] for f in feeds]) for name in feeds[0]})
     console.print(f"wrote {output}: {len(feeds)} {label} sample(s) of "

@@ -52,34 +52,45 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
 
 
-LEFTOVER_MARKERS = ("tvm.exec", "qemu-aarch64", "-m onebyone")
+SESSION_MARK = "ONEBYONE_TEST_SESSION"
 
 
-def _leftovers(since: float) -> list[str]:
-    """Command lines of live processes started since `since` that run TVM servers or workers, qemu, or onebyone."""
-    import psutil
-
+def _leftovers(mark: str) -> list[str]:
+    """Command lines of live processes (zombies excluded) that carry this test session's mark in their environment:
+    everything the tests started inherits it, whoever its parent is now."""
     found = []
-    for p in psutil.process_iter(["pid", "create_time", "cmdline", "status"]):
-        info = p.info
-        if info["pid"] == os.getpid() or (info["create_time"] or 0) < since or info["status"] == psutil.STATUS_ZOMBIE:
+    needle = f"{SESSION_MARK}={mark}".encode()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == os.getpid():
             continue
-        cmd = " ".join(info["cmdline"] or [])
-        if any(m in cmd for m in LEFTOVER_MARKERS):
-            found.append(f"{info['pid']}: {cmd[:160]}")
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle not in f.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    continue
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{pid}: {cmd[:160]}")
+        except OSError:
+            continue
     return found
 
 
 @pytest.fixture(scope="session", autouse=True)
 def nothing_left_running():
-    """After the whole session (every fixture torn down), no server, worker or emulator that a test started runs."""
+    """After the whole session (every fixture torn down), no process that a test started (a server, a worker, an
+    emulator, a command) is still running."""
     import time
+    import uuid
 
-    since = time.time() - 1
+    mark = uuid.uuid4().hex
+    os.environ[SESSION_MARK] = mark
     yield
     deadline = time.time() + 10  # processes being stopped get a moment to exit
-    left = _leftovers(since)
+    left = _leftovers(mark)
     while left and time.time() < deadline:
         time.sleep(0.5)
-        left = _leftovers(since)
+        left = _leftovers(mark)
     assert not left, "tests left processes running:\n" + "\n".join(left)

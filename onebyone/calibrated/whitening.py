@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from onebyone.passes import factorize
-from onebyone.passes.factorize import error_curve  # noqa: F401 - the error curve of a whitened spectrum
 
 DEFAULT_REG = 1e-6  # λ = DEFAULT_REG · mean eigenvalue: keeps dead or constant channels from blowing up R⁻¹
 

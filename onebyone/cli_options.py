@@ -1,0 +1,133 @@
+"""The command line's option groups as objects: each group is a dataclass whose fields are typer options, and
+`takes(name=Group, ...)` lets a command receive the group as one argument (typer still sees every option)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from onebyone.errors import OneByOneError
+from onebyone.passes.policies import POLICIES, Policy, RankPolicy
+from onebyone.verify import tolerances as tol
+from onebyone.verify.inputs import ImagePreprocess
+
+
+@dataclasses.dataclass
+class PolicyOptions:
+    policy: Annotated[str, typer.Option("--policy", help=" | ".join(POLICIES) + " (exact: lossless only; see the README)")] = "exact"
+    rank: Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")] = None
+    energy: Annotated[Optional[float], typer.Option("--energy", help="energy policy: fraction of squared singular values kept")] = None
+    round_to: Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")] = 1
+    macs: Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")] = None
+    max_error: Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")] = None
+
+    def build(self) -> Policy:
+        """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""
+        try:
+            return RankPolicy(self.policy, rank=self.rank, energy=self.energy, round_to=self.round_to, macs=self.macs,
+                              max_error=self.max_error)
+        except ValueError as exc:
+            cls = POLICIES.get(self.policy)
+            flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)] if cls else []
+            raise OneByOneError(f"{exc}" + (f" (--policy {self.policy} takes {', '.join(flags)})" if flags else "")) from None
+
+
+@dataclasses.dataclass
+class CalibrationOptions:
+    calibration: Annotated[Optional[str], typer.Option("--calibration", help="calibration data: .npz, image folder, or 'bundled'")] = None
+    calibration_samples: Annotated[int, typer.Option("--calibration-samples", min=1, help="how many bundled calibration samples (crops/tones)")] = 32
+    method: Annotated[str, typer.Option("--method", help="weight (SVD of the weight) | data (needs --calibration); default: data when calibrated")] = "auto"
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="cache calibration statistics here")] = None
+
+
+@dataclasses.dataclass
+class ImageOptions:
+    image_size: Annotated[Optional[str], typer.Option("--image-size", help="HxW resize for --images (default: from the input shape)")] = None
+    layout: Annotated[str, typer.Option("--layout", help="NCHW or NHWC for --images")] = "NCHW"
+    bgr: Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order", metavar="")] = False
+    scale: Annotated[float, typer.Option("--scale", help="pixel multiplier before mean/std")] = 1 / 255
+    mean: Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")] = None
+    std: Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None
+
+    def preprocess(self, input_shape: tuple[int, ...]) -> ImagePreprocess:
+        """How a photo becomes an input of `input_shape` (the size from --image-size, else from the shape)."""
+        if self.image_size:
+            try:
+                h, w = (int(x) for x in self.image_size.lower().split("x"))
+            except ValueError:
+                raise OneByOneError(f"--image-size {self.image_size!r}: expected HxW, e.g. 224x224") from None
+        else:
+            h, w = (input_shape[2], input_shape[3]) if self.layout == "NCHW" else (input_shape[1], input_shape[2])
+        return ImagePreprocess(h, w, layout=self.layout, bgr=self.bgr, scale=self.scale,
+                               mean=_floats3(self.mean, "--mean") or (0.0, 0.0, 0.0),
+                               std=_floats3(self.std, "--std") or (1.0, 1.0, 1.0))
+
+
+@dataclasses.dataclass
+class InputOptions:
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name (see `onebyone inputs`)")] = None
+    images: Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")] = None
+    samples: Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no inputs are given")] = 4
+
+
+@dataclasses.dataclass
+class ToleranceOptions:
+    max_rel_error: Annotated[Optional[float], typer.Option("--max-rel-error", help="tolerance: worst per-sample relative L2 error (per output part)")] = None
+    min_cosine: Annotated[Optional[float], typer.Option("--min-cosine", help="tolerance: minimum cosine similarity")] = None
+    min_top1: Annotated[Optional[float], typer.Option("--min-top1", help="tolerance: minimum top-1 agreement (class outputs)")] = None
+    max_abs: Annotated[Optional[float], typer.Option("--max-abs", help="tolerance: maximum absolute error")] = None
+    atol: Annotated[Optional[float], typer.Option("--atol", help="absolute noise level (default: from the dtype, float32 1e-5, and each output part's scale)")] = None
+    rtol: Annotated[Optional[float], typer.Option("--rtol", help="elementwise test |got-ref| <= atol + rtol*|ref| (default: 1e-4 for lossless rewrites, off for approximate ones)")] = None
+
+    def over(self, base: tol.Tolerances) -> tol.Tolerances:
+        """`base` with the limits given on the command line replaced."""
+        return tol.with_overrides(base, max_rel_l2=self.max_rel_error, min_cosine=self.min_cosine,
+                                  min_top1=self.min_top1, max_abs=self.max_abs, atol=self.atol, rtol=self.rtol)
+
+
+def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        vals = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        vals = ()
+    if len(vals) != 3:
+        raise OneByOneError(f"{option} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
+    return vals  # type: ignore[return-value]
+
+
+def takes(**groups: type):
+    """Decorator for a typer command: each `name=Group` replaces the command's parameter `name` by the group's
+    options (typer sees them one by one) and hands the command one Group object built from them."""
+
+    def decorate(fn):
+        sig = inspect.signature(fn)
+        hints = typing.get_type_hints(fn, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+                  if p.name not in groups]
+        names: dict[str, list[str]] = {}
+        for group, cls in groups.items():
+            types = typing.get_type_hints(cls, include_extras=True)
+            names[group] = [f.name for f in dataclasses.fields(cls)]
+            params += [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                         annotation=types[f.name]) for f in dataclasses.fields(cls)]
+
+        @functools.wraps(fn)
+        def command(*args, **kwargs):
+            for group, cls in groups.items():
+                kwargs[group] = cls(**{n: kwargs.pop(n) for n in names[group]})
+            return fn(*args, **kwargs)
+
+        command.__signature__ = sig.replace(parameters=params)
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        del command.__wrapped__  # typer must read the new signature, not the wrapped function's
+        return command
+
+    return decorate
