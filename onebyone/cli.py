@@ -18,8 +18,9 @@ from onebyone import api, tables
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
-from onebyone.passes.input_shapes import parse_input_shapes, resolve_input_shapes
-from onebyone.cli_options import CalibrationOptions, ImageOptions, InputOptions, PolicyOptions, ToleranceOptions, takes
+from onebyone.passes.input_shapes import resolve_input_shapes
+from onebyone.cli_options import (CalibrationOptions, ImageOptions, InputOptions, PolicyOptions, ToleranceOptions,
+                                  parse_input_shapes, takes)
 from onebyone.passes.policies import Policy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import folder_images, image_samples, npz_samples, random_samples
@@ -453,7 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     except VerificationFailed as exc:
         _fail(f"verification failed: {exc}", EXIT_VERIFICATION_FAILED)
     except OneByOneError as exc:
-        _fail(f"error: {exc}", EXIT_BAD_INPUT)
+        _fail(f"error: {exc.cli or exc}", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
         _fail("interrupted", EXIT_INTERRUPTED)
     except Exception as exc:  # noqa: BLE001 - the contract: one line, exit 3, traceback on request

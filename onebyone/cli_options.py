@@ -103,6 +103,25 @@ def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None
     return vals  # type: ignore[return-value]
 
 
+def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:
+    """'name:1x3x224x224' -> ('name', (1, 3, 224, 224)). The name may itself contain ':' (tf2onnx names)."""
+    name, sep, dims = text.rpartition(":")
+    if not sep or not name:
+        raise OneByOneError(f"--input-shape {text!r}: expected NAME:DxDxD, e.g. x:1x3x224x224")
+    try:
+        shape = tuple(int(d) for d in dims.lower().split("x"))
+    except ValueError:
+        raise OneByOneError(f"--input-shape {text!r}: dims must be integers separated by 'x'") from None
+    if any(d <= 0 for d in shape):
+        raise OneByOneError(f"--input-shape {text!r}: dims must be positive")
+    return name, shape
+
+
+def parse_input_shapes(texts: list[str] | tuple[str, ...] | None) -> dict[str, tuple[int, ...]]:
+    """Parse repeated --input-shape options into a dict."""
+    return dict(parse_input_shape(t) for t in (texts or ()))
+
+
 def takes(**groups: type):
     """Decorator for a typer command: each `name=Group` replaces the command's parameter `name` by the group's
     options (typer sees them one by one) and hands the command one Group object built from them."""

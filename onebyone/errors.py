@@ -2,7 +2,14 @@
 
 
 class OneByOneError(Exception):
-    """An error caused by the user's input (file, option, model); the CLI prints it as one line and exits 2."""
+    """An error caused by the user's input (file, option, model); the CLI prints it as one line and exits 2.
+
+    The message speaks in the terms of the Python API; `cli`, when given, says the same in the command line's terms
+    (its options), and the CLI prints that instead."""
+
+    def __init__(self, message: str, cli: str | None = None) -> None:
+        super().__init__(message)
+        self.cli = cli
 
 
 class VerificationFailed(Exception):

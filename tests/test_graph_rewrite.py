@@ -130,8 +130,9 @@ def test_dynamic_spatial_dims_need_input_shape(rng):
     from onebyone.errors import OneByOneError
 
     model = single_conv_model(("N", 8, "H", "W"), low_rank_weight(8, 8, (3, 3), 1, 2, rng), pads=(1, 1, 1, 1))
-    with pytest.raises(OneByOneError, match="--input-shape"):
+    with pytest.raises(OneByOneError, match="input_shapes") as info:  # API terms; the CLI says --input-shape
         optimize(_ir(model), RankPolicy("exact"), verify=False)
+    assert "--input-shape 'x:1x8xNxN'" in info.value.cli
     with pytest.raises(OneByOneError, match="unknown input name"):
         optimize(_ir(model), RankPolicy("exact"), {"nope": (1, 8, 6, 6)}, verify=False)
     optimized, report = optimize(_ir(model), RankPolicy("exact"), {"x": (1, 8, 6, 6)})

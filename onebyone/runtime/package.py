@@ -79,7 +79,8 @@ def _cross_compiler(target: dict[str, Any], given: str | None) -> str | None:
         return None
     cc = given or targets.family(target).cross_compiler
     if cc is None:
-        raise OneByOneError(f"{target.get('mtriple')} is not this machine's CPU: give --cross-compiler")
+        raise OneByOneError(f"{target.get('mtriple')} is not this machine's CPU: give cross_compiler",
+                            cli=f"{target.get('mtriple')} is not this machine's CPU: give --cross-compiler")
     if shutil.which(cc) is None:
         raise OneByOneError(f"cross compiler {cc!r} not found; install it (Debian: apt-get install g++-aarch64-linux-gnu)")
     return cc
@@ -92,7 +93,9 @@ def _ready_to_tune(target: dict[str, Any], cc: str | None, remote, cost_model: s
 
     tuning.resolve_cost_model(cost_model)  # a bad choice is said before any work
     if cc and remote is None:
-        raise OneByOneError("tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
+        raise OneByOneError("tuning for another CPU times the candidates on the device: give remote (a "
+                            "runtime.remote.Remote of a board running tvm.exec.rpc_server)",
+                            cli="tuning for another CPU times the candidates on the device: give --rpc HOST:PORT "
                             "(a board running tvm.exec.rpc_server, or `onebyone emulate aarch64`)")
     family = targets.family(target)
     if family.device != "cpu" and remote is None:
@@ -227,7 +230,8 @@ def load_package(path: str | os.PathLike) -> Package:
     p = Path(path)
     manifest = read_manifest(p)
     if targets.is_cross(manifest["target"]):
-        raise OneByOneError(f"{p}: built for {manifest['target'].get('mtriple')}; run it on that device (--rpc)")
+        raise OneByOneError(f"{p}: built for {manifest['target'].get('mtriple')}; run it on that device (runtime.remote)",
+                            cli=f"{p}: built for {manifest['target'].get('mtriple')}; run it on that device (--rpc)")
     family = targets.family(manifest["target"])
     family.load_runtime(p)
     device = tvm.device(manifest["device"], 0)

@@ -132,7 +132,8 @@ def resolve_cost_model(name: str = "auto") -> str:
         raise OneByOneError(f"unknown cost model {name!r}; choose one of {', '.join(COST_MODELS)}")
     has_xgb = importlib.util.find_spec("xgboost") is not None
     if name == "xgb" and not has_xgb:
-        raise OneByOneError("the xgb cost model needs xgboost: pip install 'onebyone[tune]' (or --cost-model random)")
+        raise OneByOneError("the xgb cost model needs xgboost: pip install 'onebyone[tune]' (or cost_model='random')",
+                            cli="the xgb cost model needs xgboost: pip install 'onebyone[tune]' (or --cost-model random)")
     return "xgb" if name == "xgb" or (name == "auto" and has_xgb) else "random"
 
 
@@ -154,7 +155,8 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
         database = _tune(lowered, target, trials, db_dir, progress, remote, cross_compiler, cost_model, info)
     else:
         if not has_records(db_dir):
-            raise OneByOneError(f"{db_dir}: no tuning records; tune first with --tune-trials N")
+            raise OneByOneError(f"{db_dir}: no tuning records; tune first (tune_trials > 0)",
+                                cli=f"{db_dir}: no tuning records; tune first with --tune-trials N")
         database = ms.database.JSONDatabase(work_dir=str(db_dir))
     info["applied_kernels"] = applied_kernels(lowered, target, database)
     executable = ms.relax_integration.compile_relax(database, prepared, target, None)
