@@ -121,7 +121,7 @@ def test_data_aware_layer_error_is_at_most_weight_only_on_calibration(rng):
     err_data = fitting.measure(original, m_data, calib, [out])[out]
     err_weight = fitting.measure(original, m_weight, calib, [out])[out]
     assert err_data <= err_weight * 1.0001
-    assert first.layer.measured_error == pytest.approx(err_data, rel=1e-6)
+    assert first.measured_error == pytest.approx(err_data, rel=1e-6)
 
 
 @pytest.mark.parametrize("fraction", [0.9, 0.67, 0.5])

@@ -50,7 +50,7 @@ def fit(d: Decision, paired: calibration.Moments | None, fit_stats: list[PatchMo
         mean_x = mean_h = m.mean
     else:
         s_xh, s_hh, mean_x, mean_h = paired.paired()
-    if d.layer.lossless:  # exact on the span of the calibration inputs: no regularization, no refit
+    if d.lossless:  # exact on the span of the calibration inputs: no regularization, no refit
         exact = whitening.factorize_on_subspace(info.weight, info.groups, d.rank, s_hh)
         held_eq = group_equations(info.weight, _bias(d), exact.bottleneck, info.groups, holdout)
         err = output_error(held_eq, exact.weight, np.zeros(info.out_channels))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 
 from onebyone.calibrated import fitting, moments, sensitivity, whitening
-from onebyone.passes import rewrite
+from onebyone.passes import plan, rewrite
 from onebyone.passes.sources import Applied
 
 LOSSLESS_ON_DATA_MAX_ERROR = 1e-4  # a conv called lossless on data must measure at float32 level
@@ -76,20 +76,16 @@ class DataSource:
         measured = fitting.measure(self.original, model, self.samples, outs)
         for a, name in zip(applied, outs):
             d, err = a.decision, measured[name]
-            d.layer.measured_error = err
-            predicted = d.layer.predicted_error or 0.0
-            if d.layer.lossless and err > LOSSLESS_ON_DATA_MAX_ERROR:
-                d.layer.lossless = False
-                d.layer.lossless_on = None
-                d.layer.reason = f"approximate: rank {d.rank} (measured error {err:.2g} is not float-level)"
+            d.measured_error = err
+            predicted = d.predicted_error or 0.0
+            if d.lossless and err > LOSSLESS_ON_DATA_MAX_ERROR:
+                d.lossless = False
+                d.lossless_on = None
+                d.reason = f"approximate: rank {d.rank} (measured error {err:.2g} is not float-level)"
             if err > BACK_OFF_FACTOR * predicted + BACK_OFF_MARGIN:
                 rewrite.remove_bottleneck(model.graph, d.info.node, a.old_inputs, a.squeeze)
-                d.layer.action = "skipped"
-                d.layer.reason = f"backed off: measured error {err:.3g} far above the predicted {predicted:.3g}"
-                d.layer.macs_after = d.layer.macs_before
-                d.layer.params_after = d.layer.params_before
-                d.layer.lossless = False
-                d.rank = None
+                plan.reject(d, f"backed off: measured error {err:.3g} far above the predicted {predicted:.3g}",
+                            asked_rank=d.rank)
 
     def describe(self):
         return self.info

@@ -116,7 +116,7 @@ class BottleneckPass(ir.passes.InPlacePass):
             for v in a.old_inputs[1:]:
                 if v is not None:
                     rewrite.remove_if_unused(model.graph, v)
-        layers = [d.layer for d in self.decisions]
+        layers = [plan.layer_report(d) for d in self.decisions]
         rewritten = [l for l in layers if l.action == "rewritten"]
         if rewritten and model.ir_version is not None and model.ir_version < 4:
             model.ir_version = 4  # IR < 4 requires every initializer to be a graph input; the new factors are not
@@ -137,10 +137,10 @@ class BottleneckPass(ir.passes.InPlacePass):
         for k, d in enumerate(chosen):
             node = d.info.node
             old_inputs = list(node.inputs)
-            factors, d.layer.fit = self.source.factors(d, model, bool(applied))
-            d.layer.weight_rel_error = factors.rel_error
+            factors, d.fit = self.source.factors(d, model, bool(applied))
+            d.weight_rel_error = factors.rel_error
             if factors.predicted_error is not None:
-                d.layer.predicted_error = factors.predicted_error
+                d.predicted_error = factors.predicted_error
             squeeze = rewrite.insert_bottleneck(model.graph, node, factors, names, shared)
             applied.append(Applied(d, old_inputs, squeeze))
             if tick:

@@ -1,8 +1,13 @@
-"""Per-conv decisions: which spectrum ranks are read from, the rank each conv gets, and whether it pays."""
+"""Per-conv decisions: which spectrum ranks are read from, the rank each conv gets, and whether it pays.
+
+A Decision is a value the pass's steps refine (a policy accepts or rejects it, the factor source records its fit and
+measured error, or backs it off); the report's layer is written from it once, at the end (`layer_report`).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import numpy as np
@@ -14,23 +19,41 @@ from onebyone.report import LayerReport
 
 @dataclasses.dataclass
 class Decision:
-    """What to do with one conv; `rank` is set exactly when the conv is to be rewritten."""
+    """What to do with one conv: a candidate (`rank` set exactly when it is to be rewritten) or a skip with its
+    `reason`. The other fields record what was decided and measured on the way."""
 
     info: ConvInfo
-    layer: LayerReport
+    reason: str = ""
     rank: int | None = None
+    asked_rank: int | None = None  # the rank a policy asked for when it rejected the conv (reported)
+    lossless: bool = False
+    lossless_on: str | None = None
+    energy_kept: float | None = None
+    predicted_error: float | None = None
+    measured_error: float | None = None
+    weight_rel_error: float | None = None
+    fit: str | None = None
+    output_error_curve: list[float] | None = None
     moments: Any = None  # the factor source's statistics of this conv's input (calibration moments), if any
     data_svals: list[np.ndarray] | None = None
     data_energy: list[float] | None = None
+
+    @property
+    def candidate(self) -> bool:
+        return self.info.skip_reason is None
 
     @property
     def svals(self) -> list[np.ndarray]:
         """The spectrum ranks are read from: whitened by data when there is calibration, else the weight's."""
         return self.data_svals if self.data_svals is not None else self.info.svals
 
-    def numerical_rank(self) -> int:
+    @functools.cached_property
+    def numerical(self) -> int:
         """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data)."""
         return max(factorize.numerical_rank(s, self.info.matrix_shape, self.info.weight.dtype) for s in self.svals)
+
+    def numerical_rank(self) -> int:
+        return self.numerical
 
     def error_curve(self) -> np.ndarray:
         """Predicted relative output error for ranks 0..C/g (weight-energy based without calibration data)."""
@@ -42,21 +65,19 @@ class Decision:
         i = self.info
         return cost.bottleneck_macs(i.spatial_in, i.spatial_out, i.out_channels, i.in_channels, i.groups, i.kernel_size, rank)
 
+    def params_at(self, rank: int) -> int:
+        i = self.info
+        return int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size
+                   + (i.out_channels if i.has_bias or self.moments is not None else 0))
+
 
 def start(info: ConvInfo, spectrum: tuple[list[np.ndarray], list[float]] | None = None, moments: Any = None) -> Decision:
     """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given. `spectrum`
     (per-group singular values and energies, e.g. of the weight whitened by input statistics) replaces the weight's
     own spectrum for choosing ranks; `moments` are the statistics it came from."""
-    d = Decision(info, _base_layer(info), moments=moments)
-    if info.skip_reason is not None:
-        d.layer.reason = info.skip_reason
-        return d
-    if spectrum is not None:
+    d = Decision(info, reason=info.skip_reason or "", moments=moments)
+    if info.skip_reason is None and spectrum is not None:
         d.data_svals, d.data_energy = spectrum
-    d.layer.numerical_rank = d.numerical_rank()
-    d.layer.error_curve = [round(float(e), 6) for e in d.error_curve()]
-    if d.data_svals is not None:
-        d.layer.data_singular_values = [s.tolist() for s in d.data_svals]
     return d
 
 
@@ -68,44 +89,38 @@ def candidate_ranks(d: Decision, round_to: int) -> np.ndarray:
 
 
 def accept(d: Decision, rank: int) -> None:
-    """Rewrite this conv at `rank` (per group): the layer says whether it is lossless and what it costs."""
-    d.rank = rank
-    layer = d.layer
-    layer.rank = rank
-    layer.action = "rewritten"
-    layer.lossless = rank >= layer.numerical_rank
-    layer.lossless_on = ("calibration data" if d.data_svals is not None else "all inputs") if layer.lossless else None
-    layer.energy_kept = _energy_kept(d.svals, rank)
-    layer.predicted_error = float(d.error_curve()[min(rank, len(d.error_curve()) - 1)])
+    """Rewrite this conv at `rank` (per group): lossless when the rank reaches the numerical rank."""
+    d.rank = d.asked_rank = rank
+    d.lossless = rank >= d.numerical
+    d.lossless_on = ("calibration data" if d.data_svals is not None else "all inputs") if d.lossless else None
+    d.energy_kept = _energy_kept(d.svals, rank)
+    curve = d.error_curve()
+    d.predicted_error = float(curve[min(rank, len(curve) - 1)])
     be = d.info.break_even_rank
     on = " on calibration data" if d.data_svals is not None else ""
-    if layer.lossless:
-        layer.reason = f"lossless{on}: numerical rank {layer.numerical_rank} < break-even {be:.1f}"
+    if d.lossless:
+        d.reason = f"lossless{on}: numerical rank {d.numerical} < break-even {be:.1f}"
     else:
-        layer.reason = (f"approximate: rank {rank} of {d.info.matrix_shape[0]} keeps {layer.energy_kept:.4f} of the "
-                        + ("output energy" if on else "weight energy"))
-    layer.macs_after = d.macs_at(rank)
-    i = d.info
-    layer.params_after = int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size
-                             + (i.out_channels if i.has_bias or d.moments is not None else 0))
+        d.reason = (f"approximate: rank {rank} of {d.info.matrix_shape[0]} keeps {d.energy_kept:.4f} of the "
+                    + ("output energy" if on else "weight energy"))
 
 
-def reject(d: Decision, reason: str) -> None:
-    """Leave this conv alone, saying why."""
+def reject(d: Decision, reason: str, asked_rank: int | None = None) -> None:
+    """Leave this conv alone, saying why (`asked_rank`: the rank that would not pay)."""
     d.rank = None
-    d.layer.reason = reason
+    d.asked_rank = asked_rank
+    d.lossless = False
+    d.lossless_on = None
+    d.reason = reason
 
 
-def _energy_kept(svals: list[np.ndarray], rank: int) -> float:
-    kept = [float((s[:rank] ** 2).sum() / (s**2).sum()) if (s**2).sum() > 0 else 1.0 for s in svals]
-    return min(kept) if kept else 1.0
-
-
-def _base_layer(info: ConvInfo) -> LayerReport:
+def layer_report(d: Decision) -> LayerReport:
+    """The report's entry for one conv, written from the decision."""
+    info, rewritten = d.info, d.rank is not None
     return LayerReport(
         name=info.name,
-        action="skipped",
-        reason="",
+        action="rewritten" if rewritten else "skipped",
+        reason=d.reason,
         kernel=list(info.kernel),
         in_channels=info.in_channels,
         out_channels=info.out_channels,
@@ -114,14 +129,27 @@ def _base_layer(info: ConvInfo) -> LayerReport:
         input_shape=list(info.input_shape) if info.input_shape else None,
         output_shape=list(info.output_shape) if info.output_shape else None,
         weight_source=info.weight_source,
-        rank=None,
-        numerical_rank=None,
+        rank=d.asked_rank,
+        numerical_rank=d.numerical if d.candidate else None,
         break_even_rank=round(info.break_even_rank, 3),
-        lossless=False,
+        lossless=d.lossless and rewritten,
         macs_before=info.macs,
-        macs_after=info.macs,
+        macs_after=d.macs_at(d.rank) if rewritten else info.macs,
         params_before=info.params,
-        params_after=info.params,
+        params_after=d.params_at(d.rank) if rewritten else info.params,
+        weight_rel_error=d.weight_rel_error,
+        energy_kept=d.energy_kept,
+        lossless_on=d.lossless_on if rewritten else None,
+        predicted_error=d.predicted_error,
+        measured_error=d.measured_error,
+        fit=d.fit,
+        error_curve=[round(float(e), 6) for e in d.error_curve()] if d.candidate else None,
+        output_error_curve=d.output_error_curve,
         singular_values=[s.tolist() for s in info.svals] if info.svals else None,
+        data_singular_values=[s.tolist() for s in d.data_svals] if d.data_svals is not None else None,
     )
 
+
+def _energy_kept(svals: list[np.ndarray], rank: int) -> float:
+    kept = [float((s[:rank] ** 2).sum() / (s**2).sum()) if (s**2).sum() > 0 else 1.0 for s in svals]
+    return min(kept) if kept else 1.0

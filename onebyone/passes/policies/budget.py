@@ -38,7 +38,7 @@ class Budget(Policy):
             errs = d.error_curve()
             if gains and d.info.name in gains:
                 errs = errs * gains[d.info.name]
-                d.layer.output_error_curve = [round(float(e), 6) for e in errs]
+                d.output_error_curve = [round(float(e), 6) for e in errs]
             curves.append(allocation.Curve(d.info.name, ranks, errs[ranks],
                                            np.array([d.macs_at(int(r)) for r in ranks]), d.info.macs))
         targeted = sum(d.info.macs for d in live)

@@ -25,8 +25,7 @@ class PerConv(Policy):
             if d.info.skip_reason is not None:
                 continue
             rank = self.rounded(self.rank_for(d), d.info.matrix_shape[0])
-            d.layer.rank = rank
             if rank >= d.info.break_even_rank:
-                plan.reject(d, self.not_below(d, rank))
+                plan.reject(d, self.not_below(d, rank), asked_rank=rank)
             else:
                 plan.accept(d, rank)
