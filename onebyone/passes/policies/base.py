@@ -36,8 +36,13 @@ class Policy:
     def validate(self) -> None:
         """Raise ValueError for option values the policy cannot use."""
 
+    def label(self) -> str:
+        """What the policy does, in a few words (e.g. 'energy 0.9')."""
+        return self.kind
+
     def describe(self) -> str:
-        return self.kind + (f", round to {self.round_to}" if self.round_to > 1 else "")
+        """label() and the rounding, e.g. 'energy 0.9, round to 8'."""
+        return self.label() + (f", round to {self.round_to}" if self.round_to > 1 else "")
 
     def assign(self, decisions, gains=None) -> None:
         raise NotImplementedError

@@ -27,8 +27,8 @@ class Budget(Policy):
         if self.macs is None or not 0 < self.macs <= 1:
             raise ValueError(f"policy 'budget' needs macs in (0, 1], got {self.macs}")
 
-    def describe(self) -> str:
-        return f"MAC budget {self.macs}" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return f"MAC budget {self.macs}"
 
     def assign(self, decisions, gains=None) -> None:
         live = [d for d in decisions if d.info.skip_reason is None]

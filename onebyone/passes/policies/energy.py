@@ -22,8 +22,8 @@ class Energy(PerConv):
         if self.energy is None or not 0 < self.energy <= 1:
             raise ValueError(f"policy 'energy' needs energy in (0, 1], got {self.energy}")
 
-    def describe(self) -> str:
-        return f"energy {self.energy}" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return f"energy {self.energy}"
 
     def rank_for(self, d) -> int:
         return max(factorize.energy_rank(s, self.energy) for s in d.svals)

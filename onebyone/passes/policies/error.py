@@ -21,8 +21,8 @@ class Error(Policy):
         if self.max_error is None or self.max_error <= 0:
             raise ValueError(f"policy 'error' needs max_error > 0, got {self.max_error}")
 
-    def describe(self) -> str:
-        return f"max error {self.max_error}" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return f"max error {self.max_error}"
 
     def assign(self, decisions, gains=None) -> None:
         raise ValueError("policy 'error' is a search over budgets: use onebyone.optimize with calibration data")

@@ -16,8 +16,8 @@ class Exact(PerConv):
 
     kind = "exact"
 
-    def describe(self) -> str:
-        return "exact (lossless only)" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return "exact (lossless only)"
 
     def rank_for(self, d) -> int:
         return d.numerical_rank()

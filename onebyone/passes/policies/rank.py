@@ -21,8 +21,8 @@ class Rank(PerConv):
         if self.rank is None or self.rank <= 0 or (self.rank >= 1 and self.rank != int(self.rank)):
             raise ValueError(f"policy 'rank' needs rank as an int >= 1 or a fraction in (0, 1), got {self.rank}")
 
-    def describe(self) -> str:
-        return f"rank {self.rank}" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return f"rank {self.rank}"
 
     def rank_for(self, d) -> int:
         c = d.info.matrix_shape[0]

@@ -23,8 +23,8 @@ class Saving(PerConv):
         if self.macs is None or not 0 < self.macs < 1:
             raise ValueError(f"policy 'saving' needs macs in (0, 1), got {self.macs}")
 
-    def describe(self) -> str:
-        return f"each conv at most {self.macs} of its MACs" + (f", round to {self.round_to}" if self.round_to > 1 else "")
+    def label(self) -> str:
+        return f"each conv at most {self.macs} of its MACs"
 
     def rank_for(self, d) -> int:
         fits = [int(r) for r in plan.candidate_ranks(d, self.round_to) if d.macs_at(int(r)) <= self.macs * d.info.macs]
