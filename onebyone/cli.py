@@ -59,13 +59,13 @@ def _calibration(arg: ModelArg, model, shapes, cal: CalibrationOptions, img: Ima
     if policy is not None and policy.searched and cal.calibration is None:
         raise OneByOneError(f"--policy {policy.kind} measures errors on calibration data: give --calibration "
                             "(an .npz, a folder of images, or 'bundled')")
-    if cal.method not in ("auto", "weight", "data"):
+    use = {"auto": cal.calibration is not None, "weight": False, "data": True}.get(cal.method)
+    if use is None:
         raise OneByOneError(f"--method must be weight or data, got {cal.method!r}")
-    wanted = cal.method != "weight" and cal.calibration is not None
-    if cal.method == "data" and cal.calibration is None:
-        raise OneByOneError("--method data needs --calibration (an .npz, a folder of images, or 'bundled')")
-    if not wanted:
+    if not use:
         return None
+    if cal.calibration is None:
+        raise OneByOneError("--method data needs --calibration (an .npz, a folder of images, or 'bundled')")
     if cal.calibration == "bundled":
         if arg.bundled is None:
             raise OneByOneError("--calibration bundled works with bundled models only; give an .npz or an image folder")
