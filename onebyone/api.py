@@ -61,9 +61,15 @@ def optimize(
     raise_on_failure: bool = True,
     calibration: Samples | None = None,
     cache_dir: str | os.PathLike | None = None,
+    latency=None,
     progress=None,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified.
+
+    With `latency` (a onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are
+    timed on that runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends
+    measured milliseconds), and the whole model is timed end to end against the original: rewrites are backed off
+    until it is faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
 
     With `calibration` samples the factorization is data-aware (see BottleneckPass); statistics are cached in
     `cache_dir` when given. Policy 'error' (needs calibration) searches the smallest MAC budget whose model
@@ -79,19 +85,30 @@ def optimize(
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
         raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
-    optimized, report = _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress)
+    rebuild = lambda keep=None: _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress,  # noqa: E731
+                                         latency, keep)
+    optimized, report = rebuild()
+    if latency is not None:
+        from onebyone.latency import end_to_end
+
+        feed = end_to_end.default_feed(original, resolve_input_shapes(original, input_shapes), samples)
+        optimized, report = end_to_end.ensure_faster(original, optimized, report, rebuild, latency, feed)
     if verify:
-        if samples is None:
-            shapes = resolve_input_shapes(original, input_shapes)
-            samples = random_samples(shapes, input_dtypes(original))
-        result = verify_models(
-            original, optimized, samples, tolerances or default_tolerances(report), inputs_label=samples_label
-        )
-        report.verification = result.to_dict()
-        stamp(optimized, report)
-        if not result.passed and raise_on_failure:
-            raise VerificationFailed(result.message(), optimized, report)
+        _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure)
     return optimized, report
+
+
+def _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure):
+    """Verify `optimized` against `original` into report.verification and the model's metadata; raise
+    VerificationFailed on a failure when asked to."""
+    if samples is None:
+        samples = random_samples(resolve_input_shapes(original, input_shapes), input_dtypes(original))
+    result = verify_models(original, optimized, samples, tolerances or default_tolerances(report),
+                           inputs_label=samples_label)
+    report.verification = result.to_dict()
+    stamp(optimized, report)
+    if not result.passed and raise_on_failure:
+        raise VerificationFailed(result.message(), optimized, report)
 
 
 METADATA_PREFIX = "onebyone."
@@ -134,18 +151,21 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
         return None
 
 
-def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress) -> tuple[ir.Model, Report]:
+def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress, latency=None,
+             keep=None) -> tuple[ir.Model, Report]:
     """The rewrite for `policy`: weight-only without calibration data; with it, data-aware (a MAC budget checked
-    against weight-only at the same budget; an error target searched over budgets; see calibrated.search)."""
+    against weight-only at the same budget; an error target searched over budgets; see calibrated.search).
+    `latency` and `keep` go to the pass."""
+    opts = {"latency": latency, "keep": keep}
     if not calibration:
-        return search.rewrite(original, name, policy, input_shapes, progress=progress)
+        return search.rewrite(original, name, policy, input_shapes, progress=progress, **opts)
     source = DataSource(calibration, cache_dir)
     if policy.searched:
-        return search.smallest_budget(original, name, policy, input_shapes, source, progress)
+        return search.smallest_budget(original, name, policy, input_shapes, source, progress, **opts)
     if policy.uses_gains:  # a global budget: checked against weight-only SVD at the same budget
         reference = search.Reference(original, calibration)
-        return search.checked_budget(original, name, policy, input_shapes, source, reference, progress)
-    return search.rewrite(original, name, policy, input_shapes, source, progress)
+        return search.checked_budget(original, name, policy, input_shapes, source, reference, progress, **opts)
+    return search.rewrite(original, name, policy, input_shapes, source, progress, **opts)
 
 
 def verify(

@@ -19,8 +19,8 @@ from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
 from onebyone.passes.input_shapes import resolve_input_shapes
-from onebyone.cli_options import (CalibrationOptions, ImageOptions, InputOptions, PolicyOptions, ToleranceOptions,
-                                  parse_input_shapes, takes)
+from onebyone.cli_options import (CalibrationOptions, CostOptions, ImageOptions, InputOptions, PolicyOptions,
+                                  ToleranceOptions, parse_input_shapes, takes)
 from onebyone.passes.policies import Policy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import folder_images, image_samples, npz_samples, random_samples
@@ -146,11 +146,13 @@ def inspect(
 
 
 @app.command()
-@takes(pol=PolicyOptions, cal=CalibrationOptions, src=InputOptions, img=ImageOptions, tols=ToleranceOptions)
+@takes(pol=PolicyOptions, costs=CostOptions, cal=CalibrationOptions, src=InputOptions, img=ImageOptions,
+       tols=ToleranceOptions)
 def optimize(
     model: Annotated[str, typer.Argument(help="ONNX file, or a bundled model name (onebyone models)")],
     output: Annotated[Path, typer.Option("-o", "--output", help="where to write the optimized model")],
-    pol: PolicyOptions, cal: CalibrationOptions, src: InputOptions, img: ImageOptions, tols: ToleranceOptions,
+    pol: PolicyOptions, costs: CostOptions, cal: CalibrationOptions, src: InputOptions, img: ImageOptions,
+    tols: ToleranceOptions,
     input_shape: InputShape = None, report: ReportOpt = None, plot: PlotOpt = None,
     force: Annotated[bool, typer.Option("--force", help="write the model even if it fails verification", metavar="")] = False,
 ) -> None:
@@ -166,9 +168,10 @@ def optimize(
     check_not_input(output, protect)
     feeds, label = _samples(arg, original, shapes, src, img)
     calib = _calibration(arg, original, shapes, cal, img, policy)
+    latency = costs.latency(policy, cal.cache_dir)
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
-                                      calibration=calib, cache_dir=cal.cache_dir, progress=progress)
+                                      calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress)
     with console.status("verifying…"):
         tolerances = tols.over(api.default_tolerances(rep))
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
@@ -178,11 +181,16 @@ def optimize(
     console.print(tables.totals_line(rep))
     tables.print_verification(console, rep.verification)
     passed = rep.verification["passed"]
+    why = "failed verification"
+    if rep.timing is not None:
+        console.print(tables.timing_line(rep.timing), soft_wrap=True)
+        if passed and not rep.timing["faster"]:
+            passed, why = False, f"no rewrite makes the model faster on {rep.timing['runtime']['name']}"
     if passed or force:
         rep.output = str(save_model(optimized, output, inputs_to_protect=protect, external=len(protect) > 1))
-        console.print(f"wrote {rep.output}" + ("" if passed else " [bold red](failed verification; written because of --force)[/]"))
+        console.print(f"wrote {rep.output}" + ("" if passed else f" [bold red]({why}; written because of --force)[/]"))
     else:
-        console.print(f"[bold red]not written[/]: {output} (failed verification; use --force to write it anyway)")
+        console.print(f"[bold red]not written[/]: {output} ({why}; use --force to write it anyway)")
     _write_extras(rep, report, plot)
     if not passed:
         raise typer.Exit(1)

@@ -26,16 +26,33 @@ class PolicyOptions:
     round_to: Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")] = 1
     macs: Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")] = None
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")] = None
+    time: Annotated[Optional[float], typer.Option("--time", help="budget policy: fraction of the targeted convs' measured time to keep (implies --cost time)")] = None
 
     def build(self) -> Policy:
         """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""
         try:
             return RankPolicy(self.policy, rank=self.rank, energy=self.energy, round_to=self.round_to, macs=self.macs,
-                              max_error=self.max_error)
+                              max_error=self.max_error, time=self.time)
         except ValueError as exc:
             cls = POLICIES.get(self.policy)
             flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)] if cls else []
             raise OneByOneError(f"{exc}" + (f" (--policy {self.policy} takes {', '.join(flags)})" if flags else "")) from None
+
+
+@dataclasses.dataclass
+class CostOptions:
+    cost: Annotated[str, typer.Option("--cost", help="macs (count) | time (measure every conv and the whole model on onnxruntime; never slower)")] = "macs"
+    threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime threads when timing (--cost time), as deployed; 0: onnxruntime's choice")] = 0
+
+    def latency(self, policy: Policy, cache_dir):
+        """The latency model for --cost time (or a policy that spends time), else None."""
+        if self.cost not in ("macs", "time"):
+            raise OneByOneError(f"--cost must be macs or time, got {self.cost!r}")
+        if self.cost == "macs" and not policy.needs_latency:
+            return None
+        from onebyone.latency import LatencyModel
+
+        return LatencyModel(threads=self.threads, cache_dir=cache_dir)
 
 
 @dataclasses.dataclass

@@ -43,6 +43,9 @@ class LayerReport:
     output_error_curve: list[float] | None = None  # budget with data: predicted model-output error for rank 0..C/g
     singular_values: list[list[float]] | None = None
     data_singular_values: list[list[float]] | None = None
+    time_before_ms: float | None = None  # measured on the target runtime (isolated micro-model), --cost time
+    time_after_ms: float | None = None  # the rewritten pair at the chosen rank (= before when not rewritten)
+    measured_ranks: dict[int, float] | None = None  # rank -> ms of the rewritten pair
 
 
 @dataclasses.dataclass
@@ -78,6 +81,10 @@ class Report:
     # budget with data: model-output errors of the data-aware and the weight-only rewrite on held-out calibration
     # samples, and which one was kept ({"data": e, "weight": e, "kept": "data" | "weight"})
     method_check: dict[str, Any] | None = None
+    # --cost time: the runtime, and the whole model timed end to end (original and optimized alternating): time_before_ms,
+    # time_after_ms, speedup (measured), predicted_speedup (from the per-conv latencies), ceiling_speedup (every
+    # targeted conv at zero time), backed_off (convs undone because the model was not faster)
+    timing: dict[str, Any] | None = None
 
     def to_dict(self, with_spectra: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)

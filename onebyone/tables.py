@@ -66,6 +66,18 @@ def _errs(l) -> str:
     return f"{l.predicted_error:.3f} / " + ("-" if l.measured_error is None else f"{l.measured_error:.3f}")
 
 
+def timing_line(t: dict[str, Any]) -> str:
+    """The end-to-end timing of --cost time: measured, predicted and ceiling speedups on the runtime."""
+    rt = t["runtime"]
+    line = (f"measured on {rt['name']} {rt['version']} ({rt['device']}, threads {rt['threads'] or 'auto'}): "
+            f"{t['time_before_ms']:.3f} → {t['time_after_ms']:.3f} ms end to end, speedup {t['speedup']:.3f}x "
+            f"(noise ±{100 * t['noise']:.1f}%), predicted {t['predicted_speedup'] or float('nan'):.3f}x, ceiling "
+            + (f"{t['ceiling_speedup']:.2f}x" if t["ceiling_speedup"] else "-"))
+    if t["backed_off"]:
+        line += f"; backed off {len(t['backed_off'])} conv(s) that did not pay end to end"
+    return line
+
+
 def totals_line(report: Report, planned: bool = False) -> str:
     t = report.totals
     line = (

@@ -15,11 +15,13 @@ from onebyone.verify.onnxruntime_run import measure_shapes, run_samples
 from onebyone.verify.parts import output_splits
 
 
-def rewrite(original: ir.Model, name: str, policy: Policy, input_shapes, source=None, progress=None) -> tuple[ir.Model, Report]:
-    """A rewritten copy of `original` (never changed) and its report, factors from `source` (default weight-only)."""
+def rewrite(original: ir.Model, name: str, policy: Policy, input_shapes, source=None, progress=None,
+            **pass_options) -> tuple[ir.Model, Report]:
+    """A rewritten copy of `original` (never changed) and its report, factors from `source` (default weight-only);
+    `pass_options` go to BottleneckPass (latency, keep)."""
     optimized = original.clone()
     p = BottleneckPass(policy, input_shapes, model_name=name, source=source, measure_shapes=measure_shapes,
-                       progress=progress)
+                       progress=progress, **pass_options)
     p(optimized)
     return optimized, p.report
 
@@ -41,14 +43,14 @@ class Reference:
 
 
 def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,
-                   progress=None) -> tuple[ir.Model, Report]:
+                   progress=None, **pass_options) -> tuple[ir.Model, Report]:
     """The data-aware rewrite under a MAC budget, kept only when its model-output error on the held-out calibration
     samples is at most that of weight-only SVD under the same budget (else the weight-only rewrite); the report's
     `method_check` holds both errors."""
-    data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress)
+    data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress, **pass_options)
     if not data_report.totals.rewritten:
         return data_model, data_report
-    weight_model, weight_report = rewrite(original, name, policy, input_shapes)
+    weight_model, weight_report = rewrite(original, name, policy, input_shapes, **pass_options)
     e_data, e_weight = reference.error(data_model, held=True), reference.error(weight_model, held=True)
     keep_data = e_data <= e_weight
     report = data_report if keep_data else weight_report
@@ -59,7 +61,7 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 
 def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
-                    steps: int = 5) -> tuple[ir.Model, Report]:
+                    steps: int = 5, **pass_options) -> tuple[ir.Model, Report]:
     """Bisection on the MAC budget: the smallest fraction whose calibration output error (worst output part) is at
     most policy.max_error; the model unchanged when no budget below 1 meets it. The calibration statistics and the
     output gains are computed once (the source keeps them), not at every step."""
@@ -69,14 +71,18 @@ def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSo
     for _ in range(steps):
         frac = (lo + hi) / 2
         budget = RankPolicy("budget", macs=frac, round_to=policy.round_to)
-        candidate, report = checked_budget(original, name, budget, input_shapes, source, reference, progress)
+        if pass_options.get("latency") is not None:  # spend measured time, not MACs
+            budget = RankPolicy("budget", time=frac, round_to=policy.round_to)
+        candidate, report = checked_budget(original, name, budget, input_shapes, source, reference, progress,
+                                           **pass_options)
         err = reference.error(candidate)
         if err <= policy.max_error:
             best, hi = (candidate, report, frac, err), frac
         else:
             lo = frac
     if best is None:
-        candidate, report = rewrite(original, name, RankPolicy("budget", macs=1.0), input_shapes, source, progress)
+        candidate, report = rewrite(original, name, RankPolicy("budget", macs=1.0), input_shapes, source, progress,
+                                    keep=pass_options.get("keep"))
         best = (candidate, report, 1.0, 0.0)
     candidate, report, frac, err = best
     report.policy = f"{policy.describe()} (found MAC budget {frac:.3f}, calibration output error {err:.3g})"

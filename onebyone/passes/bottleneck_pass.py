@@ -55,6 +55,9 @@ class BottleneckPass(ir.passes.InPlacePass):
             onebyone.calibrated.DataSource(calibration samples) for the data-aware method.
         measure_shapes: measures the shapes that shape inference leaves unknown (e.g.
             onebyone.verify.onnxruntime_run.measure_shapes); without it such convs are skipped with a reason.
+        latency: measures each candidate conv and its rewritten pairs on the target runtime (e.g.
+            onebyone.latency.LatencyModel); needed by policies that spend measured time (budget with `time`).
+        keep: conv names to leave alone whatever the policy says, with the reason given (name -> reason).
         progress: called as progress(stage, done, total) during long work.
     """
 
@@ -65,6 +68,8 @@ class BottleneckPass(ir.passes.InPlacePass):
         model_name: str = "model",
         source: FactorSource | None = None,
         measure_shapes=None,
+        latency=None,
+        keep: dict[str, str] | None = None,
         progress=None,
     ) -> None:
         super().__init__()
@@ -73,6 +78,8 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.model_name = model_name
         self.source = source or WeightSource()
         self.measure_shapes = measure_shapes
+        self.latency = latency
+        self.keep = dict(keep or {})
         self.progress = progress
         self.report: Report | None = None
         self.decisions: list[Decision] = []
@@ -94,6 +101,8 @@ class BottleneckPass(ir.passes.InPlacePass):
             raise ir.passes.PreconditionError(str(exc)) from exc
         if self.policy.searched:
             raise ir.passes.PreconditionError(f"policy {self.policy.kind!r} is a search over budgets: use onebyone.optimize")
+        if self.policy.needs_latency and self.latency is None:
+            raise ir.passes.PreconditionError(f"policy {self.policy.describe()!r} spends measured time: give a latency model")
         self._interface = interface(model)
         self._input_valid = _passes_checker(model)
 
@@ -108,8 +117,15 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.source.prepare(model, candidates, self.progress)
         self.decisions = [plan.start(i, *self.source.statistics(i)) if i.skip_reason is None else plan.start(i)
                           for i in infos]
+        if self.latency is not None:
+            self.latency.measure(self.decisions, self._tick("timing"))
         gains = self.source.gains(model, self.decisions, self.policy.round_to) if self.policy.uses_gains else None
         self.policy.assign(self.decisions, gains)
+        for d in self.decisions:
+            if d.rank is not None and d.info.name in self.keep:
+                plan.reject(d, self.keep[d.info.name], asked_rank=d.rank)
+            elif d.rank is not None and self.latency is not None and d.latency:
+                self._reject_if_not_faster(d)
         applied = self._rewrite_chosen(model)
         self.source.settle(model, applied)
         for a in applied:
@@ -126,6 +142,13 @@ class BottleneckPass(ir.passes.InPlacePass):
             totals=_totals(layers, params_before, count_params(model)), calibration=self.source.describe(),
         )
         return ir.passes.PassResult(model, modified=bool(rewritten))
+
+    def _reject_if_not_faster(self, d: Decision) -> None:
+        """A rewrite pays only when its measured pair beats the conv by more than the noise."""
+        before, after = d.latency["before"], self.latency.pair_time(d, d.rank)
+        if not after.faster_than(before):
+            plan.reject(d, f"measured not faster on {self.latency.runtime['name']}: rank {d.rank} pair {after.ms:.4f} ms "
+                           f"vs the conv {before.ms:.4f} ms", asked_rank=d.rank)
 
     def _rewrite_chosen(self, model: ir.Model) -> list[Applied]:
         """Rewrite every conv with a rank, in graph order, with the source's factors; what was done, to undo it."""

@@ -10,18 +10,19 @@ import numpy as np
 @dataclasses.dataclass
 class Curve:
     """One conv's options: `ranks` (ascending, all below break-even) with their predicted relative output
-    errors and MACs; `macs_full` is the conv's MACs when it is left alone (error 0)."""
+    errors and costs (MACs, or measured milliseconds); `macs_full` is the conv's cost when it is left alone
+    (error 0)."""
 
     name: str
     ranks: np.ndarray
     errors: np.ndarray
     macs: np.ndarray
-    macs_full: int
+    macs_full: float
 
 
 def allocate(curves: list[Curve], budget_macs: float) -> dict[str, int | None]:
-    """A rank (or None: leave the conv alone) per conv, so that the total MACs of these convs is at most
-    `budget_macs` when that is reachable (else every conv at its cheapest option).
+    """A rank (or None: leave the conv alone) per conv, so that the total cost (MACs or measured time) of these
+    convs is at most `budget_macs` when that is reachable (else every conv at its cheapest option).
 
     Greedy: from "all convs untouched", repeatedly move one conv to the lower-MAC option with the smallest increase
     of squared error per MAC saved, until the budget is met. Squared relative errors add up across layers as the
@@ -50,8 +51,8 @@ def allocate(curves: list[Curve], budget_macs: float) -> dict[str, int | None]:
             break  # every conv is at its cheapest option
         _, name, i = best
         c = by_name[name]
-        total -= cost[name] - int(c.macs[i])
-        cost[name] = int(c.macs[i])
+        total -= cost[name] - c.macs[i]
+        cost[name] = c.macs[i]
         err2[name] = float(c.errors[i] ** 2)
         state[name] = int(c.ranks[i])
     return state

@@ -35,6 +35,7 @@ class Decision:
     fit: str | None = None
     output_error_curve: list[float] | None = None
     moments: Any = None  # the factor source's statistics of this conv's input (calibration moments), if any
+    latency: dict | None = None  # measured on the target runtime: {"before": Timing, "after": {rank: Timing}}
     data_svals: list[np.ndarray] | None = None
     data_energy: list[float] | None = None
 
@@ -64,6 +65,13 @@ class Decision:
     def macs_at(self, rank: int) -> int:
         i = self.info
         return cost.bottleneck_macs(i.spatial_in, i.spatial_out, i.out_channels, i.in_channels, i.groups, i.kernel_size, rank)
+
+    def paying_ranks(self) -> list[int]:
+        """Measured ranks whose rewritten pair beats the original conv by more than the noise (none unmeasured)."""
+        if not self.latency:
+            return []
+        before = self.latency["before"]
+        return sorted(r for r, t in self.latency["after"].items() if t.faster_than(before))
 
     def params_at(self, rank: int) -> int:
         i = self.info
@@ -147,7 +155,18 @@ def layer_report(d: Decision) -> LayerReport:
         output_error_curve=d.output_error_curve,
         singular_values=[s.tolist() for s in info.svals] if info.svals else None,
         data_singular_values=[s.tolist() for s in d.data_svals] if d.data_svals is not None else None,
+        **_times(d),
     )
+
+
+def _times(d: Decision) -> dict:
+    """The report's timing fields of a conv with measured latencies (ms)."""
+    if not d.latency:
+        return {}
+    after = d.latency["after"].get(d.rank) if d.rank is not None else None
+    return {"time_before_ms": round(d.latency["before"].ms, 5),
+            "time_after_ms": round(after.ms, 5) if after is not None else round(d.latency["before"].ms, 5),
+            "measured_ranks": {int(r): round(t.ms, 5) for r, t in sorted(d.latency["after"].items())}}
 
 
 def _energy_kept(svals: list[np.ndarray], rank: int) -> float:

@@ -36,6 +36,11 @@ class Policy:
     def validate(self) -> None:
         """Raise ValueError for option values the policy cannot use."""
 
+    @property
+    def needs_latency(self) -> bool:
+        """Whether the policy chooses by measured time (the pass then needs a latency model)."""
+        return False
+
     def label(self) -> str:
         """What the policy does, in a few words (e.g. 'energy 0.9')."""
         return self.kind

@@ -1,0 +1,103 @@
+"""The latency model: each candidate conv's measured time, and its rewritten pair's at the ranks a policy may pick,
+on the runtime that will run the model (onnxruntime on this CPU, with the deployed thread count). Cached on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+
+import numpy as np
+
+from onebyone.latency import micro, timer
+from onebyone.passes import plan
+
+MAX_RANKS = 10  # measured ranks per conv
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ranks_to_measure(d: plan.Decision) -> list[int]:
+    """Candidate ranks below break-even, favouring the widths vector units like (multiples of 32, 16, 8, 4), at most
+    MAX_RANKS of them, always including the smallest and the largest candidate."""
+    ranks = [int(r) for r in plan.candidate_ranks(d, 1)]
+    if len(ranks) <= MAX_RANKS:
+        return ranks
+    chosen = {ranks[0], ranks[-1]}
+    for step in (32, 16, 8, 4, 2, 1):
+        for r in ranks:
+            if r % step == 0 and len(chosen) < MAX_RANKS:
+                chosen.add(r)
+    return sorted(chosen)
+
+
+class LatencyModel:
+    """Measures, per candidate conv, `time_before` (ms) and `times_after` {rank: ms} on onnxruntime with `threads`
+    intra-op threads (0: onnxruntime's choice), each a Timing (median and noise), alternating original and pairs in
+    one process. Results are cached in `cache_dir` (None: not cached), keyed by the conv's signature, the rank, the
+    runtime and its version, the CPU model and the threads."""
+
+    def __init__(self, threads: int = 0, cache_dir: str | os.PathLike | None = None, repeats: int = 15) -> None:
+        import onnxruntime as ort
+
+        self.threads = threads
+        self.repeats = repeats
+        self.cache = Path(cache_dir) if cache_dir is not None else None
+        self.runtime = {"name": "onnxruntime", "version": ort.__version__, "device": cpu_model(), "threads": threads}
+        self.hits = self.misses = 0
+
+    def _key(self, d: plan.Decision) -> str:
+        i = d.info
+        sig = [list(i.input_shape), i.out_channels, list(i.kernel), list(i.strides), list(i.dilations), list(i.pads),
+               i.auto_pad, i.groups, self.runtime, self.repeats]
+        return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:24]
+
+    def measure(self, decisions: list[plan.Decision], progress=None) -> None:
+        """Attach `latency` (a dict: before, after {rank: Timing}) to every candidate decision."""
+        live = [d for d in decisions if d.candidate and d.info.input_shape]
+        for k, d in enumerate(live):
+            d.latency = self._conv(d)
+            if progress:
+                progress(k + 1, len(live))
+
+    def pair_time(self, d: plan.Decision, rank: int) -> timer.Timing:
+        """The rewritten pair's time at `rank`, measured now (beside the original conv) if it was not yet."""
+        if rank not in d.latency["after"]:
+            extra = self._conv(d, [rank])
+            d.latency["after"][rank] = extra["after"][rank]
+        return d.latency["after"][rank]
+
+    def _conv(self, d: plan.Decision, ranks: list[int] | None = None) -> dict:
+        path = self.cache / f"latency-{self._key(d)}-{'-'.join(map(str, ranks))}.json" if self.cache and ranks else (
+            self.cache / f"latency-{self._key(d)}.json" if self.cache else None)
+        ranks = ranks or ranks_to_measure(d)
+        if path is not None and path.is_file():
+            data = json.loads(path.read_text())
+            if all(str(r) in data["after"] for r in ranks):
+                self.hits += 1
+                return {"before": timer.Timing(**data["before"]),
+                        "after": {int(r): timer.Timing(**t) for r, t in data["after"].items()}}
+        self.misses += 1
+        models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks]
+        x = np.random.default_rng(0).standard_normal((1, *d.info.input_shape[1:])).astype(np.float32)
+        timings = timer.time_models(models, [{"x": x}] * len(models), self.threads, self.repeats)
+        result = {"before": timings[0], "after": dict(zip(ranks, timings[1:]))}
+        if path is not None:
+            from onebyone.atomic import atomic_file
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            data = {"before": vars(result["before"]), "after": {str(r): vars(t) for r, t in result["after"].items()}}
+            with atomic_file(path) as tmp:
+                tmp.write_text(json.dumps(data))
+        return result

@@ -1,0 +1,144 @@
+"""Milliseconds, not MACs: the latency model (measured on onnxruntime), the time budget, and never shipping a slower
+model. Nothing here depends on how fast the machine is: decisions that would are driven by stub runtimes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+
+from onebyone import RankPolicy, optimize
+from onebyone.latency import LatencyModel, end_to_end, micro
+from onebyone.latency.model import MAX_RANKS, ranks_to_measure
+from onebyone.latency.timer import Timing
+from onebyone.models import generators
+from onebyone.passes import plan
+from onebyone.passes.analysis import analyze
+from test_cli import cli
+
+
+def _ir(proto):
+    return ir.serde.deserialize_model(proto)
+
+
+def _model():
+    return generators.vgg(size=16, widths=(16, 32), low_rank=0.5)
+
+
+class StubLatency:
+    """A runtime whose every conv takes 1 ms and whose rewritten pairs take `pair_ms(rank)` ms (noise 1%)."""
+
+    runtime = {"name": "stub", "version": "0", "device": "none", "threads": 1}
+    threads = 1
+
+    def __init__(self, pair_ms):
+        self.pair_ms = pair_ms
+
+    def measure(self, decisions, progress=None):
+        for d in decisions:
+            if d.candidate:
+                d.latency = {"before": Timing(1.0, 0.01),
+                             "after": {r: Timing(self.pair_ms(r), 0.01) for r in ranks_to_measure(d)}}
+
+    def pair_time(self, d, rank):
+        return d.latency["after"].setdefault(rank, Timing(self.pair_ms(rank), 0.01))
+
+
+def test_micro_models_compute_what_the_conv_computes_in_shape():
+    """The isolated micro-models have the conv's real input and output shapes."""
+    from onebyone.verify.onnxruntime_run import run_samples
+
+    model = _ir(_model())
+    info = next(i for i in analyze(model, {"input": (1, 3, 16, 16)}) if i.skip_reason is None)
+    x = {"x": np.zeros((1, *info.input_shape[1:]), np.float32)}
+    for m in (micro.original(info), micro.pair(info, 2)):
+        onnx.checker.check_model(m)
+        (y,) = run_samples(m, [x])["y"]
+        assert tuple(y.shape) == tuple(info.output_shape)
+
+
+def test_latency_model_measures_a_rank_grid_and_caches_it(tmp_path):
+    model = _ir(_model())
+    infos = analyze(model, {"input": (1, 3, 16, 16)})
+    decisions = [plan.start(i) for i in infos]
+    lat = LatencyModel(threads=1, cache_dir=tmp_path, repeats=5)
+    lat.measure(decisions)
+    live = [d for d in decisions if d.candidate]
+    assert live and lat.misses == len(live) and lat.hits == 0
+    for d in live:
+        grid = ranks_to_measure(d)
+        assert 0 < len(grid) <= MAX_RANKS and max(grid) < d.info.break_even_rank
+        assert set(d.latency["after"]) == set(grid)
+        assert d.latency["before"].ms > 0 and all(t.ms > 0 for t in d.latency["after"].values())
+    again = [plan.start(i) for i in infos]
+    lat2 = LatencyModel(threads=1, cache_dir=tmp_path, repeats=5)
+    lat2.measure(again)
+    assert lat2.hits == len(live) and lat2.misses == 0  # a second run is a cache hit
+    assert [d.latency["before"] for d in again if d.candidate] == [d.latency["before"] for d in live]
+
+
+def test_a_pair_measured_slower_is_never_rewritten():
+    """Every pair slower than its conv: nothing is rewritten, whatever the policy, and the reason says so."""
+    slow = StubLatency(lambda r: 1.5)
+    for policy in (RankPolicy("exact"), RankPolicy("rank", rank=0.25), RankPolicy("budget", time=0.5)):
+        _, report = optimize(_ir(_model()), policy, latency=slow, verify=False, raise_on_failure=False)
+        assert report.totals.rewritten == 0
+        reasons = [l.reason for l in report.layers if l.time_before_ms is not None]
+        assert reasons and all("not faster" in r or "no measured rank is faster" in r for r in reasons), reasons
+
+
+def test_the_time_budget_spends_measured_milliseconds():
+    """Pairs cost rank/16 ms against 1 ms per conv: the chosen pairs' measured time fits the budget."""
+    stub = StubLatency(lambda r: r / 16)
+    _, report = optimize(_ir(_model()), RankPolicy("budget", time=0.5), latency=stub, verify=False,
+                         raise_on_failure=False)
+    layers = [l for l in report.layers if l.time_before_ms is not None]
+    spent = sum(l.time_after_ms for l in layers)
+    assert report.totals.rewritten > 0 and spent <= 0.5 * sum(l.time_before_ms for l in layers) + 1e-9
+    for l in layers:
+        if l.action == "rewritten":
+            assert l.rank in l.measured_ranks and l.time_after_ms == pytest.approx(l.rank / 16, abs=1e-4)
+
+
+def test_rewrites_are_backed_off_until_the_whole_model_is_faster(monkeypatch):
+    """End to end the model is 'slower' while more than one conv is rewritten (a stub runtime): the convs that save
+    the least are undone first, and the report says which."""
+    stub = StubLatency(lambda r: 0.5 + r / 100)
+    calls = []
+
+    def fake_time_pair(original, optimized, feed, threads, repeats=15):
+        n = sum(1 for node in optimized.graph if node.op_type == "Conv") - sum(1 for node in original.graph if node.op_type == "Conv")
+        calls.append(n)
+        return Timing(1.0, 0.01), Timing(1.0 if n > 1 else 0.8, 0.01)
+
+    monkeypatch.setattr(end_to_end, "time_pair", fake_time_pair)
+    _, report = optimize(_ir(_model()), RankPolicy("exact"), latency=stub, verify=False)
+    assert report.totals.rewritten == 1 and report.timing["faster"]
+    backed = report.timing["backed_off"]
+    assert len(backed) == calls[0] - 1 and calls[-1] == 1
+    layers = {l.name: l for l in report.layers}
+    kept = next(l for l in report.layers if l.action == "rewritten")
+    assert all("not faster end to end" in layers[n].reason for n in backed)
+    assert all(layers[n].time_before_ms - stub.pair_ms(layers[n].rank) <= kept.time_before_ms - kept.time_after_ms + 1e-9
+               for n in backed)
+
+
+def test_cli_cost_time_reports_measured_and_predicted_speedups(tmp_path):
+    model = tmp_path / "vgg.onnx"
+    onnx.save(_model(), model)
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    proc = cli("optimize", model, "-o", out, "--cost", "time", "--threads", "1", "--cache-dir", tmp_path / "cache",
+               "--report", rep, "--force")
+    assert proc.returncode in (0, 1) and "measured on onnxruntime" in proc.stdout
+    timing = json.loads(rep.read_text())["timing"]
+    assert timing["runtime"]["threads"] == 1 and timing["time_before_ms"] > 0 and timing["speedup"] > 0
+    if not timing["faster"]:
+        assert "no rewrite makes the model faster" in proc.stdout
+    assert list((tmp_path / "cache").glob("latency-*.json"))
+    proc = cli("optimize", model, "-o", out, "--cost", "bogus")
+    assert proc.returncode == 2 and "--cost" in proc.stderr
+    proc = cli("optimize", model, "-o", out, "--policy", "budget", "--time", "1.5")
+    assert proc.returncode == 2 and "time" in proc.stderr
