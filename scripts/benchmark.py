@@ -4,6 +4,7 @@ original vs the optimized model measured side by side (interleaved runs, medians
 MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
+                                (policies ending in /time choose ranks by time measured on onnxruntime with --threads)
                                 [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
 
@@ -26,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onebyone import RankPolicy, optimize
+from onebyone.latency import LatencyModel
 from onebyone.models import generators
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
@@ -36,6 +38,9 @@ POLICIES = {
     "energy0.9/8": RankPolicy("energy", energy=0.9, round_to=8),
     "budget0.67/data": RankPolicy("budget", macs=0.67),  # data-aware, bundled calibration set (real models only)
     "budget0.67/data/8": RankPolicy("budget", macs=0.67, round_to=8),  # the same, ranks multiples of 8
+    # --cost time: ranks from a latency model measured on onnxruntime with --threads, never slower end to end
+    "budget0.67/data/time": RankPolicy("budget", time=0.67),  # 0.67 of the targeted convs' measured time
+    "energy0.9/time": RankPolicy("energy", energy=0.9),  # energy 0.9, every rewrite checked by time
 }
 
 
@@ -120,10 +125,11 @@ def main() -> None:
         for pname, policy in POLICIES.items():
             if (args.policies and pname not in args.policies) or ("/data" in pname and calib is None):
                 continue
+            latency = LatencyModel(threads=args.threads) if pname.endswith("/time") else None
             t0 = time.perf_counter()
             optimized, report = optimize(original, policy, shapes, samples=samples,
                                          samples_label="real" if samples else "random", raise_on_failure=False,
-                                         calibration=calib(32) if "/data" in pname else None)
+                                         calibration=calib(32) if "/data" in pname else None, latency=latency)
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
@@ -146,6 +152,8 @@ def main() -> None:
                 tuning_cost_model=resolve_cost_model("auto") if args.tune_trials else None,
                 tuning_original=tuning_info and tuning_info[0], tuning_optimized=tuning_info and tuning_info[1],
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
+                predicted_speedup=report.timing and report.timing["predicted_speedup"],
+                ceiling_speedup=report.timing and report.timing["ceiling_speedup"],
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min((o["cosine"] for o in v["outputs"] if o["cosine"] is not None), default=1.0),
             ))
@@ -155,7 +163,7 @@ def main() -> None:
                                           "rows": rows})
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -163,6 +171,7 @@ def main() -> None:
             f"{r['macs_before'] / 1e6:.1f}M → {r['macs_after'] / 1e6:.1f}M", f"{r['mac_ratio']:.3f}",
             f"{r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M", f"{r['pass_seconds']:.2f}",
             f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
+            "-" if not r.get("predicted_speedup") else f"{r['predicted_speedup']:.2f}x / {r['ceiling_speedup'] or float('inf'):.2f}x",
             "-" if r["tvm_ms_original"] is None else f"{r['tvm_ms_original']:.1f} → {r['tvm_ms_optimized']:.1f}",
             "-" if r["tvm_speedup"] is None else f"{r['tvm_speedup']:.2f}x",
             "-" if r["tvm_tuned_ms_original"] is None else f"{r['tvm_tuned_ms_original']:.1f} → {r['tvm_tuned_ms_optimized']:.1f}",
