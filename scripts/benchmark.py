@@ -31,6 +31,7 @@ from onebyone.latency import LatencyModel
 from onebyone.models import generators
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
+from onebyone.verify.onnxruntime_run import session
 from onebyone.runtime.tuning import resolve_cost_model
 
 POLICIES = {
@@ -60,11 +61,7 @@ def cases(names: list[str] | None):
 
 
 def make_session(model, threads: int) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    data = ir.serde.serialize_model(model).SerializeToString() if isinstance(model, ir.Model) else model
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+    return session(model, "benchmark", threads)
 
 
 def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:

@@ -24,17 +24,6 @@ class Timing:
         return self.ms < other.ms * (1 - max(self.noise, other.noise, 0.01))
 
 
-def session(model, threads: int = 0):
-    """An onnxruntime CPU session of `model` (proto or bytes) with `threads` intra-op threads (0: onnxruntime's choice)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads = threads
-    data = model if isinstance(model, bytes) else model.SerializeToString()
-    return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-
-
 def _runner(sess, feed):
     names = [o.name for o in sess.get_outputs()]
     return lambda: sess.run(names, feed)
@@ -67,5 +56,7 @@ def compare(runs: list, repeats: int = 15, warmup: int = 3) -> list[Timing]:
 
 def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int = 15) -> list[Timing]:
     """Median time of each model (protos) on its feed, measured alternating in one process."""
-    runs = [_runner(session(m, threads), f) for m, f in zip(models, feeds)]
+    from onebyone.verify.onnxruntime_run import session
+
+    runs = [_runner(session(m, "timed model", threads), f) for m, f in zip(models, feeds)]
     return compare(runs, repeats)

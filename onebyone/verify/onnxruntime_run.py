@@ -17,10 +17,15 @@ from onebyone.modelio import has_external_data, unsupported_ops
 ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print before onebyone's one-line errors
 
 
-def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model") -> ort.InferenceSession:
-    """A CPU onnxruntime session for a model object or file; OneByOneError when onnxruntime cannot load it."""
+def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
+            threads: int | None = None) -> ort.InferenceSession:
+    """A CPU onnxruntime session for a model object or file (with `threads` intra-op threads, one inter-op thread,
+    when given; 0: onnxruntime's choice); OneByOneError when onnxruntime cannot load it."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
     try:
         if isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
