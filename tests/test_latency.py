@@ -73,6 +73,9 @@ def test_latency_model_measures_a_rank_grid_and_caches_it(tmp_path):
         assert 0 < len(grid) <= MAX_RANKS and max(grid) < d.info.break_even_rank
         assert set(d.latency["after"]) == set(grid)
         assert d.latency["before"].ms > 0 and all(t.ms > 0 for t in d.latency["after"].values())
+    before = lat.misses
+    lat.measure([plan.start(i) for i in infos])  # the same model again in this process: nothing is timed again
+    assert lat.misses == before and lat.hits == 0
     again = [plan.start(i) for i in infos]
     lat2 = LatencyModel(threads=1, cache_dir=tmp_path, repeats=5)
     lat2.measure(again)

@@ -56,6 +56,7 @@ class LatencyModel:
         self.cache = Path(cache_dir) if cache_dir is not None else None
         self.runtime = {"name": "onnxruntime", "version": ort.__version__, "device": cpu_model(), "threads": threads}
         self.hits = self.misses = 0
+        self._memo: dict[str, dict] = {}  # this process's measurements, so that repeated passes measure once
 
     def _key(self, d: plan.Decision) -> str:
         i = d.info
@@ -79,6 +80,13 @@ class LatencyModel:
         return d.latency["after"][rank]
 
     def _conv(self, d: plan.Decision, ranks: list[int] | None = None) -> dict:
+        memo = f"{self._key(d)}:{ranks}"
+        if memo not in self._memo:
+            self._memo[memo] = self._load_or_time(d, ranks)
+        found = self._memo[memo]
+        return {"before": found["before"], "after": dict(found["after"])}
+
+    def _load_or_time(self, d: plan.Decision, ranks: list[int] | None) -> dict:
         path = self.cache / f"latency-{self._key(d)}-{'-'.join(map(str, ranks))}.json" if self.cache and ranks else (
             self.cache / f"latency-{self._key(d)}.json" if self.cache else None)
         ranks = ranks or ranks_to_measure(d)
