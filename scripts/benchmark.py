@@ -42,6 +42,9 @@ POLICIES = {
     # --cost time: ranks from a latency model measured on onnxruntime with --threads, never slower end to end
     "budget0.67/data/time": RankPolicy("budget", time=0.67),  # 0.67 of the targeted convs' measured time
     "energy0.9/time": RankPolicy("energy", energy=0.9),  # energy 0.9, every rewrite checked by time
+    # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
+    "error0.03/data": RankPolicy("error", max_error=0.03),
+    "error0.03/data/time": RankPolicy("error", max_error=0.03),
 }
 
 
