@@ -107,6 +107,33 @@ def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat
     return statistics.median(ta), statistics.median(tb), [a.manifest.get("tuning"), b.manifest.get("tuning")]
 
 
+def plot(rows: list[dict], path: str) -> None:
+    """Measured onnxruntime speedup against worst output error, one panel per model: MAC-cost policies as circles,
+    measured-time policies as triangles, the ceiling (every targeted conv at zero time) as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        for r in (r for r in rows if r["model"] == model):
+            timed = r["policy"].endswith("/time")
+            ax.scatter(max(r["worst_rel_l2"], 1e-7), r["speedup"], marker="^" if timed else "o",
+                       color="tab:orange" if timed else "tab:blue")
+            ax.annotate(r["policy"], (max(r["worst_rel_l2"], 1e-7), r["speedup"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+            if r.get("ceiling_speedup"):
+                ax.axhline(r["ceiling_speedup"], color="gray", linestyle="--", linewidth=0.8)
+        ax.axhline(1.0, color="black", linewidth=0.6)
+        ax.set_xscale("log")
+        ax.set(title=model, xlabel="worst output relative error", ylabel="speedup (onnxruntime, measured)")
+    fig.suptitle("circles: cost MACs; triangles: cost measured time; dashed: ceiling")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
@@ -117,6 +144,7 @@ def main() -> None:
     ap.add_argument("--target", default="cpu", help="TVM target of the TVM columns (e.g. cuda:arch=sm_90 on a GPU machine)")
     ap.add_argument("--policies", nargs="*", choices=list(POLICIES), help="subset of the policies (default: all)")
     ap.add_argument("--tune-trials", type=int, default=0, help="also tune original and optimized with this many trials each")
+    ap.add_argument("--plot", help="also draw speedup against output error (PNG)")
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
@@ -180,6 +208,9 @@ def main() -> None:
         )
     console.print(table)
     console.print(f"wrote {args.json}")
+    if args.plot:
+        plot(rows, args.plot)
+        console.print(f"wrote {args.plot}")
 
 
 if __name__ == "__main__":
