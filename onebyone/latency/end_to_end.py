@@ -33,6 +33,8 @@ def ensure_faster(original: ir.Model, optimized: ir.Model, report, rebuild, late
         worst = min(rewritten, key=lambda l: l.time_before_ms - l.time_after_ms)
         keep[worst.name] = why
         optimized, report = rebuild(dict(keep))
+    else:  # out of steps: the model last rebuilt is the one to report on
+        before, after = time_pair(original, optimized, feed, latency.threads)
     report.timing = _summary(report, before, after, latency, sorted(keep))
     return optimized, report
 
