@@ -77,7 +77,7 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
     reference = Probe(model, outputs + [n for n in conv_outs if n not in outputs], "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
     index = {id(n): i for i, n in enumerate(model.graph)}
-    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical_rank()]) for d in live]
+    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in live]
     total, done = sum(len(p) for _, p in plans), 0
     measured: dict[str, tuple[list[int], list[float]]] = {}
     for d, ranks in plans:

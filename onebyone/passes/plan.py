@@ -53,9 +53,6 @@ class Decision:
         """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data)."""
         return max(factorize.numerical_rank(s, self.info.matrix_shape, self.info.weight.dtype) for s in self.svals)
 
-    def numerical_rank(self) -> int:
-        return self.numerical
-
     def error_curve(self) -> np.ndarray:
         """Predicted relative output error for ranks 0..C/g (weight-energy based without calibration data)."""
         if self.data_svals is not None:

@@ -53,7 +53,7 @@ def model_precision(*models) -> str:
             continue
         for v in list(m.graph.outputs) + list(m.graph.initializers.values()):
             if v.dtype is not None:
-                names.add(str(v.dtype.numpy()) if v.dtype != ir.DataType.BFLOAT16 else "bfloat16")
+                names.add(str(v.dtype.numpy()))  # numpy's names; ml_dtypes' for bfloat16
     return narrowest_float(names)
 
 

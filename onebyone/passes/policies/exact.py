@@ -20,7 +20,7 @@ class Exact(PerConv):
         return "exact (lossless only)"
 
     def rank_for(self, d) -> int:
-        return d.numerical_rank()
+        return d.numerical
 
     def not_below(self, d, rank: int) -> str:
         return (f"numerical rank {d.numerical} is not below break-even {d.info.break_even_rank:.1f}: "
