@@ -90,10 +90,13 @@ atexit.register(_stop_all)
 
 
 def listening(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections on host:port."""
+    """Whether something accepts TCP connections on host:port. (A connect to a free port in the ephemeral range can
+    succeed by connecting the socket to itself, TCP's simultaneous open; that is not a listener.)"""
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
+        if s.connect_ex((host, port)) != 0:
+            return False
+        return s.getsockname() != s.getpeername()
 
 
 def free_port() -> int:
