@@ -85,7 +85,10 @@ def optimize(
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
         raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
-    rebuild = lambda keep=None: _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress,  # noqa: E731
+    source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
+    needs_reference = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
+    reference = search.Reference(original, calibration) if needs_reference else None
+    rebuild = lambda keep=None: _rewrite(original, name, policy, input_shapes, source, reference, progress,  # noqa: E731
                                          latency, keep)
     optimized, report = rebuild()
     if latency is not None:
@@ -151,19 +154,18 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
         return None
 
 
-def _rewrite(original, name, policy, input_shapes, calibration, cache_dir, progress, latency=None,
+def _rewrite(original, name, policy, input_shapes, source, reference, progress, latency=None,
              keep=None) -> tuple[ir.Model, Report]:
-    """The rewrite for `policy`: weight-only without calibration data; with it, data-aware (a MAC budget checked
-    against weight-only at the same budget; an error target searched over budgets; see calibrated.search).
-    `latency` and `keep` go to the pass."""
+    """The rewrite for `policy`: weight-only without a data source; with one, data-aware (a MAC budget checked
+    against weight-only at the same budget; an error target searched over budgets; see calibrated.search), measured
+    against `reference` (the original's outputs on the calibration samples). `latency` and `keep` go to the pass."""
     opts = {"latency": latency, "keep": keep}
-    if not calibration:
+    if source is None:
         return search.rewrite(original, name, policy, input_shapes, progress=progress, **opts)
-    source = DataSource(calibration, cache_dir)
     if policy.searched:
-        return search.smallest_budget(original, name, policy, input_shapes, source, progress, **opts)
+        return search.smallest_budget(original, name, policy, input_shapes, source, progress, reference=reference,
+                                      **opts)
     if policy.uses_gains:  # a global budget: checked against weight-only SVD at the same budget
-        reference = search.Reference(original, calibration)
         return search.checked_budget(original, name, policy, input_shapes, source, reference, progress, **opts)
     return search.rewrite(original, name, policy, input_shapes, source, progress, **opts)
 

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from onebyone import api, tables
-from onebyone.errors import OneByOneError, VerificationFailed
+from onebyone.errors import OneByOneError, VerificationFailed, first_line
 from onebyone.modelio import check_not_input, check_writable, external_data_files, load_model, save_model
 from onebyone.models.real import REAL_MODELS, RealModel
 from onebyone.passes.input_shapes import resolve_input_shapes
@@ -214,8 +214,7 @@ def verify(
     ref = load_model(arg.path)
     cand = load_model(optimized)
     shapes = _shapes(arg, input_shape)
-    if report is not None:
-        check_writable(report, "--report")
+    _check_extras(report, None)
     feeds, label = _samples(arg, ref, shapes, src, img)
     recorded = api.recorded_tolerances(cand)
     if recorded is not None:
@@ -482,7 +481,7 @@ def main(argv: list[str] | None = None) -> None:
                 import traceback
 
                 traceback.print_exc()
-            text = " ".join(str(exc).split())[:300] or "(no message)"
+            text = first_line(str(exc)) or "(no message)"
             _fail(f"internal error: {kind}: {text}" + ("" if debug else " (rerun with --debug for the traceback)"),
                   EXIT_INTERNAL)
     sys.exit(code or 0)

@@ -61,11 +61,11 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 
 def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
-                    steps: int = 5, **pass_options) -> tuple[ir.Model, Report]:
+                    steps: int = 5, reference: Reference | None = None, **pass_options) -> tuple[ir.Model, Report]:
     """Bisection on the MAC budget: the smallest fraction whose calibration output error (worst output part) is at
     most policy.max_error; the model unchanged when no budget below 1 meets it. The calibration statistics and the
     output gains are computed once (the source keeps them), not at every step."""
-    reference = Reference(original, source.samples)
+    reference = reference or Reference(original, source.samples)
     best = None
     lo, hi = 0.0, 1.0
     for _ in range(steps):

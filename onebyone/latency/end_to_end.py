@@ -3,19 +3,14 @@ the runtime that will run it; rewrites are backed off until the optimized model 
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from onebyone.latency import timer
 
 
-def _proto(model: ir.Model):
-    return ir.serde.serialize_model(model)
-
-
 def time_pair(original: ir.Model, optimized: ir.Model, feed: dict, threads: int, repeats: int = 15):
     """(original, optimized) Timings, measured alternating."""
-    return timer.time_models([_proto(original), _proto(optimized)], [feed, feed], threads, repeats)
+    return timer.time_models([original, optimized], [feed, feed], threads, repeats)
 
 
 def ensure_faster(original: ir.Model, optimized: ir.Model, report, rebuild, latency, feed: dict, max_steps: int = 12):
@@ -62,8 +57,6 @@ def default_feed(model: ir.Model, shapes: dict[str, tuple[int, ...]], samples: l
     if samples:
         return samples[0]
     from onebyone.passes.input_shapes import graph_inputs
+    from onebyone.verify.inputs import random_samples
 
-    rng = np.random.default_rng(0)
-    dtypes = {v.name: v.dtype.numpy() for v in graph_inputs(model)}
-    return {k: (rng.standard_normal(s) if np.issubdtype(dtypes[k], np.floating) else np.zeros(s)).astype(dtypes[k])
-            for k, s in shapes.items()}
+    return random_samples(shapes, {v.name: v.dtype.numpy() for v in graph_inputs(model)}, count=1)[0]

@@ -87,8 +87,8 @@ class LatencyModel:
         return {"before": found["before"], "after": dict(found["after"])}
 
     def _load_or_time(self, d: plan.Decision, ranks: list[int] | None) -> dict:
-        path = self.cache / f"latency-{self._key(d)}-{'-'.join(map(str, ranks))}.json" if self.cache and ranks else (
-            self.cache / f"latency-{self._key(d)}.json" if self.cache else None)
+        suffix = "".join(f"-{r}" for r in ranks or [])  # extra ranks asked for later are files of their own
+        path = self.cache / f"latency-{self._key(d)}{suffix}.json" if self.cache else None
         ranks = ranks or ranks_to_measure(d)
         if path is not None and path.is_file():
             data = json.loads(path.read_text())

@@ -55,7 +55,7 @@ def compare(runs: list, repeats: int = 15, warmup: int = 3) -> list[Timing]:
 
 
 def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int = 15) -> list[Timing]:
-    """Median time of each model (protos) on its feed, measured alternating in one process."""
+    """Median time of each model (ir.Model or proto) on its feed, measured alternating in one process."""
     from onebyone.verify.onnxruntime_run import session
 
     runs = [_runner(session(m, "timed model", threads), f) for m, f in zip(models, feeds)]

@@ -3,7 +3,7 @@
 Each output is measured per part (see verify.parts: the slices of a Concat that joins quantities of different
 scale; otherwise the whole output), every part on its own scale:
 - relative L2 error ‖got − ref‖ / max(‖ref‖, floor·√size), over all samples and for the worst single sample. The floor
-  (`floor_of`) is the noise level of the working dtype divided by the relative tolerance: a part whose reference is
+  (Tolerances.floor) is the noise level of the working dtype divided by the relative tolerance: a part whose reference is
   below it carries no signal that a relative error could measure (a detector's map on an input without text), and
   its error counts in units of that absolute floor instead;
 - cosine similarity, only on parts whose reference is above the floor;

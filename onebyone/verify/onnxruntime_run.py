@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from onebyone.errors import OneByOneError
+from onebyone.errors import OneByOneError, first_line
 from onebyone.modelio import has_external_data, unsupported_ops
 
 ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print before onebyone's one-line errors
@@ -83,8 +83,7 @@ class Probe:
         try:
             results = self.session.run(names, {k: v for k, v in feed.items() if k in self.inputs})
         except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
-            text = " ".join(str(exc).split())
-            raise OneByOneError(f"onnxruntime failed to run {self.label}: {text[:300]}") from None
+            raise OneByOneError(f"onnxruntime failed to run {self.label}: {first_line(exc)}") from None
         return dict(zip(names, results))
 
     def by_name(self, samples: list[dict[str, np.ndarray]]) -> dict[str, list[np.ndarray]]:
