@@ -336,9 +336,12 @@ def run(
 def emulate(
     arch: Annotated[str, typer.Argument(help="aarch64")] = "aarch64",
     port: Annotated[int, typer.Option("--port", help="RPC port on 127.0.0.1")] = 9190,
+    tracker: Annotated[Optional[str], typer.Option("--tracker", help="also register with this TVM RPC tracker (HOST:PORT)")] = None,
+    key: Annotated[str, typer.Option("--key", help="with --tracker: the device key to register under")] = "emulated-aarch64",
 ) -> None:
-    """Start a TVM RPC server for aarch64 under qemu on 127.0.0.1:PORT (prepares a cached sysroot first). It runs
-    until Ctrl-C or SIGTERM, which end the server and every worker it started."""
+    """Start a TVM RPC server for aarch64 under qemu on 127.0.0.1:PORT (prepares a cached sysroot first), optionally
+    registered with a TVM RPC tracker. It runs until Ctrl-C or SIGTERM, which end the server and every worker it
+    started."""
     import signal
 
     from onebyone.runtime import emulate as emu
@@ -356,8 +359,9 @@ def emulate(
         signal.signal(sig, _terminate)
     proc = None
     try:
-        proc = emu.start(port, log=lambda m: err.print(m))
-        console.print(f"aarch64 TVM RPC server listening on 127.0.0.1:{port} (Ctrl-C stops it)")
+        proc = emu.start(port, log=lambda m: err.print(m), tracker=tracker, key=key)
+        console.print(f"aarch64 TVM RPC server listening on 127.0.0.1:{port}"
+                      + (f", registered with the tracker {tracker} as {key!r}" if tracker else "") + " (Ctrl-C stops it)")
         code = proc.wait()
         raise OneByOneError(f"the emulated RPC server on 127.0.0.1:{port} exited by itself (status {code})")
     except KeyboardInterrupt:

@@ -41,18 +41,46 @@ class PolicyOptions:
 
 @dataclasses.dataclass
 class CostOptions:
-    cost: Annotated[str, typer.Option("--cost", help="macs (count) | time (measure every conv and the whole model on onnxruntime; never slower)")] = "macs"
+    cost: Annotated[str, typer.Option("--cost", help="macs (count) | time (measure every conv and the whole model on the --runtime; never slower)")] = "macs"
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime threads when timing (--cost time), as deployed; 0: onnxruntime's choice")] = 0
+    runtime: Annotated[str, typer.Option("--runtime", help="where --cost time measures: onnxruntime (this CPU) | tvm (--time-target, here or on --rpc / --rpc-tracker devices)")] = "onnxruntime"
+    time_target: Annotated[str, typer.Option("--time-target", help="--runtime tvm: the TVM target to compile and time for (cpu, cortex-a72, ...)")] = "cpu"
+    rpc: Annotated[Optional[str], typer.Option("--rpc", help="--runtime tvm: time on the device of this TVM RPC server (HOST:PORT)")] = None
+    rpc_tracker: Annotated[Optional[str], typer.Option("--rpc-tracker", help="--runtime tvm: time on the devices of this TVM RPC tracker (HOST:PORT), with --device-key")] = None
+    device_key: Annotated[Optional[str], typer.Option("--device-key", help="--rpc-tracker: the key the devices registered under")] = None
+    tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="--runtime tvm: apply this MetaSchedule database (e.g. the original model's, from `onebyone compile --tune-trials`)")] = None
 
     def latency(self, policy: Policy, cache_dir):
         """The latency model for --cost time (or a policy that spends time), else None."""
         if self.cost not in ("macs", "time"):
             raise OneByOneError(f"--cost must be macs or time, got {self.cost!r}")
+        if self.runtime not in ("onnxruntime", "tvm"):
+            raise OneByOneError(f"--runtime must be onnxruntime or tvm, got {self.runtime!r}")
         if self.cost == "macs" and not policy.needs_latency:
             return None
         from onebyone.latency import LatencyModel
 
-        return LatencyModel(threads=self.threads, cache_dir=cache_dir)
+        return LatencyModel(threads=self.threads, cache_dir=cache_dir, runtime=self._runtime())
+
+    def _runtime(self):
+        """None (onnxruntime) or a TvmRuntime for --time-target on the devices asked for."""
+        if self.runtime == "onnxruntime":
+            if self.rpc or self.rpc_tracker or self.tuning_db:
+                raise OneByOneError("--rpc, --rpc-tracker and --tuning-db time with TVM: add --runtime tvm")
+            return None
+        from onebyone.latency.tvm_runtime import TvmRuntime
+        from onebyone.runtime import targets
+        from onebyone.runtime.pool import DevicePool
+
+        if self.rpc and self.rpc_tracker:
+            raise OneByOneError("give --rpc or --rpc-tracker, not both")
+        if bool(self.rpc_tracker) != bool(self.device_key):
+            raise OneByOneError("--rpc-tracker and --device-key go together")
+        if self.tuning_db is not None and not self.tuning_db.is_dir():
+            raise OneByOneError(f"--tuning-db {self.tuning_db}: not a folder")
+        pool = (DevicePool.server(self.rpc) if self.rpc else
+                DevicePool.tracker(self.rpc_tracker, self.device_key) if self.rpc_tracker else None)
+        return TvmRuntime(targets.resolve(self.time_target), pool, self.tuning_db)
 
 
 @dataclasses.dataclass

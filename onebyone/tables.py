@@ -69,9 +69,13 @@ def _errs(l) -> str:
 def timing_line(t: dict[str, Any]) -> str:
     """The end-to-end timing of --cost time: measured, predicted and ceiling speedups on the runtime."""
     rt = t["runtime"]
-    line = (f"measured on {rt['name']} {rt['version']} ({rt['device']}, threads {rt['threads'] or 'auto'}): "
+    target = rt.get("target")
+    built = f"for {target.get('mcpu') or target.get('mtriple') or target['kind']} " if target else ""
+    line = (f"measured on {rt['name']} {rt['version']} {built}({rt['device']}, threads {rt['threads'] or 'auto'}): "
             f"{t['time_before_ms']:.3f} → {t['time_after_ms']:.3f} ms end to end, speedup {t['speedup']:.3f}x "
-            f"(noise ±{100 * t['noise']:.1f}%), predicted {t['predicted_speedup'] or float('nan'):.3f}x, ceiling "
+            + (f"(95% interval {1 / t['ratio_interval'][1]:.3f}–{1 / t['ratio_interval'][0]:.3f}x over {t['rounds']} "
+               "paired rounds)" if t.get("ratio_interval") else f"(noise ±{100 * t['noise']:.1f}%)")
+            + f", predicted {t['predicted_speedup'] or float('nan'):.3f}x, ceiling "
             + (f"{t['ceiling_speedup']:.2f}x" if t["ceiling_speedup"] else "-"))
     if t["backed_off"]:
         line += f"; backed off {len(t['backed_off'])} conv(s) that did not pay end to end"

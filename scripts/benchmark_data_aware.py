@@ -17,47 +17,17 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import onnx_ir as ir
 from rich.console import Console
 from rich.table import Table
 
 from onebyone import RankPolicy, optimize
-from onebyone.models import ocr
+from onebyone.models import tasks
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.parts import output_splits
-
-
-def classifier_metric(inputs: list, ref: dict, got: dict) -> dict:
-    """open_nsfw: largest change of a class probability, and top-1 agreement, over the evaluation photos."""
-    (name,) = ref
-    r, g = np.concatenate(ref[name]), np.concatenate(got[name])
-    return {"max_prob_change": float(np.abs(r - g).max()), "top1": float(np.mean(r.argmax(1) == g.argmax(1))),
-            "unchanged": bool(np.abs(r - g).max() <= 0.01 and np.all(r.argmax(1) == g.argmax(1)))}
-
-
-def detector_metric(inputs: list, ref: dict, got: dict) -> dict:
-    """PP-OCR det, end to end on photos with printed text: boxes of the original matched to the optimized
-    model's, each read by the PP-OCRv4 recognizer; worst IoU, box counts, identical strings, edit distance."""
-    (name,) = ref
-    result = ocr.compare([s["x"] for s in inputs], ref[name], got[name])
-    result.pop("texts")
-    return result
-
-
-def audio_metric(inputs: list, ref: dict, got: dict) -> dict:
-    """basic-pitch: agreement of the note activation map thresholded at 0.5, and the strongest note per tone."""
-    key = "StatefulPartitionedCall:2"
-    r, g = np.concatenate(ref[key]), np.concatenate(got[key])
-    agree = float(np.mean((r > 0.5) == (g > 0.5)))
-    same_note = bool(np.all(r.mean(1).argmax(-1) == g.mean(1).argmax(-1)))
-    return {"note_cell_agreement": agree, "same_notes": same_note, "unchanged": bool(same_note and agree >= 0.999)}
-
-
-METRICS = {"classifier": classifier_metric, "detector": detector_metric, "audio": audio_metric}
 
 
 def main() -> None:
@@ -91,7 +61,7 @@ def main() -> None:
                            targeted_mac_ratio=sum(l.macs_after for l in targeted) / max(sum(l.macs_before for l in targeted), 1),
                            mac_ratio=report.totals.mac_ratio, rewritten=report.totals.rewritten, output_rel_error=err,
                            kept=report.method, method_check=report.method_check,
-                           task=METRICS[m.task](evaluation, ref, got))
+                           task=tasks.outcome(m.task, evaluation, ref, got))
                 rows.append(row)
                 console.print(f"{name} F={fraction} {method}: error {err:.4f} task {row['task']} ({seconds:.0f} s)", style="dim")
         _plot(name, [r for r in rows if r["model"] == name], out / f"error-vs-macs-{name}.png")
@@ -105,14 +75,10 @@ def main() -> None:
             change = (d["output_rel_error"] - w["output_rel_error"]) / max(w["output_rel_error"], 1e-12)
             kept = "" if d["kept"] == "data" else " (weight-only kept)"
             table.add_row(name, f"{fraction} ({d['targeted_mac_ratio']:.3f})", f"{w['output_rel_error']:.4f}",
-                          f"{d['output_rel_error']:.4f}{kept}", f"{change:+.0%}", _task(w["task"]), _task(d["task"]))
+                          f"{d['output_rel_error']:.4f}{kept}", f"{change:+.0%}", tasks.summary(w["task"]), tasks.summary(d["task"]))
     console.print(table)
     write_json_atomic(out / "data-aware.json", {"calibration_samples": args.calibration_samples, "rows": rows})
     console.print(f"wrote {out / 'data-aware.json'} and error-vs-macs-*.png")
-
-
-def _task(t: dict) -> str:
-    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items())
 
 
 def _plot(name: str, rows: list[dict], path: Path) -> None:

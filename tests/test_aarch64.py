@@ -139,3 +139,65 @@ def test_tuning_on_the_wrong_device_is_a_one_line_error(models, tmp_path):
     finally:
         stop_group(server)
     assert not group_alive(server.pid)
+
+
+@pytest.fixture(scope="module")
+def board_farm():
+    """A TVM RPC tracker with two emulated aarch64 boards registered under one key, as a board farm is run."""
+    emulate.prepare()
+    port = _free_port()
+    tracker = start_group([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+                           "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    boards = []
+    try:
+        while not listening("127.0.0.1", port):
+            assert tracker.poll() is None, "the tracker exited"
+            time.sleep(0.2)
+        address = f"127.0.0.1:{port}"
+        boards = [emulate.start(_free_port(), tracker=address, key="farm-a72") for _ in range(2)]
+        from tvm import rpc
+
+        deadline = time.monotonic() + 120  # the boards register shortly after they listen
+        while rpc.connect_tracker("127.0.0.1", port).summary()["queue_info"].get("farm-a72", {}).get("free", 0) < 2:
+            assert time.monotonic() < deadline, "the boards did not register with the tracker"
+            time.sleep(0.5)
+        yield address
+    finally:
+        for proc in [*boards, tracker]:
+            stop_group(proc)
+
+
+def test_latency_measured_on_a_tracker_pool_is_spread_over_its_boards(board_farm, monkeypatch, tmp_path):
+    """--cost time on TVM for cortex-a72 with --rpc-tracker: every free board of the key gets convs to time (each
+    conv's original and pairs on one board), and the whole model is timed there too."""
+    from onebyone.latency import LatencyModel
+    from onebyone.latency.tvm_runtime import TvmRuntime
+    from onebyone.passes import plan
+    from onebyone.passes.analysis import analyze
+    from onebyone.runtime.pool import DevicePool
+    from onebyone.runtime.remote import Remote
+
+    pool = DevicePool.tracker(board_farm, "farm-a72")
+    assert len(pool) == 2
+    used = []
+    real_runner = Remote.runner
+    monkeypatch.setattr(Remote, "runner", lambda self, path, feed: (used.append(self.address), real_runner(self, path, feed))[1])
+    proto = generators.vgg(size=16, widths=(8, 16, 16), low_rank=0.5)
+    decisions = [plan.start(i) for i in analyze(ir.serde.deserialize_model(proto), {"input": (1, 3, 16, 16)})]
+    lat = LatencyModel(cache_dir=tmp_path, repeats=3, runtime=TvmRuntime(targets.resolve("cortex-a72"), pool))
+    assert lat.runtime["devices"] == 2 and "farm-a72" in lat.runtime["device"]
+    lat.measure(decisions)
+    live = [d for d in decisions if d.candidate]
+    assert len(live) >= 2 and all(d.latency["before"].ms > 0 for d in live)
+    assert len(set(used)) == 2, used  # both boards timed convs
+    pool.close()  # the tracker hands the boards to the next client (the CLI below) only once they are free
+    onnx.save(proto, tmp_path / "vgg.onnx")
+    proc = cli("optimize", tmp_path / "vgg.onnx", "-o", tmp_path / "o.onnx", "--cost", "time", "--runtime", "tvm",
+               "--time-target", "cortex-a72", "--rpc-tracker", board_farm, "--device-key", "farm-a72",
+               "--report", tmp_path / "r.json", "--force")
+    assert proc.returncode in (0, 1) and "measured on tvm" in proc.stdout, proc.stdout + proc.stderr
+    timing = json.loads((tmp_path / "r.json").read_text())["timing"]
+    assert timing["runtime"]["devices"] == 2 and timing["runtime"]["target"]["mtriple"] == "aarch64-linux-gnu"
+    one_line_error(cli("optimize", tmp_path / "vgg.onnx", "-o", tmp_path / "o.onnx", "--cost", "time", "--runtime",
+                       "tvm", "--time-target", "cortex-a72", "--rpc-tracker", board_farm, "--device-key", "nokey"),
+                   "no device registered under that key", "farm-a72")

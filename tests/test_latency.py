@@ -13,6 +13,7 @@ import pytest
 from onebyone import RankPolicy, optimize
 from onebyone.latency import LatencyModel, end_to_end, micro
 from onebyone.latency.model import MAX_RANKS, ranks_to_measure
+from onebyone.latency import timer
 from onebyone.latency.timer import Timing
 from onebyone.models import generators
 from onebyone.passes import plan
@@ -45,6 +46,9 @@ class StubLatency:
 
     def pair_time(self, d, rank):
         return d.latency["after"].setdefault(rank, Timing(self.pair_ms(rank), 0.01))
+
+    def time_models(self, models, feeds, repeats=None):  # whole models: really timed (onnxruntime, 1 thread)
+        return timer.time_models(models, feeds, 1, 5)
 
 
 def test_micro_models_compute_what_the_conv_computes_in_shape():
@@ -114,7 +118,7 @@ def test_rewrites_are_backed_off_until_the_whole_model_is_faster(monkeypatch):
     stub = StubLatency(lambda r: 0.5 + r / 100)
     calls = []
 
-    def fake_time_pair(original, optimized, feed, threads, repeats=15):
+    def fake_time_pair(original, optimized, feed, latency, repeats=15):
         n = sum(1 for node in optimized.graph if node.op_type == "Conv") - sum(1 for node in original.graph if node.op_type == "Conv")
         calls.append(n)
         return Timing(1.0, 0.01), Timing(1.0 if n > 1 else 0.8, 0.01)
@@ -147,3 +151,31 @@ def test_cli_cost_time_reports_measured_and_predicted_speedups(tmp_path):
     assert proc.returncode == 2 and "--cost" in proc.stderr
     proc = cli("optimize", model, "-o", out, "--policy", "budget", "--time", "1.5")
     assert proc.returncode == 2 and "time" in proc.stderr
+
+
+def test_paired_rounds_see_a_speedup_that_drift_hides_from_the_medians():
+    """A machine whose speed drifts 2x during the measurement: the medians of both models overlap, but each round's
+    ratio is 0.9, so the paired test calls it faster; the same drift with a ratio of 1.0 is not faster."""
+    drift = np.linspace(1.0, 2.0, 15)
+    before = Timing.of(10 * drift)
+    faster, same = Timing.of(9 * drift), Timing.of(10 * drift * (1 + 0.003 * np.sin(np.arange(15))))
+    assert not faster.faster_than(before)  # medians and their noise: undecided, so "not faster"
+    assert end_to_end.is_faster(before, faster) and not end_to_end.is_faster(before, same)
+    r = timer.paired_ratio(before, faster)
+    assert r.median == pytest.approx(0.9) and r.lower <= r.median <= r.upper and r.rounds == 15 and r.decided
+    assert not timer.paired_ratio(before, same).faster
+
+
+def test_an_undecided_end_to_end_ratio_gets_more_rounds():
+    """While the ratio's interval straddles the line, more rounds are timed (up to max_rounds batches)."""
+    rng = np.random.default_rng(0)
+    calls = []
+
+    class Noisy:
+        def time_models(self, models, feeds, repeats=None):
+            calls.append(repeats)
+            a = 10 + rng.standard_normal(repeats)
+            return Timing.of(a), Timing.of(a * rng.uniform(0.9, 1.1, repeats))  # ratio ~1 +- 10%: undecided at first
+
+    before, after = end_to_end.time_pair(None, None, {}, Noisy(), repeats=15, max_rounds=3)
+    assert len(calls) >= 2 and len(before.samples) == len(after.samples) == 15 * len(calls) <= 45

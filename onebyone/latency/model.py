@@ -1,31 +1,21 @@
 """The latency model: each candidate conv's measured time, and its rewritten pair's at the ranks a policy may pick,
-on the runtime that will run the model (onnxruntime on this CPU, with the deployed thread count). Cached on disk."""
+on the runtime that will run the model (onnxruntime on this CPU with the deployed thread count, or TVM for a target:
+here, on a device over RPC, or on a pool of devices behind an RPC tracker). Cached on disk."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import platform
 from pathlib import Path
 
 import numpy as np
 
 from onebyone.latency import micro, timer
+from onebyone.latency.runtimes import OnnxRuntimeCPU
 from onebyone.passes import plan
 
 MAX_RANKS = 10  # measured ranks per conv
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ranks_to_measure(d: plan.Decision) -> list[int]:
@@ -43,20 +33,25 @@ def ranks_to_measure(d: plan.Decision) -> list[int]:
 
 
 class LatencyModel:
-    """Measures, per candidate conv, `time_before` (ms) and `times_after` {rank: ms} on onnxruntime with `threads`
-    intra-op threads (0: onnxruntime's choice), each a Timing (median and noise), alternating original and pairs in
-    one process. Results are cached in `cache_dir` (None: not cached), keyed by the conv's signature, the rank, the
-    runtime and its version, the CPU model and the threads."""
+    """Measures, per candidate conv, `time_before` (ms) and `times_after` {rank: ms} on `runtime` (default: onnxruntime
+    on this CPU with `threads` intra-op threads, 0: onnxruntime's choice; or a latency.tvm_runtime.TvmRuntime), each a
+    Timing (median and noise), alternating original and pairs on one device. With several devices (a tracker pool)
+    the convs are spread over them. Results are cached in `cache_dir` (None: not cached), keyed by the conv's
+    signature, the rank, the runtime and its version, the device (CPU model, target, device key) and the threads."""
 
-    def __init__(self, threads: int = 0, cache_dir: str | os.PathLike | None = None, repeats: int = 15) -> None:
-        import onnxruntime as ort
-
-        self.threads = threads
+    def __init__(self, threads: int = 0, cache_dir: str | os.PathLike | None = None, repeats: int = 15,
+                 runtime=None) -> None:
+        self.backend = runtime if runtime is not None else OnnxRuntimeCPU(threads)
+        self.threads = self.backend.threads
         self.repeats = repeats
         self.cache = Path(cache_dir) if cache_dir is not None else None
-        self.runtime = {"name": "onnxruntime", "version": ort.__version__, "device": cpu_model(), "threads": threads}
+        self.runtime = self.backend.description
         self.hits = self.misses = 0
         self._memo: dict[str, dict] = {}  # this process's measurements, so that repeated passes measure once
+
+    def time_models(self, models: list, feeds: list[dict], repeats: int | None = None) -> list[timer.Timing]:
+        """Timings of whole models on this runtime, measured alternating on one device."""
+        return self.backend.time(models, feeds, repeats or self.repeats)
 
     def _key(self, d: plan.Decision) -> str:
         i = d.info
@@ -67,10 +62,17 @@ class LatencyModel:
     def measure(self, decisions: list[plan.Decision], progress=None) -> None:
         """Attach `latency` (a dict: before, after {rank: Timing}) to every candidate decision."""
         live = [d for d in decisions if d.candidate and d.info.input_shape]
-        for k, d in enumerate(live):
-            d.latency = self._conv(d)
+        done = [0]
+
+        def one(d, device):
+            found = self._conv(d, device=device)
+            done[0] += 1
             if progress:
-                progress(k + 1, len(live))
+                progress(done[0], len(live))
+            return found
+
+        for d, found in zip(live, self.backend.spread(live, one)):
+            d.latency = found
 
     def pair_time(self, d: plan.Decision, rank: int) -> timer.Timing:
         """The rewritten pair's time at `rank`, measured now (beside the original conv) if it was not yet."""
@@ -79,14 +81,14 @@ class LatencyModel:
             d.latency["after"][rank] = extra["after"][rank]
         return d.latency["after"][rank]
 
-    def _conv(self, d: plan.Decision, ranks: list[int] | None = None) -> dict:
+    def _conv(self, d: plan.Decision, ranks: list[int] | None = None, device=None) -> dict:
         memo = f"{self._key(d)}:{ranks}"
         if memo not in self._memo:
-            self._memo[memo] = self._load_or_time(d, ranks)
+            self._memo[memo] = self._load_or_time(d, ranks, device)
         found = self._memo[memo]
         return {"before": found["before"], "after": dict(found["after"])}
 
-    def _load_or_time(self, d: plan.Decision, ranks: list[int] | None) -> dict:
+    def _load_or_time(self, d: plan.Decision, ranks: list[int] | None, device=None) -> dict:
         suffix = "".join(f"-{r}" for r in ranks or [])  # extra ranks asked for later are files of their own
         path = self.cache / f"latency-{self._key(d)}{suffix}.json" if self.cache else None
         ranks = ranks or ranks_to_measure(d)
@@ -99,13 +101,13 @@ class LatencyModel:
         self.misses += 1
         models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks]
         x = np.random.default_rng(0).standard_normal((1, *d.info.input_shape[1:])).astype(np.float32)
-        timings = timer.time_models(models, [{"x": x}] * len(models), self.threads, self.repeats)
+        timings = self.backend.time(models, [{"x": x}] * len(models), self.repeats, device)
         result = {"before": timings[0], "after": dict(zip(ranks, timings[1:]))}
         if path is not None:
             from onebyone.atomic import atomic_file
 
             path.parent.mkdir(parents=True, exist_ok=True)
-            data = {"before": vars(result["before"]), "after": {str(r): vars(t) for r, t in result["after"].items()}}
+            data = {"before": result["before"].summary(), "after": {str(r): t.summary() for r, t in result["after"].items()}}
             with atomic_file(path) as tmp:
                 tmp.write_text(json.dumps(data))
         return result

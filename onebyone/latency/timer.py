@@ -14,14 +14,76 @@ TARGET_SAMPLE_S = 2e-3  # each timed sample runs the model enough times to last 
 @dataclasses.dataclass(frozen=True)
 class Timing:
     """Median milliseconds per run and the noise of that median (relative: half the interquartile range over the
-    median)."""
+    median); `samples`: the timed samples (ms) in the order they were taken, alternating with the models compared."""
 
     ms: float
     noise: float
+    samples: tuple[float, ...] = dataclasses.field(default=(), repr=False, compare=False)
 
     def faster_than(self, other: "Timing") -> bool:
         """Faster than `other` by more than the noise of either measurement."""
         return self.ms < other.ms * (1 - max(self.noise, other.noise, 0.01))
+
+    def summary(self) -> dict:
+        return {"ms": self.ms, "noise": self.noise}
+
+    @classmethod
+    def of(cls, samples) -> "Timing":
+        """Median and noise of `samples` (ms), which it keeps."""
+        q1, med, q3 = np.percentile(samples, [25, 50, 75])
+        return cls(float(med), float((q3 - q1) / 2 / med) if med > 0 else 0.0, tuple(float(v) for v in samples))
+
+
+MARGIN = 0.01  # "faster" means at least 1% faster
+CONFIDENCE = 0.95
+
+
+@dataclasses.dataclass(frozen=True)
+class Ratio:
+    """The optimized model's time over the original's, per alternating round (each round times both, one right after
+    the other, so that drifts of a shared machine cancel): the median ratio and a distribution-free confidence
+    interval for it (order statistics of the rounds, CONFIDENCE two-sided)."""
+
+    median: float
+    lower: float
+    upper: float
+    rounds: int
+
+    @property
+    def faster(self) -> bool:
+        """Faster by more than MARGIN with confidence: the whole interval is below 1 - MARGIN."""
+        return self.upper < 1 - MARGIN
+
+    @property
+    def decided(self) -> bool:
+        """The interval lies on one side of 1 - MARGIN (more rounds would not change the verdict much)."""
+        return self.upper < 1 - MARGIN or self.lower >= 1 - MARGIN
+
+
+def paired_ratio(before: Timing, after: Timing) -> Ratio:
+    """The Ratio of `after` to `before` from their samples, taken alternating (round k of each)."""
+    r = np.sort(np.asarray(after.samples[: len(before.samples)]) / np.asarray(before.samples[: len(after.samples)]))
+    n = len(r)
+    if n == 0:
+        raise ValueError("no paired samples")
+    lo, hi = _median_interval(n)
+    return Ratio(float(np.median(r)), float(r[lo]), float(r[hi]), n)
+
+
+def _median_interval(n: int) -> tuple[int, int]:
+    """Indices (lo, hi) of the sorted sample bounding its median with CONFIDENCE (binomial order statistics); the
+    whole range when n is too small for that."""
+    from math import comb
+
+    tail = (1 - CONFIDENCE) / 2
+    cdf, k = 0.0, 0
+    while k < n:
+        nxt = cdf + comb(n, k) / 2**n
+        if nxt > tail:
+            break
+        cdf, k = nxt, k + 1
+    lo = max(k - 1, 0)
+    return lo, n - 1 - lo
 
 
 def _runner(sess, feed):
@@ -47,11 +109,7 @@ def compare(runs: list, repeats: int = 15, warmup: int = 3) -> list[Timing]:
             for _ in range(loops[i]):
                 run()
             samples[i].append((time.perf_counter() - t0) / loops[i] * 1e3)
-    out = []
-    for s in samples:
-        q1, med, q3 = np.percentile(s, [25, 50, 75])
-        out.append(Timing(float(med), float((q3 - q1) / 2 / med) if med > 0 else 0.0))
-    return out
+    return [Timing.of(s) for s in samples]
 
 
 def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int = 15) -> list[Timing]:

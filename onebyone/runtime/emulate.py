@@ -97,9 +97,11 @@ def _write_wrapper(root: Path) -> Path:
 START_LIMIT_S = 900.0  # starting Python and TVM under qemu takes ~5 s idle, minutes on a loaded machine
 
 
-def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIMIT_S, log=None) -> subprocess.Popen:
+def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIMIT_S, log=None,
+          tracker: str | None = None, key: str = "emulated-aarch64") -> subprocess.Popen:
     """Start the emulated RPC server on 127.0.0.1:port (in a process group of its own: stop it with
-    runtime.processes.stop_group) and wait until it accepts connections. The sysroot must be ready (`prepare`):
+    runtime.processes.stop_group) and wait until it accepts connections; with `tracker` (HOST:PORT of a TVM RPC
+    tracker) it also registers there under `key`, as a board of a farm does. The sysroot must be ready (`prepare`):
     building it and starting the server are separate steps with separate limits. `log` gets a line every 15 s
     while the server starts. On failure the whole group is ended and OneByOneError names the port."""
     from onebyone.runtime.processes import listening, start_group, stop_group
@@ -114,7 +116,8 @@ def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIM
     boot = (
         "import sys, runpy\n"
         f"sys.executable = {str(wrapper)!r}\n"
-        f"sys.argv = ['rpc_server', '--host', '127.0.0.1', '--port', '{port}', '--port-end', '{port + 1}']\n"
+        f"sys.argv = ['rpc_server', '--host', '127.0.0.1', '--port', '{port}', '--port-end', '{port + 1}'"
+        + (f", '--tracker', {tracker!r}, '--key', {key!r}" if tracker else "") + "]\n"
         "runpy.run_module('tvm.exec.rpc_server', run_name='__main__')\n"
     )
     logfile = tempfile.TemporaryFile(mode="w+")  # the server's output, read back only when it fails

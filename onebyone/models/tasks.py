@@ -1,0 +1,50 @@
+"""Task outcomes of the bundled real models: whether an optimized model still does what the original does on the
+evaluation inputs (the criteria every benchmark judges by). Each returns a dict whose `unchanged` is the verdict."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onebyone.models import ocr
+
+
+def classifier(inputs: list, ref: dict, got: dict) -> dict:
+    """open_nsfw: largest change of a class probability, and top-1 agreement, over the evaluation photos;
+    unchanged when no probability moves more than 0.01 and top-1 never changes."""
+    (name,) = ref
+    r, g = np.concatenate(ref[name]), np.concatenate(got[name])
+    return {"max_prob_change": float(np.abs(r - g).max()), "top1": float(np.mean(r.argmax(1) == g.argmax(1))),
+            "unchanged": bool(np.abs(r - g).max() <= 0.01 and np.all(r.argmax(1) == g.argmax(1)))}
+
+
+def detector(inputs: list, ref: dict, got: dict) -> dict:
+    """PP-OCR det, end to end on photos with printed text: boxes of the original matched to the optimized
+    model's, each read by the PP-OCRv4 recognizer; worst IoU, box counts, identical strings, edit distance
+    (unchanged: same boxes with IoU >= 0.95 and every string identical)."""
+    (name,) = ref
+    result = ocr.compare([s["x"] for s in inputs], ref[name], got[name])
+    result.pop("texts")
+    return result
+
+
+def audio(inputs: list, ref: dict, got: dict) -> dict:
+    """basic-pitch: agreement of the note activation map thresholded at 0.5, and the strongest note per tone
+    (unchanged: same notes and >= 99.9% of the cells agree)."""
+    key = "StatefulPartitionedCall:2"
+    r, g = np.concatenate(ref[key]), np.concatenate(got[key])
+    agree = float(np.mean((r > 0.5) == (g > 0.5)))
+    same_note = bool(np.all(r.mean(1).argmax(-1) == g.mean(1).argmax(-1)))
+    return {"note_cell_agreement": agree, "same_notes": same_note, "unchanged": bool(same_note and agree >= 0.999)}
+
+
+METRICS = {"classifier": classifier, "detector": detector, "audio": audio}
+
+
+def outcome(task: str, inputs: list, ref: dict, got: dict) -> dict:
+    """The task outcome (`unchanged` and the numbers behind it) of outputs `got` against `ref` on `inputs`."""
+    return METRICS[task](inputs, ref, got)
+
+
+def summary(t: dict) -> str:
+    """One line: key=value for every entry of a task outcome."""
+    return ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in t.items())
