@@ -168,7 +168,7 @@ def optimize(
     check_not_input(output, protect)
     feeds, label = _samples(arg, original, shapes, src, img)
     calib = _calibration(arg, original, shapes, cal, img, policy)
-    latency = costs.latency(policy, cal.cache_dir)
+    latency = costs.latency(policy, cal.cache_dir, calibrated=calib is not None)
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
                                       calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress)
@@ -278,8 +278,13 @@ def compile_(
     if tuned:
         how = (f"{tuned['tuned_kernels']} of {tuned['kernels']} kernels timed on {tuned['measured_on']}, "
                f"{tuned['cost_model']} cost model" if tuned["trials"] else "reused")
+        if tuned.get("reused_kernels"):
+            how += f"; {tuned['reused_kernels']} kernel(s) already tuned in the database, not tuned again"
+        cov = tuned["coverage"]
         console.print(f"tuned: {tuned['trials']} trials, database {tuned['database']} ({how}); "
-                      f"{tuned['applied_kernels']} kernel(s) scheduled from the database")
+                      f"{tuned['applied_kernels']} kernel(s) scheduled from the database; records cover "
+                      f"{cov['kernels_with_records']} of {cov['kernels']} kernels, {100 * cov['flops_covered']:.0f}% of "
+                      "the FLOPs")
         if not tuned["applied_kernels"]:
             console.print("note: the tuning database matches no kernel of this model (tuned for another model, input "
                           "shape or target?): the package runs TVM's default code")

@@ -41,7 +41,7 @@ class PolicyOptions:
 
 @dataclasses.dataclass
 class CostOptions:
-    cost: Annotated[str, typer.Option("--cost", help="macs (count) | time (measure every conv and the whole model on the --runtime; never slower)")] = "macs"
+    cost: Annotated[str, typer.Option("--cost", help="macs (count) | time (measure every conv and the whole model on the --runtime; never slower) | auto: time with --calibration, else macs")] = "auto"
     threads: Annotated[int, typer.Option("--threads", min=0, help="onnxruntime threads when timing (--cost time), as deployed; 0: onnxruntime's choice")] = 0
     runtime: Annotated[str, typer.Option("--runtime", help="where --cost time measures: onnxruntime (this CPU) | tvm (--time-target, here or on --rpc / --rpc-tracker devices)")] = "onnxruntime"
     time_target: Annotated[str, typer.Option("--time-target", help="--runtime tvm: the TVM target to compile and time for (cpu, cortex-a72, ...)")] = "cpu"
@@ -50,13 +50,15 @@ class CostOptions:
     device_key: Annotated[Optional[str], typer.Option("--device-key", help="--rpc-tracker: the key the devices registered under")] = None
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="--runtime tvm: apply this MetaSchedule database (e.g. the original model's, from `onebyone compile --tune-trials`)")] = None
 
-    def latency(self, policy: Policy, cache_dir):
-        """The latency model for --cost time (or a policy that spends time), else None."""
-        if self.cost not in ("macs", "time"):
-            raise OneByOneError(f"--cost must be macs or time, got {self.cost!r}")
+    def latency(self, policy: Policy, cache_dir, calibrated: bool = False):
+        """The latency model for --cost time (or a policy that spends time; or --cost auto with calibration data:
+        measured time beat counted MACs on every bundled model, see the README), else None."""
+        if self.cost not in ("macs", "time", "auto"):
+            raise OneByOneError(f"--cost must be macs, time or auto, got {self.cost!r}")
         if self.runtime not in ("onnxruntime", "tvm"):
             raise OneByOneError(f"--runtime must be onnxruntime or tvm, got {self.runtime!r}")
-        if self.cost == "macs" and not policy.needs_latency:
+        timed = self.cost == "time" or (self.cost == "auto" and calibrated) or policy.needs_latency
+        if not timed:
             return None
         from onebyone.latency import LatencyModel
 

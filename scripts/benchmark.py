@@ -17,6 +17,7 @@ with time_evaluator in the same run.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import time
 
@@ -31,7 +32,8 @@ from onebyone.latency import LatencyModel
 from onebyone.models import generators
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
-from onebyone.verify.onnxruntime_run import session
+from onebyone.models import tasks
+from onebyone.verify.onnxruntime_run import run_samples, session
 from onebyone.runtime.tuning import resolve_cost_model
 
 POLICIES = {
@@ -39,8 +41,12 @@ POLICIES = {
     "energy0.9/8": RankPolicy("energy", energy=0.9, round_to=8),
     "budget0.67/data": RankPolicy("budget", macs=0.67),  # data-aware, bundled calibration set (real models only)
     "budget0.67/data/8": RankPolicy("budget", macs=0.67, round_to=8),  # the same, ranks multiples of 8
+    "budget0.5/data": RankPolicy("budget", macs=0.5),
     # --cost time: ranks from a latency model measured on onnxruntime with --threads, never slower end to end
     "budget0.67/data/time": RankPolicy("budget", time=0.67),  # 0.67 of the targeted convs' measured time
+    "budget0.6/data/time": RankPolicy("budget", time=0.6),
+    "budget0.5/data/time": RankPolicy("budget", time=0.5),
+    "budget0.4/data/time": RankPolicy("budget", time=0.4),
     "energy0.9/time": RankPolicy("energy", energy=0.9),  # energy 0.9, every rewrite checked by time
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
@@ -49,22 +55,31 @@ POLICIES = {
 
 
 def cases(names: list[str] | None):
-    """(label, model path or ir.Model, input shapes, samples or None, calibration maker or None) for real and generated
-    models."""
+    """(label, model path or ir.Model, input shapes, samples or None, calibration maker or None, task or None) for real
+    and generated models."""
     for name, m in REAL_MODELS.items():
         if names and name not in names:
             continue
-        yield name, str(m.path()), m.input_shapes, m.samples(), m.calibration_samples
+        yield name, str(m.path()), m.input_shapes, m.samples(), m.calibration_samples, m.task
     for name in ("resnet", "vgg", "inception"):
         label = f"{name}-lowrank (generated)"
         if names and name not in names:
             continue
         proto = generators.GENERATORS[name](size=112, low_rank=0.5, seed=0)
-        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None, None
+        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None, None, None
+
+
+def task_outcome(task: str | None, original, optimized, samples) -> dict | None:
+    """The task outcome (onebyone.models.tasks) of optimized against original on the evaluation samples."""
+    if task is None:
+        return None
+    ref, got = run_samples(original, samples, "original"), run_samples(optimized, samples, "optimized")
+    return tasks.outcome(task, samples, ref, got)
 
 
 def make_session(model, threads: int) -> ort.InferenceSession:
-    return session(model, "benchmark", threads)
+    """With several threads, idle threads sleep (spinning, they would take the cores of the other model timed)."""
+    return session(model, "benchmark", threads, spinning=threads == 1)
 
 
 def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
@@ -87,7 +102,8 @@ def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
 def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat: int = 3,
                   trials: int = 0) -> tuple[float, float, list]:
     """Median ms of original and optimized compiled by TVM for `target` (run on this machine: its CPU or its GPU),
-    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget. Third: the two packages'
+    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget (the optimized model starting
+    from the original's database, as `onebyone compile --tuning-db` does with a copy of it). Third: the two packages'
     manifest `tuning` entries (None untuned)."""
     import tempfile
 
@@ -98,6 +114,8 @@ def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat
     with tempfile.TemporaryDirectory() as tmp:
         a = package.load_package(package.compile_model(original, tgt, f"{tmp}/a", shapes,
                                                        tune_trials=trials, tuning_db=f"{tmp}/db-a" if trials else None))
+        if trials:  # the rewritten model starts from the original's records: its budget goes to its new kernels
+            shutil.copytree(f"{tmp}/db-a", f"{tmp}/db-b")
         b = package.load_package(package.compile_model(optimized, tgt, f"{tmp}/b", shapes,
                                                        tune_trials=trials, tuning_db=f"{tmp}/db-b" if trials else None))
         ta, tb = [], []
@@ -109,7 +127,8 @@ def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat
 
 def plot(rows: list[dict], path: str) -> None:
     """Measured onnxruntime speedup against worst output error, one panel per model: MAC-cost policies as circles,
-    measured-time policies as triangles, the ceiling (every targeted conv at zero time) as a dashed line."""
+    measured-time policies as triangles (hollow where the task outcome changed), the ceiling (every targeted conv at
+    zero time) as a dashed line."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -120,8 +139,10 @@ def plot(rows: list[dict], path: str) -> None:
     for ax, model in zip(axes[0], models):
         for r in (r for r in rows if r["model"] == model):
             timed = r["policy"].endswith("/time")
+            color = "tab:orange" if timed else "tab:blue"
+            kept = r.get("task") is None or r["task"]["unchanged"]
             ax.scatter(max(r["worst_rel_l2"], 1e-7), r["speedup"], marker="^" if timed else "o",
-                       color="tab:orange" if timed else "tab:blue")
+                       color=color if kept else "none", edgecolors=color)
             ax.annotate(r["policy"], (max(r["worst_rel_l2"], 1e-7), r["speedup"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
             if r.get("ceiling_speedup"):
@@ -129,7 +150,7 @@ def plot(rows: list[dict], path: str) -> None:
         ax.axhline(1.0, color="black", linewidth=0.6)
         ax.set_xscale("log")
         ax.set(title=model, xlabel="worst output relative error", ylabel="speedup (onnxruntime, measured)")
-    fig.suptitle("circles: cost MACs; triangles: cost measured time; dashed: ceiling")
+    fig.suptitle("circles: cost MACs; triangles: cost measured time; hollow: task outcome changed; dashed: ceiling")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -148,7 +169,7 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
-    for label, model, shapes, samples, calib in cases(args.models):
+    for label, model, shapes, samples, calib, task in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
         for pname, policy in POLICIES.items():
             if (args.policies and pname not in args.policies) or ("/data" in pname and calib is None):
@@ -182,6 +203,8 @@ def main() -> None:
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 predicted_speedup=report.timing and report.timing["predicted_speedup"],
                 ceiling_speedup=report.timing and report.timing["ceiling_speedup"],
+                task=task_outcome(task, original, optimized, samples),
+                method=report.method, method_check=report.method_check,
                 verified=v["passed"], worst_rel_l2=max(o["worst_rel_l2"] for o in v["outputs"]),
                 min_cosine=min((o["cosine"] for o in v["outputs"] if o["cosine"] is not None), default=1.0),
             ))
@@ -191,7 +214,7 @@ def main() -> None:
                                           "rows": rows})
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos"):
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -205,8 +228,17 @@ def main() -> None:
             "-" if r["tvm_tuned_ms_original"] is None else f"{r['tvm_tuned_ms_original']:.1f} → {r['tvm_tuned_ms_optimized']:.1f}",
             "-" if r["tvm_tuned_speedup"] is None else f"{r['tvm_tuned_speedup']:.2f}x",
             "yes" if r["verified"] else "NO", f"{r['worst_rel_l2']:.2g} / {r['min_cosine']:.5f}",
+            "-" if r["task"] is None else ("yes" if r["task"]["unchanged"] else "NO") + f" ({tasks.summary(r['task'])})",
         )
     console.print(table)
+    for model in dict.fromkeys(r["model"] for r in rows):
+        for cost in ("MACs", "measured time"):
+            kept = [r for r in rows if r["model"] == model and r["policy"].endswith("/time") == (cost != "MACs")
+                    and (r["task"]["unchanged"] if r["task"] is not None else r["verified"])]
+            if kept:
+                best = max(kept, key=lambda r: r["speedup"])
+                console.print(f"{model}: fastest with the task unchanged, cost {cost}: {best['speedup']:.2f}x "
+                              f"({best['policy']}, error {best['worst_rel_l2']:.2g})")
     console.print(f"wrote {args.json}")
     if args.plot:
         plot(rows, args.plot)

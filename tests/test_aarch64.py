@@ -201,3 +201,16 @@ def test_latency_measured_on_a_tracker_pool_is_spread_over_its_boards(board_farm
     one_line_error(cli("optimize", tmp_path / "vgg.onnx", "-o", tmp_path / "o.onnx", "--cost", "time", "--runtime",
                        "tvm", "--time-target", "cortex-a72", "--rpc-tracker", board_farm, "--device-key", "nokey"),
                    "no device registered under that key", "farm-a72")
+
+
+def test_a_model_without_kernels_cross_compiles(tmp_path):
+    """A model with no kernel (x -> Identity) still links for aarch64 (TVM takes the triple of such a library from
+    the host compiler unless told)."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+    pkg = package.compile_model(model, targets.resolve("cortex-a72"), tmp_path / "arm")
+    assert open(pkg / "model.so", "rb").read(20)[18] == 183  # ELF e_machine = EM_AARCH64

@@ -179,3 +179,20 @@ def test_an_undecided_end_to_end_ratio_gets_more_rounds():
 
     before, after = end_to_end.time_pair(None, None, {}, Noisy(), repeats=15, max_rounds=3)
     assert len(calls) >= 2 and len(before.samples) == len(after.samples) == 15 * len(calls) <= 45
+
+
+def test_calibrated_cli_runs_default_to_measured_time(tmp_path):
+    """--cost auto (the default): with calibration data ranks are chosen by measured time and the model is checked
+    end to end; without it, or with --cost macs, nothing is timed."""
+    model = tmp_path / "vgg.onnx"
+    onnx.save(_model(), model)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=np.random.default_rng(3).standard_normal((8, 1, 3, 16, 16)).astype(np.float32))
+    out, rep = tmp_path / "o.onnx", tmp_path / "r.json"
+    base = ("optimize", model, "-o", out, "--policy", "energy", "--energy", "0.9", "--report", rep, "--force",
+            "--threads", "1")
+    cli(*base, "--calibration", npz)
+    assert json.loads(rep.read_text())["timing"]["runtime"]["name"] == "onnxruntime"
+    for extra in (("--calibration", npz, "--cost", "macs"), ()):
+        cli(*base, *extra)
+        assert json.loads(rep.read_text())["timing"] is None

@@ -230,3 +230,41 @@ def test_every_rpc_failure_is_one_line_naming_the_server():
     for exc, needle in cases:
         msg = str(rpc_failure("10.0.0.7:9090", exc))
         assert msg.startswith("TVM RPC server 10.0.0.7:9090: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_tuning_from_another_models_database_spends_trials_on_the_new_kernels(tmp_path, monkeypatch):
+    """The rewritten model tuned from a copy of the original's database: kernels the original already tuned are not
+    tuned again (the trials go to the rewritten convs' new kernels), and the manifest reports the coverage."""
+    import shutil
+
+    from onebyone.runtime import package
+
+    from onebyone.passes.analysis import analyze
+    from onebyone.runtime import tuning
+
+    proto = generators.vgg(size=16, widths=(8, 16), low_rank=0.5)
+    infos = [i for i in analyze(ir.serde.deserialize_model(proto), {"input": (1, 3, 16, 16)}) if i.skip_reason is None]
+    heaviest = max(infos, key=lambda i: i.macs).node.inputs[1].name
+    weight = next(t for t in proto.graph.initializer if t.name == heaviest)  # full rank: the rewrite leaves it alone
+    weight.CopyFrom(onnx.numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal(onnx.numpy_helper.to_array(weight).shape).astype(np.float32), heaviest))
+    original = ir.serde.deserialize_model(proto)
+    optimized, report = optimize(original, RankPolicy("exact"), verify=False)
+    assert report.totals.rewritten > 0
+    target = targets.resolve("cpu")
+    # 4 trials: the original's heaviest kernel only (that conv, untouched by the rewrite)
+    a = package.compile_model(original, target, tmp_path / "a", tune_trials=4, tuning_db=tmp_path / "db-a",
+                              cost_model="random")
+    shutil.copytree(tmp_path / "db-a", tmp_path / "db-b")
+    b = package.compile_model(optimized, target, tmp_path / "b", tune_trials=4, tuning_db=tmp_path / "db-b",
+                              cost_model="random")
+    ta, tb = package.read_manifest(a)["tuning"], package.read_manifest(b)["tuning"]
+    assert ta["reused_kernels"] == 0 and ta["coverage"]["kernels_with_records"] >= ta["tuned_kernels"] > 0
+    assert tb["reused_kernels"] == 1 and tb["tuned_kernels"] == 1  # the untouched conv kept its records; a new kernel got the trials
+    assert 0 < tb["coverage"]["flops_covered"] <= 1 and tb["coverage"]["kernels"] > ta["coverage"]["kernels"]
+    assert tb["applied_kernels"] >= tb["reused_kernels"]
+    monkeypatch.setattr(tuning, "FLOP_SHARE", 1e-6)  # every kernel worth tuning has records: tuned deeper
+    again = package.compile_model(optimized, target, tmp_path / "c", tune_trials=4, tuning_db=tmp_path / "db-b",
+                                  cost_model="random")
+    tc = package.read_manifest(again)["tuning"]
+    assert tc["reused_kernels"] == 0 and tc["tuned_kernels"] == 1 and tc["records"] > tb["records"]

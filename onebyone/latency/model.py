@@ -16,6 +16,7 @@ from onebyone.latency.runtimes import OnnxRuntimeCPU
 from onebyone.passes import plan
 
 MAX_RANKS = 10  # measured ranks per conv
+FORMAT = 2  # of the cached measurements (2: the runtime's fixed cost per run taken out)
 
 
 def ranks_to_measure(d: plan.Decision) -> list[int]:
@@ -55,7 +56,7 @@ class LatencyModel:
 
     def _key(self, d: plan.Decision) -> str:
         i = d.info
-        sig = [list(i.input_shape), i.out_channels, list(i.kernel), list(i.strides), list(i.dilations), list(i.pads),
+        sig = [FORMAT, list(i.input_shape), i.out_channels, list(i.kernel), list(i.strides), list(i.dilations), list(i.pads),
                i.auto_pad, i.groups, self.runtime, self.repeats]
         return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -99,9 +100,12 @@ class LatencyModel:
                 return {"before": timer.Timing(**data["before"]),
                         "after": {int(r): timer.Timing(**t) for r, t in data["after"].items()}}
         self.misses += 1
-        models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks]
+        models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks] + [micro.passthrough(d.info)]
         x = np.random.default_rng(0).standard_normal((1, *d.info.input_shape[1:])).astype(np.float32)
         timings = self.backend.time(models, [{"x": x}] * len(models), self.repeats, device)
+        # a model pays the runtime's fixed cost per run (call, input copy, thread-pool wake-up) once, not per conv
+        fixed = timings[-1].ms
+        timings = [_less(t, fixed) for t in timings[:-1]]
         result = {"before": timings[0], "after": dict(zip(ranks, timings[1:]))}
         if path is not None:
             from onebyone.atomic import atomic_file
@@ -111,3 +115,9 @@ class LatencyModel:
             with atomic_file(path) as tmp:
                 tmp.write_text(json.dumps(data))
         return result
+
+
+def _less(t: timer.Timing, fixed_ms: float) -> timer.Timing:
+    """`t` without a fixed cost (never below 1% of what was measured); its noise relative to what is left."""
+    ms = max(t.ms - fixed_ms, 0.01 * t.ms)
+    return timer.Timing(ms, t.noise * t.ms / ms if ms > 0 else t.noise)

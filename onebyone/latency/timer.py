@@ -116,5 +116,7 @@ def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int 
     """Median time of each model (ir.Model or proto) on its feed, measured alternating in one process."""
     from onebyone.verify.onnxruntime_run import session
 
-    runs = [_runner(session(m, "timed model", threads), f) for m, f in zip(models, feeds)]
+    # sessions compared side by side must not steal each other's cores: with several threads, an idle session's
+    # threads would spin while the next one runs (measured: open_nsfw's convs summed to 4x the whole model)
+    runs = [_runner(session(m, "timed model", threads, spinning=threads == 1), f) for m, f in zip(models, feeds)]
     return compare(runs, repeats)

@@ -66,6 +66,8 @@ def compile_model(
             from tvm.support import cc as tvm_cc
 
             kwargs["fcompile"] = tvm_cc.cross_compiler(cc)
+            # TVM asks this triple of a model without kernels; its own answer comes from the host compiler (x86_64)
+            kwargs["fcompile"].get_target_triple = lambda: target.get("mtriple")
         executable.export_library(str(tmp / LIBRARY), **kwargs)
         device_code = targets.family(target).check_build(executable, target, tmp)
         manifest = _manifest(model, proto, shapes, target, tuned, device_code, source_path)

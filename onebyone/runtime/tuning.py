@@ -67,28 +67,44 @@ MIN_TRIALS_PER_TASK = 4
 FLOP_SHARE = 0.9
 
 
-def select_tasks(tasks, trials: int) -> list:
-    """The tasks worth tuning with `trials` trials: the heaviest (FLOPs x number of calls) first, until they hold
-    FLOP_SHARE of the model's FLOPs, and no more than give each MIN_TRIALS_PER_TASK trials (at least one task).
-    Coverage beats depth at small budgets: on open_nsfw the best of 4 random schedules of a conv already ran 4–25x
-    faster than TVM's default code for it, the best of 8 up to 46x; kernels left out keep the default code."""
+def task_cost(task) -> float:
+    """FLOPs x number of calls of an extracted tuning task (0 for kernels whose FLOPs TVM cannot count, e.g. data
+    movement, which cost about nothing)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    def cost(task) -> float:
-        try:
-            return float(estimate_tir_flops(task.dispatched[0])) * task.weight
-        except Exception:  # noqa: BLE001 - ops whose FLOPs TVM cannot count (e.g. data movement) cost ~nothing
-            return 0.0
+    try:
+        return float(estimate_tir_flops(task.dispatched[0])) * task.weight
+    except Exception:  # noqa: BLE001
+        return 0.0
 
-    ranked = sorted(tasks, key=cost, reverse=True)
-    total = sum(cost(t) for t in ranked) or 1.0
+
+def coverage(tasks, database) -> dict:
+    """How much of a model the database covers: its kernels, those with records, and their share of the FLOPs."""
+    costs = [task_cost(t) for t in tasks]
+    have = [database.has_workload(t.dispatched[0]) for t in tasks]
+    total = sum(costs) or 1.0
+    return {"kernels": len(tasks), "kernels_with_records": sum(have),
+            "flops_covered": round(sum(c for c, h in zip(costs, have) if h) / total, 4)}
+
+
+def select_tasks(tasks, trials: int, covered=None) -> list:
+    """The tasks worth tuning with `trials` trials: the heaviest (FLOPs x number of calls) first, until they (with the
+    tasks `covered(task)` says already have records, which are never chosen again) hold FLOP_SHARE of the model's
+    FLOPs, and no more than give each MIN_TRIALS_PER_TASK trials. Coverage beats depth at small budgets: on open_nsfw
+    the best of 4 random schedules of a conv already ran 4–25x faster than TVM's default code for it, the best of 8
+    up to 46x; kernels left out keep the default code."""
+    costs = {id(t): task_cost(t) for t in tasks}
+    total = sum(costs.values()) or 1.0
+    done = [t for t in tasks if covered is not None and covered(t)]
+    share = sum(costs[id(t)] for t in done) / total
+    ranked = sorted((t for t in tasks if not any(t is d for d in done)), key=lambda t: costs[id(t)], reverse=True)
     cap = max(1, trials // MIN_TRIALS_PER_TASK)
-    chosen, share = [], 0.0
+    chosen = []
     for task in ranked:
-        if len(chosen) >= cap or (chosen and share >= FLOP_SHARE):
+        if len(chosen) >= cap or ((chosen or done) and share >= FLOP_SHARE):
             break
         chosen.append(task)
-        share += cost(task) / total
+        share += costs[id(task)] / total
     return chosen
 
 
@@ -159,6 +175,7 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
                                 cli=f"{db_dir}: no tuning records; tune first with --tune-trials N")
         database = ms.database.JSONDatabase(work_dir=str(db_dir))
     info["applied_kernels"] = applied_kernels(lowered, target, database)
+    info["coverage"] = coverage(ms.relax_integration.extract_tasks(lowered, target), database)
     executable = ms.relax_integration.compile_relax(database, prepared, target, None)
     info["records"] = len(database) if hasattr(database, "__len__") else None
     return executable, info
@@ -173,10 +190,17 @@ def _tune(lowered, target, trials, db_dir: Path, progress, remote, cross_compile
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     cost_model = resolve_cost_model(cost_model)
     all_tasks = ms.relax_integration.extract_tasks(lowered, target)
-    chosen = select_tasks(all_tasks, trials)
+    known = ms.database.JSONDatabase(work_dir=str(db_dir)) if has_records(db_dir) else None
+    # kernels without records first (a rewritten model tuned from the original's database: its new kernels); when
+    # every kernel worth tuning has records (the same model again), the heaviest are tuned deeper
+    chosen = select_tasks(all_tasks, trials, (lambda t: known.has_workload(t.dispatched[0])) if known else None)
+    reused = coverage(all_tasks, known)["kernels_with_records"] if known and chosen else 0
+    chosen = chosen or select_tasks(all_tasks, trials)
+    info["reused_kernels"] = reused
     if progress:
         progress(f"tuning {len(chosen)} of {len(all_tasks)} kernels with {trials} trials "
-                 f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
+                 + (f"({reused} already tuned in the database, reused) " if reused else "")
+                 + f"(MetaSchedule, {cost_model} cost model, database {db_dir})")
     per_iter = max(2, min(16, trials // len(chosen)))
     builder = measure.in_process_builder(cross_compiler)
     if remote is not None:
@@ -195,11 +219,14 @@ def _tune(lowered, target, trials, db_dir: Path, progress, remote, cross_compile
             num_trials_per_iter=per_iter, builder=builder, runner=runner, cost_model=cost_model,
             measure_callbacks=callbacks,
         )
+        if watch.done and not watch.ran:
+            raise OneByOneError(f"tuning: none of the {watch.done} candidates ran ({watch.first_error})")
+        baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
     except ValueError as exc:
         raise OneByOneError(f"tuning failed: {exc}") from None
-    if watch.done and not watch.ran:
-        raise OneByOneError(f"tuning: none of the {watch.done} candidates ran ({watch.first_error})")
-    baselines = _commit_default_schedules(database, chosen, target, builder, runner, progress)
+    finally:  # the local runner's worker process ends now, not whenever the runner is collected
+        if hasattr(runner, "pool"):
+            runner.pool.shutdown()
     info.update(cost_model=cost_model, tuned_kernels=len(chosen), kernels=len(all_tasks), baselines=baselines,
                 measured_on=remote.address if remote is not None else "this machine")
     return database

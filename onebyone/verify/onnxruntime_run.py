@@ -18,14 +18,17 @@ ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print be
 
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
-            threads: int | None = None) -> ort.InferenceSession:
+            threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
     """A CPU onnxruntime session for a model object or file (with `threads` intra-op threads, one inter-op thread,
-    when given; 0: onnxruntime's choice); OneByOneError when onnxruntime cannot load it."""
+    when given; 0: onnxruntime's choice; `spinning` False: its idle threads sleep instead of spinning); OneByOneError
+    when onnxruntime cannot load it."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         if isinstance(model, onnx.ModelProto):
             return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
