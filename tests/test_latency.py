@@ -196,3 +196,28 @@ def test_calibrated_cli_runs_default_to_measured_time(tmp_path):
     for extra in (("--calibration", npz, "--cost", "macs"), ()):
         cli(*base, *extra)
         assert json.loads(rep.read_text())["timing"] is None
+
+
+def test_identical_convs_share_one_rank_when_the_measured_pairs_allow():
+    """TVM tunes one kernel per shape: identical convs rewritten at different ranks get the largest of them when the
+    measured pairs cost the group little more (flat pair times), and keep their own ranks when the larger rank
+    costs much more (steep pair times)."""
+    from collections import Counter
+
+    from onebyone.latency.sharing import share_kernel_shapes
+
+    model = _ir(generators.resnet(size=16, blocks=(3, 1, 1), low_rank=0.5))
+    infos = analyze(model, {"input": (1, 3, 16, 16)})
+    sig = lambda d: (tuple(d.info.input_shape), d.info.out_channels, tuple(d.info.kernel), tuple(d.info.strides))  # noqa: E731
+    for pair_ms, shared in ((lambda r: 0.5, True), (lambda r: r / 16, False)):
+        decisions = [plan.start(i) for i in infos]
+        StubLatency(pair_ms).measure(decisions)
+        group = [d for d in decisions if d.candidate and sig(d) == Counter(sig(d) for d in decisions
+                                                                         if d.candidate).most_common(1)[0][0]]
+        assert len(group) >= 4
+        for k, d in enumerate(group):
+            plan.accept(d, 2 + 2 * (k % 2))  # ranks 2 and 4
+        changed = share_kernel_shapes(decisions, sig, lambda d, r: Timing(pair_ms(r), 0.01))
+        assert {d.rank for d in group} == ({4} if shared else {2, 4})
+        assert changed == (len(group) // 2 if shared else 0)
+        assert all(("share one kernel shape" in d.reason) == (shared and k % 2 == 0) for k, d in enumerate(group))

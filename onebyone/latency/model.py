@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from onebyone.latency import micro, timer
+from onebyone.latency import micro, sharing, timer
 from onebyone.latency.runtimes import OnnxRuntimeCPU
 from onebyone.passes import plan
 
@@ -49,6 +49,15 @@ class LatencyModel:
         self.runtime = self.backend.description
         self.hits = self.misses = 0
         self._memo: dict[str, dict] = {}  # this process's measurements, so that repeated passes measure once
+
+    @property
+    def shares_kernels(self) -> bool:
+        """Whether identical convs should get one rank (a runtime that tunes a kernel per shape: TVM)."""
+        return self.runtime["name"] == "tvm"
+
+    def share_kernel_shapes(self, decisions: list[plan.Decision]) -> int:
+        """latency.sharing.share_kernel_shapes with this model's measurements; how many convs changed rank."""
+        return sharing.share_kernel_shapes(decisions, self._key, self.pair_time)
 
     def time_models(self, models: list, feeds: list[dict], repeats: int | None = None) -> list[timer.Timing]:
         """Timings of whole models on this runtime, measured alternating on one device."""

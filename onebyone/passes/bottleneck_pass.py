@@ -126,6 +126,8 @@ class BottleneckPass(ir.passes.InPlacePass):
                 plan.reject(d, self.keep[d.info.name], asked_rank=d.rank)
             elif d.rank is not None and self.latency is not None and d.latency:
                 self._reject_if_not_faster(d)
+        if self.latency is not None and getattr(self.latency, "shares_kernels", False):
+            self.latency.share_kernel_shapes(self.decisions)  # fewer kernels to tune (TVM)
         applied = self._rewrite_chosen(model)
         self.source.settle(model, applied)
         for a in applied:
