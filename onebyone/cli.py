@@ -77,13 +77,15 @@ def _calibration(arg: ModelArg, model, shapes, cal: CalibrationOptions, img: Ima
 
 
 class _Progress:
-    """A rich progress bar per stage (calibrating, fitting), fed by the pass's progress(stage, done, total)."""
+    """A rich progress bar per stage (calibrating, sensitivity, timing, fitting) with its elapsed time and an estimate of
+    the time left, fed by the pass's progress(stage, done, total)."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
 
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err, transient=True)
+                            TextColumn("left"), TimeRemainingColumn(), console=err, transient=True)
         self.tasks: dict[str, int] = {}
 
     def __enter__(self):
