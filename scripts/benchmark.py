@@ -29,11 +29,12 @@ from rich.table import Table
 
 from onebyone import RankPolicy, optimize
 from onebyone.latency import LatencyModel
+from onebyone.latency.timer import timed_session
 from onebyone.models import generators
 from onebyone.models.real import REAL_MODELS
 from onebyone.report import write_json_atomic
 from onebyone.models import tasks
-from onebyone.verify.onnxruntime_run import run_samples, session
+from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.runtime.tuning import resolve_cost_model
 
 POLICIES = {
@@ -78,8 +79,7 @@ def task_outcome(task: str | None, original, optimized, samples) -> dict | None:
 
 
 def make_session(model, threads: int) -> ort.InferenceSession:
-    """With several threads, idle threads sleep (spinning, they would take the cores of the other model timed)."""
-    return session(model, "benchmark", threads, spinning=threads == 1)
+    return timed_session(model, threads, "benchmark")
 
 
 def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:

@@ -34,6 +34,7 @@ class StubLatency:
 
     runtime = {"name": "stub", "version": "0", "device": "none", "threads": 1}
     threads = 1
+    shares_kernels = False
 
     def __init__(self, pair_ms):
         self.pair_ms = pair_ms

@@ -1,5 +1,6 @@
-"""Timing models on onnxruntime as deployed (CPU, a chosen thread count): warm-up, repeats alternating between the
-models compared, medians and a noise estimate, so that a ratio is measured side by side, never from lone numbers."""
+"""Timing models side by side (any runtime's callables; onnxruntime sessions as deployed, with a chosen thread count):
+warm-up, repeats alternating between the models compared, medians and a noise estimate, and the paired per-round
+ratio with its confidence interval, so that a ratio is measured side by side, never from lone numbers."""
 
 from __future__ import annotations
 
@@ -112,11 +113,16 @@ def compare(runs: list, repeats: int = 15, warmup: int = 3) -> list[Timing]:
     return [Timing.of(s) for s in samples]
 
 
-def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int = 15) -> list[Timing]:
-    """Median time of each model (ir.Model or proto) on its feed, measured alternating in one process."""
+def timed_session(model, threads: int, label: str = "timed model"):
+    """An onnxruntime session to time beside others in this process: with several threads its idle threads sleep, so
+    that they do not take the cores of the session timed next (spinning, open_nsfw's convs timed one by one summed
+    to 4x the whole model)."""
     from onebyone.verify.onnxruntime_run import session
 
-    # sessions compared side by side must not steal each other's cores: with several threads, an idle session's
-    # threads would spin while the next one runs (measured: open_nsfw's convs summed to 4x the whole model)
-    runs = [_runner(session(m, "timed model", threads, spinning=threads == 1), f) for m, f in zip(models, feeds)]
+    return session(model, label, threads, spinning=threads == 1)
+
+
+def time_models(models: list, feeds: list[dict], threads: int = 0, repeats: int = 15) -> list[Timing]:
+    """Median time of each model (ir.Model or proto) on its feed, measured alternating in one process."""
+    runs = [_runner(timed_session(m, threads), f) for m, f in zip(models, feeds)]
     return compare(runs, repeats)

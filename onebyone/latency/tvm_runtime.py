@@ -12,6 +12,7 @@ import onnx_ir as ir
 
 from onebyone.latency import timer
 from onebyone.latency.runtimes import cpu_model
+from onebyone.runtime import package
 
 _COMPILING = threading.Lock()  # TVM's frontend and compiler keep global state: one compile at a time per process
 
@@ -41,8 +42,6 @@ class TvmRuntime:
                             "tuning_db": bool(self.tuning_db)}
 
     def _compile(self, model, folder: str) -> str:
-        from onebyone.runtime import package
-
         model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
         with _COMPILING:
             return str(package.compile_model(model, self.target, folder, tuning_db=self.tuning_db))
@@ -54,7 +53,8 @@ class TvmRuntime:
             device = self.pool.remotes[0]
         with tempfile.TemporaryDirectory(prefix="onebyone-timed-") as tmp:
             paths = [self._compile(m, os.path.join(tmp, f"m{i}")) for i, m in enumerate(models)]
-            runs = [device.runner(p, f) if device is not None else _local_runner(p, f) for p, f in zip(paths, feeds)]
+            runs = [device.runner(p, f) if device is not None else package.load_package(p).runner(f)
+                    for p, f in zip(paths, feeds)]
             return timer.compare(runs, repeats)
 
     def spread(self, items: list, work) -> list:
@@ -62,17 +62,3 @@ class TvmRuntime:
             return [work(item, None) for item in items]
         return self.pool.spread(items, work)
 
-
-def _local_runner(path: str, feed: dict):
-    """A callable that runs the package at `path` once here and waits for it."""
-    from onebyone.runtime.package import device_args, load_package
-
-    pkg = load_package(path)
-    args = device_args(pkg.manifest, feed, pkg.device)
-    main = pkg.vm["main"]
-
-    def run():
-        main(*args)
-        pkg.device.sync()
-
-    return run

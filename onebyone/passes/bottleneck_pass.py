@@ -56,7 +56,8 @@ class BottleneckPass(ir.passes.InPlacePass):
         measure_shapes: measures the shapes that shape inference leaves unknown (e.g.
             onebyone.verify.onnxruntime_run.measure_shapes); without it such convs are skipped with a reason.
         latency: measures each candidate conv and its rewritten pairs on the target runtime (e.g.
-            onebyone.latency.LatencyModel); needed by policies that spend measured time (budget with `time`).
+            onebyone.latency.LatencyModel: measure, pair_time, runtime, shares_kernels, share_kernel_shapes);
+            needed by policies that spend measured time (budget with `time`).
         keep: conv names to leave alone whatever the policy says, with the reason given (name -> reason).
         progress: called as progress(stage, done, total) during long work.
     """
@@ -126,7 +127,7 @@ class BottleneckPass(ir.passes.InPlacePass):
                 plan.reject(d, self.keep[d.info.name], asked_rank=d.rank)
             elif d.rank is not None and self.latency is not None and d.latency:
                 self._reject_if_not_faster(d)
-        if self.latency is not None and getattr(self.latency, "shares_kernels", False):
+        if self.latency is not None and self.latency.shares_kernels:
             self.latency.share_kernel_shapes(self.decisions)  # fewer kernels to tune (TVM)
         applied = self._rewrite_chosen(model)
         self.source.settle(model, applied)

@@ -183,6 +183,18 @@ class Package:
         result = self.vm["main"](*device_args(self.manifest, feed, self.device))
         return {n: o.numpy() for n, o in zip(self.output_names, as_outputs(result))}
 
+    def runner(self, feed: dict[str, np.ndarray]):
+        """A callable that runs the model once on `feed` (kept on the device) and waits for it: the unit that
+        latency.timer.compare times."""
+        args = device_args(self.manifest, feed, self.device)
+        main = self.vm["main"]
+
+        def run():
+            main(*args)
+            self.device.sync()
+
+        return run
+
     def time(self, feed: dict[str, np.ndarray], number: int = 10, repeat: int = 5) -> dict[str, float]:
         """time_evaluator statistics in milliseconds (median, mean, min, max over `repeat` runs of `number`)."""
         args = device_args(self.manifest, feed, self.device)

@@ -95,9 +95,9 @@ def select_tasks(tasks, trials: int, covered=None) -> list:
     up to 46x; kernels left out keep the default code."""
     costs = {id(t): task_cost(t) for t in tasks}
     total = sum(costs.values()) or 1.0
-    done = [t for t in tasks if covered is not None and covered(t)]
-    share = sum(costs[id(t)] for t in done) / total
-    ranked = sorted((t for t in tasks if not any(t is d for d in done)), key=lambda t: costs[id(t)], reverse=True)
+    done = {id(t) for t in tasks if covered is not None and covered(t)}
+    share = sum(costs[i] for i in done) / total
+    ranked = sorted((t for t in tasks if id(t) not in done), key=lambda t: costs[id(t)], reverse=True)
     cap = max(1, trials // MIN_TRIALS_PER_TASK)
     chosen = []
     for task in ranked:
@@ -166,35 +166,37 @@ def compile_tuned(mod, target, trials: int, db_dir: str | os.PathLike, progress=
     db_dir.mkdir(parents=True, exist_ok=True)
     prepared = prepare_for_tuning(mod, target)
     lowered = lower_for_tuning(prepared, target)
+    tasks = ms.relax_integration.extract_tasks(lowered, target)
     info: dict = {"trials": trials, "database": str(db_dir)}
     if trials > 0:
-        database = _tune(lowered, target, trials, db_dir, progress, remote, cross_compiler, cost_model, info)
+        database = _tune(tasks, target, trials, db_dir, progress, remote, cross_compiler, cost_model, info)
     else:
         if not has_records(db_dir):
             raise OneByOneError(f"{db_dir}: no tuning records; tune first (tune_trials > 0)",
                                 cli=f"{db_dir}: no tuning records; tune first with --tune-trials N")
         database = ms.database.JSONDatabase(work_dir=str(db_dir))
     info["applied_kernels"] = applied_kernels(lowered, target, database)
-    info["coverage"] = coverage(ms.relax_integration.extract_tasks(lowered, target), database)
+    info["coverage"] = coverage(tasks, database)
     executable = ms.relax_integration.compile_relax(database, prepared, target, None)
     info["records"] = len(database) if hasattr(database, "__len__") else None
     return executable, info
 
 
-def _tune(lowered, target, trials, db_dir: Path, progress, remote, cross_compiler, cost_model, info: dict):
-    """Run MetaSchedule over the heaviest kernels of `lowered` and record the default code of each as a candidate;
-    fills `info` (cost model, kernels, baselines, where candidates were timed) and returns the database."""
+def _tune(all_tasks, target, trials, db_dir: Path, progress, remote, cross_compiler, cost_model, info: dict):
+    """Run MetaSchedule over the heaviest of `all_tasks` (the model's extracted tuning tasks) and record the default
+    code of each as a candidate; fills `info` (cost model, kernels, baselines, where candidates were timed) and
+    returns the database."""
     from tvm.s_tir import meta_schedule as ms
 
     # MetaSchedule logs every step to stdout; keep the console to warnings (details stay in db_dir/logs)
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     cost_model = resolve_cost_model(cost_model)
-    all_tasks = ms.relax_integration.extract_tasks(lowered, target)
     known = ms.database.JSONDatabase(work_dir=str(db_dir)) if has_records(db_dir) else None
+    recorded = {id(t) for t in all_tasks if known is not None and known.has_workload(t.dispatched[0])}
     # kernels without records first (a rewritten model tuned from the original's database: its new kernels); when
     # every kernel worth tuning has records (the same model again), the heaviest are tuned deeper
-    chosen = select_tasks(all_tasks, trials, (lambda t: known.has_workload(t.dispatched[0])) if known else None)
-    reused = coverage(all_tasks, known)["kernels_with_records"] if known and chosen else 0
+    chosen = select_tasks(all_tasks, trials, lambda t: id(t) in recorded)
+    reused = len(recorded) if chosen else 0
     chosen = chosen or select_tasks(all_tasks, trials)
     info["reused_kernels"] = reused
     if progress:
