@@ -1,7 +1,9 @@
 """Fitting the factors of the chosen convs on calibration data, in graph order, and measuring the result.
 
 Each conv is fitted against the original model's outputs using the inputs it sees in the model rewritten so far,
-so errors introduced upstream are compensated downstream.
+so errors introduced upstream are compensated downstream. The data come from calibrated.stream: the conv's input in
+the original model (x) and in the model rewritten so far (x̂), and its original output y, one array per sample.
+Every candidate is scored from moments of those arrays; no model is run here.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from onebyone.passes import factorize
 from onebyone.passes.plan import Decision
 from onebyone.verify.onnxruntime_run import Probe
 
-
-MAX_POSITIONS_PER_SAMPLE = 4096  # patch statistics use at most this many output positions per sample
+POSITIONS_PER_CONV = 4096 * 32  # output positions the patch statistics of one conv use, spread over the samples
+MIN_POSITIONS_PER_SAMPLE = 256  # ... but at least this many per sample (all of them when a sample has fewer)
 SHRINK = 0.5  # ridge of the refit, relative to trace/dim, scaled by dim/positions (strong when data are few)
 MIN_RIDGE = 1e-6
 
@@ -31,40 +33,63 @@ def ridge_for(dim: int, count: int) -> float:
     return max(MIN_RIDGE, SHRINK * dim / max(count, 1))
 
 
-def fit(d: Decision, paired: calibration.Moments | None, fit_stats: list[PatchMoments],
-        holdout: list[PatchMoments]) -> tuple[whitening.DataFactors, str]:
+@dataclasses.dataclass
+class ConvData:
+    """One conv's calibration data, one array per sample: its input x in the original model, x̂ in the model
+    rewritten so far (None: x̂ = x) and its original output y (bias included). Any sequence of arrays works
+    (lists, or calibrated.stream columns that read spilled arrays back from disk)."""
+
+    x: object
+    x_hat: object | None
+    y: object
+
+    def paired_moments(self) -> calibration.Moments | None:
+        """Channel moments of (x, x̂) over the fit samples (not the held-out ones); None when x̂ = x."""
+        if self.x_hat is None:
+            return None
+        count = len(self.x)
+        m = None
+        for i in range(count):
+            if is_held_out(i, count):
+                continue
+            x, x_hat = self.x[i], self.x_hat[i]
+            if m is None:
+                m = calibration.Moments.zeros(x.shape[1], paired=True)
+            m.update(x, x_hat)
+        return m
+
+
+def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
     """Data-aware factors of one conv and the name of the candidate that won.
 
     Candidates: weight-only SVD and the whitened factorization (B from the channel statistics), each as is and
     with W' and the bias refitted by least squares on the conv's input patches (padding, correlations between
     taps, the mean shift and upstream errors included). The candidate with the smallest output error on held-out
     calibration samples wins, so the result is never worse than weight-only SVD there and does not overfit a
-    small calibration set.
-
-    `paired` holds channel moments of (x from the original model, x̂ from the model rewritten so far); None when
-    nothing upstream was rewritten (x̂ = x). `fit_stats`/`holdout` hold per-group patch moments of (x, x̂)."""
+    small calibration set."""
     info, m = d.info, d.moments
-    s_xx = m.second_moment
+    paired = data.paired_moments()
     if paired is None:
-        s_xh = s_hh = s_xx
+        s_xh = s_hh = s_xx = m.second_moment
         mean_x = mean_h = m.mean
     else:
+        s_xx = m.second_moment
         s_xh, s_hh, mean_x, mean_h = paired.paired()
+    bias = _bias(d)
+    keeps = _positions(d, data)
     if d.lossless:  # exact on the span of the calibration inputs: no regularization, no refit
         exact = whitening.factorize_on_subspace(info.weight, info.groups, d.rank, s_hh)
-        held_eq = group_equations(info.weight, _bias(d), exact.bottleneck, info.groups, holdout)
+        _, held_eq = feature_equations(d, exact.bottleneck, data, bias, keeps)
         err = output_error(held_eq, exact.weight, np.zeros(info.out_channels))
         return whitening.DataFactors(exact.bottleneck, exact.weight, exact.rel_error, None, err), "subspace"
     reg = max(whitening.DEFAULT_REG, ridge_for(info.in_channels // info.groups, m.count))
     whitened = whitening.factorize_data(info.weight, info.groups, d.rank, s_xh, s_hh, s_xx, mean_x, mean_h, reg)
     plain = factorize.factorize_svd(info.weight, info.groups, d.rank)
-    bias = _bias(d)
     best = None
     for label, start in (("svd", plain), ("whitened", whitened)):
         delta0 = start.bias_delta
         delta0 = delta0.astype(np.float64) if delta0 is not None else np.zeros(info.out_channels)
-        held_eq = group_equations(info.weight, bias, start.bottleneck, info.groups, holdout)
-        fit_eq = held_eq if holdout is fit_stats else group_equations(info.weight, bias, start.bottleneck, info.groups, fit_stats)
+        fit_eq, held_eq = feature_equations(d, start.bottleneck, data, bias, keeps)
         w_new, delta = refit(fit_eq, start, info.kernel)
         for name, w_opt, delta_opt in ((label, start.weight, delta0), (label + "+refit", w_new, delta)):
             err = output_error(held_eq, w_opt, delta_opt)
@@ -85,111 +110,69 @@ def _bias(d: Decision) -> np.ndarray:
     return np.zeros(d.info.out_channels)
 
 
-@dataclasses.dataclass
-class PatchMoments:
-    """Moments of one group's input patches p (original x) and p̂ (rewritten-so-far x̂): Σpp̂ᵀ, Σp̂p̂ᵀ, Σp, Σp̂,
-    Σ‖W_g p‖² (the original outputs' energy, without bias) and the number of positions. Products are computed
-    in float32 per sample and accumulated in float64."""
-
-    xh: np.ndarray
-    hh: np.ndarray
-    x: np.ndarray
-    h: np.ndarray
-    y2: float = 0.0
-    count: int = 0
-
-    @classmethod
-    def zeros(cls, dim: int) -> PatchMoments:
-        return cls(np.zeros((dim, dim)), np.zeros((dim, dim)), np.zeros(dim), np.zeros(dim))
-
-    def update(self, p: np.ndarray, p_hat: np.ndarray, w: np.ndarray) -> None:
-        prod = p.T @ p_hat
-        self.xh += prod
-        self.hh += prod if p_hat is p else p_hat.T @ p_hat
-        self.x += p.sum(0, dtype=np.float64)
-        self.h += p_hat.sum(0, dtype=np.float64)
-        self.y2 += float(np.sum(np.square(p @ w.T, dtype=np.float64)))
-        self.count += p.shape[0]
-
-
-def patch_moments(
-    original: ir.Model, current: ir.Model | None, samples: list[dict], d: Decision, seed: int = 0
-) -> tuple[list[PatchMoments], list[PatchMoments], calibration.Moments | None]:
-    """Per-group patch moments of the conv's input in `original` (x) and `current` (x̂; None: x̂ = x) on the fit
-    samples and on the held-out samples (see calibrated.holdout), and the paired channel moments of the fit
-    samples (None when x̂ = x)."""
-    info = d.info
-    name = info.node.inputs[0].name
-    pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads, info.auto_pad)
-    ref = Probe(original, [name], "original (fitting)", only=True)
-    cur = Probe(current, [name], "rewritten (fitting)", only=True) if current is not None else None
-    cpg = info.in_channels // info.groups
-    dim = cpg * info.kernel_size
-    per_group = info.out_channels // info.groups
-    weights = [info.weight[g * per_group : (g + 1) * per_group].reshape(per_group, -1).astype(np.float32) for g in range(info.groups)]
-    stats = [PatchMoments.zeros(dim) for _ in range(info.groups)]
-    held = [PatchMoments.zeros(dim) for _ in range(info.groups)]
-    channel = calibration.Moments.zeros(info.in_channels, paired=True) if cur is not None else None
+def _positions(d: Decision, data: ConvData, seed: int = 0) -> list:
+    """Per sample, the output positions the patch statistics use: all of them (their count, an int) or a sorted
+    random subset (an index array) when the conv's budget of POSITIONS_PER_CONV would be exceeded."""
+    count = len(data.y)
+    per_sample = max(MIN_POSITIONS_PER_SAMPLE, POSITIONS_PER_CONV // max(count, 1))
     rng = np.random.default_rng(seed)
-    for index, feed in enumerate(samples):
-        is_held = is_held_out(index, len(samples))
-        x = ref.run(feed)[name]
-        x_hat = cur.run(feed)[name] if cur is not None else x
-        if channel is not None and not is_held:
-            channel.update(x, x_hat)
-        keep = None
-        for g in range(info.groups):
-            sl = slice(g * cpg, (g + 1) * cpg)
-            p = patches_mod.im2col(x, info.kernel, info.strides, info.dilations, pads, sl)
-            p_hat = p if cur is None else patches_mod.im2col(x_hat, info.kernel, info.strides, info.dilations, pads, sl)
-            if keep is None and p.shape[0] > MAX_POSITIONS_PER_SAMPLE:
-                keep = np.sort(rng.choice(p.shape[0], MAX_POSITIONS_PER_SAMPLE, replace=False))
-            if keep is not None:
-                p, p_hat = (p[keep], p_hat[keep]) if cur is not None else (p[keep],) * 2
-            (held if is_held else stats)[g].update(p, p_hat, weights[g])
-    if not any(h.count for h in held):  # too few samples to hold any out: judge on the fit samples
-        held = stats
-    return stats, held, channel
+    keeps = []
+    for i in range(count):
+        y = data.y[i]
+        positions = y.shape[0] * int(np.prod(y.shape[2:]))
+        keeps.append(positions if positions <= per_sample else np.sort(rng.choice(positions, per_sample, replace=False)))
+    return keeps
 
 
-def _squeeze_rows(b: np.ndarray, a: np.ndarray, k: int) -> np.ndarray:
-    """(B ⊗ I_K) applied to the rows of a [C*K, ...] -> [r*K, ...] without forming the Kronecker product."""
-    c = b.shape[1]
-    out = np.tensordot(b, a.reshape((c, k) + a.shape[1:]), axes=(1, 0))  # [r, K, ...]
-    return out.reshape((b.shape[0] * k,) + a.shape[1:])
-
-
-def normal_equations(st: PatchMoments, w: np.ndarray, b: np.ndarray, bg: np.ndarray, k: int):
-    """For targets y = W p + b and features f = [(B⊗I_K) p̂; 1]: (E[ffᵀ], E[yfᵀ], E‖y‖²)."""
-    cnt = max(st.count, 1)
-    m_x, m_h = st.x / cnt, st.h / cnt
-    t_hh = _squeeze_rows(bg, st.hh / cnt, k)  # [rK, CK]
-    rk = t_hh.shape[0]
-    ff = np.empty((rk + 1, rk + 1))
-    ff[:-1, :-1] = _squeeze_rows(bg, t_hh.T, k).T
-    tm_h = _squeeze_rows(bg, m_h, k)
-    ff[:-1, -1] = ff[-1, :-1] = tm_h
-    ff[-1, -1] = 1.0
-    yf = np.empty((w.shape[0], rk + 1))
-    yf[:, :-1] = _squeeze_rows(bg, (w @ (st.xh / cnt)).T, k).T + np.outer(b, tm_h)
-    yf[:, -1] = w @ m_x + b
-    yy = float(st.y2 / cnt + 2 * b @ (w @ m_x) + b @ b)
-    return ff, yf, yy
-
-
-def group_equations(weight, bias, bottleneck, groups: int, stats: list[PatchMoments]) -> list[tuple]:
-    """normal_equations for every group: [(rows, W_g flat, b_g, ff, yf, yy)]."""
-    n = weight.shape[0]
-    k = int(np.prod(weight.shape[2:]))
-    per_group = n // groups
+def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData, bias: np.ndarray,
+                      keeps: list) -> tuple[list[tuple], list[tuple]]:
+    """For the targets y (the original outputs) and the features f = [patches of B x̂; 1], per group, on the fit
+    samples and on the held-out samples (see calibrated.holdout; the fit samples when none is held out):
+    [(rows, W_g flat, b_g, E[ffᵀ], E[yfᵀ], E‖y‖², positions)]. Products in float32 per sample, sums in float64."""
+    info = d.info
+    groups, n = info.groups, info.out_channels
+    per_group, cpg = n // groups, info.in_channels // groups
     r = bottleneck.shape[0] // groups
-    b3 = bottleneck.reshape(groups, r, -1).astype(np.float64)
+    dim = r * info.kernel_size + 1
+    b3 = bottleneck.reshape(groups, r, cpg).astype(np.float32)
+    pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads,
+                                     info.auto_pad)
+    sums = {held: [[np.zeros((dim, dim)), np.zeros((per_group, dim)), 0.0, 0] for _ in range(groups)]
+            for held in (False, True)}
+    count = len(data.y)
+    x_hat = data.x_hat if data.x_hat is not None else data.x
+    for i in range(count):
+        xh = np.asarray(x_hat[i], np.float32)
+        y = np.asarray(data.y[i], np.float32)
+        target = np.moveaxis(y, 1, -1).reshape(-1, n)  # [positions, N], rows ordered like im2col's
+        keep = keeps[i] if not isinstance(keeps[i], int) else None
+        if keep is not None:
+            target = target[keep]
+        acc = sums[is_held_out(i, count)]
+        for g in range(groups):
+            fmap = np.moveaxis(np.tensordot(b3[g], xh[:, g * cpg:(g + 1) * cpg], axes=(1, 1)), 0, 1)  # [1, r, ...]
+            f = patches_mod.im2col(fmap, info.kernel, info.strides, info.dilations, pads, positions=keep)
+            f1 = np.empty((f.shape[0], dim), np.float32)
+            f1[:, :-1] = f
+            f1[:, -1] = 1.0
+            t = target[:, g * per_group:(g + 1) * per_group]
+            a = acc[g]
+            a[0] += f1.T @ f1
+            a[1] += t.T @ f1
+            a[2] += float(np.sum(np.square(t, dtype=np.float64)))
+            a[3] += f1.shape[0]
+    if not any(a[3] for a in sums[True]):  # too few samples to hold any out: judge on the fit samples
+        sums[True] = sums[False]
     out = []
-    for g, st in enumerate(stats):
-        rows = slice(g * per_group, (g + 1) * per_group)
-        w = weight[rows].reshape(per_group, -1).astype(np.float64)
-        out.append((rows, w, bias[rows], *normal_equations(st, w, bias[rows], b3[g], k), st.count))
-    return out
+    for held in (False, True):
+        eqs = []
+        for g, (ff, yf, yy, cnt) in enumerate(sums[held]):
+            rows = slice(g * per_group, (g + 1) * per_group)
+            w = info.weight[rows].reshape(per_group, -1)
+            c = max(cnt, 1)
+            eqs.append((rows, w, bias[rows], ff / c, yf / c, yy / c, cnt))
+        out.append(eqs)
+    return out[0], out[1]
 
 
 def refit(equations: list[tuple], start: factorize.Factors, kernel: tuple[int, ...]):

@@ -26,9 +26,11 @@ def explicit_pads(spatial_in, kernel, strides, dilations, pads, auto_pad) -> tup
     return tuple(pads) if pads else (0,) * (2 * nd)
 
 
-def im2col(x: np.ndarray, kernel, strides, dilations, pads, channels: slice | None = None) -> np.ndarray:
+def im2col(x: np.ndarray, kernel, strides, dilations, pads, channels: slice | None = None,
+           positions: np.ndarray | None = None) -> np.ndarray:
     """Patches of x [N, C, *spatial] as rows [positions, C' * prod(kernel)] (index c * K + tap, matching
-    W.reshape(N, -1)); `channels` restricts to a group's channels. `pads` are explicit begin+end pads."""
+    W.reshape(N, -1)); `channels` restricts to a group's channels. `pads` are explicit begin+end pads. With
+    `positions` (indices into the flattened [N, *out] positions), only those rows, in that order."""
     nd = len(kernel)
     if channels is not None:
         x = x[:, channels]
@@ -42,4 +44,6 @@ def im2col(x: np.ndarray, kernel, strides, dilations, pads, channels: slice | No
     v = v[index]  # [N, C, *out, *kernel]
     c = v.shape[1]
     v = np.moveaxis(v, 1, 1 + nd)  # [N, *out, C, *kernel]
+    if positions is not None:
+        v = v[np.unravel_index(positions, v.shape[: 1 + nd])]  # [len(positions), C, *kernel], only those copied
     return v.reshape(-1, c * int(np.prod(kernel)))

@@ -27,14 +27,31 @@ def rewrite(original: ir.Model, name: str, policy: Policy, input_shapes, source=
 
 
 class Reference:
-    """The original model's outputs on the calibration samples, run once, and the split of its outputs into parts."""
+    """The original model's outputs on the calibration samples (all of them, or only the held-out ones, each run once
+    when first asked for), and the split of its outputs into parts."""
 
     def __init__(self, original: ir.Model, samples: list[dict]) -> None:
+        self.original = original
         self.samples = samples
         self.splits = output_splits(original)
-        self.outputs = run_samples(original, samples, "original")
         self.held_samples = held_out(samples)
-        self.held_outputs = {k: held_out(v) for k, v in self.outputs.items()}
+        self._outputs: dict | None = None
+        self._held_outputs: dict | None = None
+
+    @property
+    def outputs(self) -> dict:
+        if self._outputs is None:
+            self._outputs = run_samples(self.original, self.samples, "original")
+        return self._outputs
+
+    @property
+    def held_outputs(self) -> dict:
+        if self._held_outputs is None:
+            if self._outputs is not None:
+                self._held_outputs = {k: held_out(v) for k, v in self._outputs.items()}
+            else:
+                self._held_outputs = run_samples(self.original, self.held_samples, "original")
+        return self._held_outputs
 
     def error(self, model: ir.Model, held: bool = False) -> float:
         """The worst output part's relative error of `model` on all (or the held-out) calibration samples."""

@@ -5,7 +5,8 @@ A MAC budget split by each conv's own (local) error treats an error in the RGB s
 network; they are not alike. For every candidate conv, the model is run on a few calibration samples with only that
 conv rewritten (whitened factorization) at up to PROBES_PER_CONV probe ranks; the gain at a probe is the measured
 model-output relative error (the worst part of the worst output, as in verification) divided by the measured relative error of the
-conv's own output. To first order the model-output error of a set of rewrites is then sqrt(Σ gain² · local error²),
+conv's own output. The probes run only the part of the model after the conv: one stream walks the original model
+from conv to conv, and each probe runs from that frontier to the outputs. To first order the model-output error of a set of rewrites is then sqrt(Σ gain² · local error²),
 with the local error taken from the conv's predicted error curve; that is what the budget allocation minimises.
 """
 
@@ -16,7 +17,8 @@ import onnx_ir as ir
 
 from onebyone.calibrated import whitening
 from onebyone.passes.plan import Decision, candidate_ranks
-from onebyone.passes.rewrite import UniqueNames, insert_bottleneck
+from onebyone.calibrated.stream import Stream
+from onebyone.passes.rewrite import UniqueNames, insert_bottleneck, remove_bottleneck
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
 from onebyone.verify.parts import output_splits
@@ -51,7 +53,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     rank between them (held constant outside) and never below the gain at the top probe. Convs that cannot be
     probed get the median gain of the others at every rank.
 
-    Guarantees: `model` is not modified; one onnxruntime session per probe, on at most PROBE_SAMPLES samples."""
+    Guarantees: `model` is not modified; one onnxruntime session per probe, running the model from the probed conv
+    on, on at most PROBE_SAMPLES samples."""
     live = [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
     measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
@@ -76,28 +79,37 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
     conv_outs = [d.info.node.outputs[0].name for d in live]
     reference = Probe(model, outputs + [n for n in conv_outs if n not in outputs], "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
+    work = model.clone()
+    nodes = list(work.graph)
     index = {id(n): i for i, n in enumerate(model.graph)}
+    names = UniqueNames(work.graph)
     plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in live]
     total, done = sum(len(p) for _, p in plans), 0
     measured: dict[str, tuple[list[int], list[float]]] = {}
-    for d, ranks in plans:
-        m = d.moments
-        for rank in ranks:
-            factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment, m.second_moment,
-                                               m.second_moment, m.mean, m.mean)
-            probe = model.clone()
-            node = list(probe.graph)[index[id(d.info.node)]]
-            insert_bottleneck(probe.graph, node, factors, UniqueNames(probe.graph), {})
+    with Stream(work, samples, "original (sensitivity)", keep=outputs) as stream:
+        for d, ranks in plans:
+            if not ranks:
+                continue
+            node = nodes[index[id(d.info.node)]]
+            stream.advance(node)
+            m = d.moments
             conv_out = node.outputs[0].name
-            runner = Probe(probe, outputs + ([conv_out] if conv_out not in outputs else []), "probe (sensitivity)", only=True)
-            got = [runner.run(f) for f in samples]
-            final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
-            local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
-            if local > 1e-6:
-                rs, gs = measured.setdefault(d.info.name, ([], []))
-                rs.append(rank)
-                gs.append(final / local)
-            done += 1
-            if progress:
-                progress(done, total)
+            for rank in ranks:
+                factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,
+                                                   m.second_moment, m.second_moment, m.mean, m.mean)
+                old_inputs = list(node.inputs)
+                squeeze = insert_bottleneck(work.graph, node, factors, names, {})
+                try:
+                    got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []))
+                finally:
+                    remove_bottleneck(work.graph, node, old_inputs, squeeze)
+                final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
+                local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
+                if local > 1e-6:
+                    rs, gs = measured.setdefault(d.info.name, ([], []))
+                    rs.append(rank)
+                    gs.append(final / local)
+                done += 1
+                if progress:
+                    progress(done, total)
     return measured

@@ -4,13 +4,20 @@ Ranks come from the weight whitened by the input statistics (Q = Mᵀ E[xxᵀ]^�
 rank); factors are fitted conv by conv in graph order against the original outputs with the inputs each conv sees in
 the model rewritten so far; each rewritten conv's output error is then measured, and rewrites whose measured error is
 far above the prediction are undone.
+
+The fit walks two streams (calibrated.stream) over the calibration samples in step, the original model and the model
+rewritten so far, from one chosen conv to the next: the fitting costs about two forward passes however many convs
+are rewritten, and the measured errors come from the same walk.
 """
 
 from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from onebyone.calibrated import fitting, moments, sensitivity, whitening
+from onebyone.calibrated.stream import Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.sources import Applied
 
@@ -36,6 +43,8 @@ class DataSource:
         self.info: dict | None = None
         self._progress = None
         self._gains: dict[int, dict] = {}
+        self._walk: _Walk | None = None
+        self._index: dict[int, int] = {}
 
     def _tick(self, stage: str):
         return (lambda done, total: self._progress(stage, done, total)) if self._progress else None
@@ -43,6 +52,7 @@ class DataSource:
     def prepare(self, model, candidates, progress=None) -> None:
         self._progress = progress
         self.original = model.clone()
+        self._index = {id(n): i for i, n in enumerate(model.graph)}  # node of `model` -> position in the original
         names = sorted({i.node.inputs[0].name for i in candidates})
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
@@ -63,19 +73,25 @@ class DataSource:
         return self._gains[round_to]
 
     def factors(self, d, model, rewritten_so_far):
-        stats, held, paired = fitting.patch_moments(self.original, model if rewritten_so_far else None, self.samples, d)
-        return fitting.fit(d, paired, stats, held)
+        if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
+            self._close_walk()
+            self._walk = _Walk(self.original, model, self.samples)
+        original_node = list(self.original.graph)[self._index[id(d.info.node)]]
+        return fitting.fit(d, self._walk.data_at(d.info.node, original_node))
 
     def settle(self, model, applied: list[Applied]) -> None:
         """Measure each rewritten conv's output error on the calibration data; a conv called lossless on data that
         does not measure at float level is relabelled approximate; rewrites whose error is far above the prediction
         (the prediction ignores padding and correlations between kernel taps) are undone."""
         if not applied:
+            self._close_walk()
             return
-        outs = [a.decision.info.node.outputs[0].name for a in applied]
-        measured = fitting.measure(self.original, model, self.samples, outs)
-        for a, name in zip(applied, outs):
-            d, err = a.decision, measured[name]
+        try:
+            measured = self._walk.finish(applied[-1].decision.info.node)
+        finally:
+            self._close_walk()
+        for a in applied:
+            d, err = a.decision, measured[a.decision.info.node.outputs[0].name]
             d.measured_error = err
             predicted = d.predicted_error or 0.0
             if d.lossless and err > LOSSLESS_ON_DATA_MAX_ERROR:
@@ -89,3 +105,52 @@ class DataSource:
 
     def describe(self):
         return self.info
+
+    def _close_walk(self) -> None:
+        if self._walk is not None:
+            self._walk.close()
+            self._walk = None
+
+
+class _Walk:
+    """The original model and the model being rewritten, streamed over the calibration samples in step, stopping at
+    each conv to be fitted. Each fitted conv's output error is measured when the rewritten stream next runs it."""
+
+    def __init__(self, original, model, samples) -> None:
+        self.original = Stream(original, samples, "original (fitting)")
+        self.rewritten = Stream(model, samples, "rewritten (fitting)")
+        self.pending: dict[str, object] = {}  # conv output name -> its original output, until measured
+        self.measured: dict[str, float] = {}
+        self.diverged = False  # whether the rewritten stream has run a rewritten conv yet
+
+    def data_at(self, node, original_node) -> fitting.ConvData:
+        """The conv's data: its input x (original), x̂ (rewritten so far; None while nothing was rewritten) and
+        its original output."""
+        x_name, y_name = original_node.inputs[0].name, original_node.outputs[0].name
+        self._measure(self.rewritten.advance(node, capture=list(self.pending)))
+        x = self.original.advance(original_node, capture=[x_name])[x_name]
+        y = self.original.advance(original_node, through=True, capture=[y_name])[y_name]
+        x_hat = self.rewritten.state[node.inputs[0].name] if self.diverged else None
+        self.pending[y_name] = y
+        self.diverged = True
+        return fitting.ConvData(x, x_hat, y)
+
+    def finish(self, last) -> dict[str, float]:
+        """Run the rewritten stream through the `last` fitted conv; every fitted conv's measured output error."""
+        self._measure(self.rewritten.advance(last, through=True, capture=list(self.pending)))
+        return self.measured
+
+    def _measure(self, got: dict) -> None:
+        for name, col in got.items():
+            ref = self.pending.pop(name)
+            num = den = 0.0
+            for a, b in zip(ref, col):
+                a64 = a.astype(np.float64)
+                num += float(np.sum((a64 - b) ** 2))
+                den += float(np.sum(a64**2))
+            self.measured[name] = float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
+
+    def close(self) -> None:
+        self.pending.clear()
+        self.original.close()
+        self.rewritten.close()

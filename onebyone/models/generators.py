@@ -32,6 +32,30 @@ def resnet(size: int = 32, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1),
     return b.model(b.head(x, c, classes), "resnet", opset)
 
 
+def resnet_bottleneck(size: int = 224, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000,
+                      seed: int = 0, low_rank: float | None = None, weights_as: str = "initializer",
+                      opset: int = 17) -> onnx.ModelProto:
+    """A ResNet of bottleneck blocks (1x1, 3x3, 1x1 with 4x expansion; strided 3x3 and 1x1 projection shortcut in
+    the first block of each later stage) behind a 7x7/2 conv and a 3x3/2 max pool: the defaults are ResNet-50's shape
+    (53 convs at 224x224); `blocks=(6, 8, 12, 6)` doubles its depth."""
+    b = NetBuilder(3, size, seed, low_rank, weights_as)
+    x = b.conv("input", 3, width, k=7, stride=2)
+    x = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    c = width
+    for stage, n in enumerate(blocks):
+        mid = width * 2**stage
+        out_c = mid * 4
+        for i in range(n):
+            stride = 2 if stage > 0 and i == 0 else 1
+            y = b.conv(x, c, mid, k=1)
+            y = b.conv(y, mid, mid, k=3, stride=stride)
+            y = b.conv(y, mid, out_c, k=1, relu=False)
+            shortcut = x if stride == 1 and c == out_c else b.conv(x, c, out_c, k=1, stride=stride, relu=False)
+            x = b.op("Relu", [b.op("Add", [y, shortcut])])
+            c = out_c
+    return b.model(b.head(x, c, classes), "resnet_bottleneck", opset)
+
+
 def vgg(size: int = 32, widths: tuple[int, ...] = (16, 32, 64), convs_per_stage: int = 2, classes: int = 10,
         seed: int = 0, low_rank: float | None = None, weights_as: str = "initializer", opset: int = 17) -> onnx.ModelProto:
     """A VGG: stages of 3x3 conv + ReLU, each followed by 2x2 max pooling."""
@@ -80,4 +104,4 @@ def detector(size: int = 32, width: int = 16, classes: int = 8, box_scale: float
 
 
 GENERATORS: dict[str, Callable[..., onnx.ModelProto]] = {"resnet": resnet, "vgg": vgg, "inception": inception,
-                                                         "detector": detector}
+                                                         "detector": detector, "resnet_bottleneck": resnet_bottleneck}

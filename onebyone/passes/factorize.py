@@ -94,7 +94,7 @@ def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarr
     out = np.empty((n, c_per_group) + weight.shape[2:], dtype=np.float64)
     for i in range(groups):
         wi = w[i * per_group : (i + 1) * per_group]  # [N/g, r, *k]
-        out[i * per_group : (i + 1) * per_group] = np.einsum("nr...,rc->nc...", wi, b[i])
+        out[i * per_group : (i + 1) * per_group] = np.moveaxis(np.tensordot(wi, b[i], axes=(1, 0)), -1, 1)
     return out
 
 

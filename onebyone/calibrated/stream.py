@@ -1,0 +1,258 @@
+"""Running a model over the calibration samples segment by segment, keeping only the activations still needed.
+
+A Stream holds, for every calibration sample, the values at its frontier: the values computed so far that a node not
+yet run still reads. `advance(stop)` runs every node before `stop` in one onnxruntime session built from just those
+nodes, so walking a model from conv to conv costs one forward pass in all, whatever the number of stops; memory is
+bounded by the widest frontier times the number of samples. Past the stream's memory limit, new arrays go to files
+in a temporary folder (read back one sample at a time), so memory stays bounded at any sample count.
+
+The model may change between advances (a node not yet run may be rewritten, nodes may be inserted before nodes not
+yet run): a stream follows the graph as it is at each advance. Constant nodes are never "run": every segment that
+reads one carries it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from onebyone.errors import OneByOneError, first_line
+from onebyone.verify.onnxruntime_run import session
+
+MEMORY_LIMIT = 768 * 2**20  # bytes of activations a stream keeps in memory before it spills new ones to disk
+
+
+class Column:
+    """One value's arrays, one per sample, in memory or in a file (written once per sample, read back on demand;
+    deleted with the column)."""
+
+    def __init__(self, count: int, path: str | None = None) -> None:
+        self.count = count
+        self.path = path
+        self._items: list = [None] * count
+        self._file = open(path, "w+b") if path else None  # noqa: SIM115 - closed when the column goes
+        self.nbytes = 0
+
+    def __setitem__(self, i: int, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        self.nbytes += array.nbytes
+        if self._file is None:
+            self._items[i] = array
+            return
+        offset = self._file.seek(0, os.SEEK_END)
+        self._file.write(array.tobytes())
+        self._items[i] = (offset, array.shape, array.dtype)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        item = self._items[i]
+        if self._file is None:
+            return item
+        offset, shape, dtype = item
+        self._file.seek(offset)
+        data = self._file.read(int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(self.count))
+
+    @property
+    def in_memory(self) -> int:
+        return 0 if self._file is not None else self.nbytes
+
+    def __del__(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            if os.path.exists(self.path):
+                os.unlink(self.path)
+            self._file = None
+
+
+def reads(node: ir.Node) -> set[str]:
+    """Names of the values `node` reads: its inputs and what its subgraphs take from the enclosing graphs."""
+    names = {v.name for v in node.inputs if v is not None and v.name}
+    for attr in node.attributes.values():
+        graphs = [attr.value] if attr.type == ir.AttributeType.GRAPH else (
+            list(attr.value) if attr.type == ir.AttributeType.GRAPHS else [])
+        for g in graphs:
+            defined = {v.name for v in g.inputs} | set(g.initializers)
+            used: set[str] = set()
+            for inner in g:
+                used |= reads(inner)
+                defined |= {v.name for v in inner.outputs if v is not None}
+            names |= used - defined
+    return names
+
+
+class Stream:
+    """`model` run over `samples` (feed dicts) node range by node range; see the module docstring.
+
+    `keep`: names never dropped from the frontier once computed (e.g. the model's outputs).
+    `memory_limit`: bytes of activations kept in memory; beyond it, new columns are written to disk."""
+
+    def __init__(self, model: ir.Model, samples: list[dict], label: str = "calibration",
+                 keep: Iterable[str] = (), memory_limit: int = MEMORY_LIMIT) -> None:
+        self.model = model
+        self.count = len(samples)
+        self.label = label
+        self.keep = set(keep)
+        self.memory_limit = memory_limit
+        self.peak_in_memory = 0
+        self._spill_dir: str | None = None
+        self._done: dict[int, ir.Node] = {}  # id -> node (held, so ids stay unique)
+        self.state: dict[str, Column] = {}
+        names = {v.name for v in model.graph.inputs}
+        for name in names:
+            if samples and name in samples[0]:
+                col = Column(self.count)
+                col._items = [feed[name] for feed in samples]
+                self.state[name] = col
+        self._drop_unread()
+
+    # ---- running -------------------------------------------------------------------------------------------------
+    def advance(self, stop: ir.Node | None, through: bool = False, capture: Iterable[str] = ()) -> dict[str, Column]:
+        """Run every node not yet run that comes before `stop` (and `stop` itself with `through`; None: all), then drop
+        the values nothing left to run reads. Returns the `capture`d values' columns (kept for the caller even when
+        the stream drops them)."""
+        nodes = list(self.model.graph)
+        end = len(nodes) if stop is None else nodes.index(stop) + (1 if through else 0)
+        run = [n for n in nodes[:end] if id(n) not in self._done and not _is_constant(n)]
+        capture = list(capture)
+        later = self._reads(n for n in nodes[end:] if id(n) not in self._done)
+        produced = {v.name for n in run for v in n.outputs if v is not None and v.name}
+        wanted = [name for name in produced if name in later or name in self.keep or name in capture]
+        if run:
+            self._run(run, sorted(wanted))
+        for n in run:
+            self._done[id(n)] = n
+        captured = {name: self.state[name] for name in capture if name in self.state}
+        self._drop_unread(later)
+        return captured
+
+    def peek(self, names: list[str]) -> list[dict[str, np.ndarray]]:
+        """Per sample, the named values computed from the frontier by the nodes not yet run, without advancing
+        (the frontier and the model are left as they are)."""
+        nodes = [n for n in self.model.graph if id(n) not in self._done and not _is_constant(n)]
+        needed, run = set(names), []
+        for n in reversed(nodes):
+            if any(v is not None and v.name in needed for v in n.outputs):
+                run.append(n)
+                needed |= reads(n)
+        run.reverse()
+        have = [name for name in names if name in self.state]
+        results = self._execute(run, [name for name in names if name not in have]) if run else None
+        out = []
+        for i in range(self.count):
+            got = {name: self.state[name][i] for name in have}
+            if results is not None:
+                got.update({name: col[i] for name, col in results.items()})
+            out.append(got)
+        return out
+
+    def close(self) -> None:
+        """Drop the frontier and the spill folder (columns handed out stay readable only when in memory)."""
+        self.state.clear()
+        if self._spill_dir:
+            shutil.rmtree(self._spill_dir, ignore_errors=True)
+            self._spill_dir = None
+
+    def __enter__(self) -> Stream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- internals -----------------------------------------------------------------------------------------------
+    def _reads(self, nodes: Iterable[ir.Node]) -> set[str]:
+        names: set[str] = set()
+        for n in nodes:
+            names |= reads(n)
+        return names
+
+    def _drop_unread(self, needed: set[str] | None = None) -> None:
+        if needed is None:
+            needed = self._reads(n for n in self.model.graph if id(n) not in self._done)
+        for name in [k for k in self.state if k not in needed and k not in self.keep]:
+            del self.state[name]
+
+    def _run(self, nodes: list[ir.Node], outputs: list[str]) -> None:
+        self.state.update(self._execute(nodes, outputs))
+        self.peak_in_memory = max(self.peak_in_memory, sum(c.in_memory for c in self.state.values()))
+
+    def _execute(self, nodes: list[ir.Node], outputs: list[str]) -> dict[str, Column]:
+        """Run `nodes` (in order) on every sample from the frontier; columns of `outputs`."""
+        if not outputs:
+            return {}
+        proto, inputs = self._segment(nodes, outputs)
+        sess = session(proto, f"{self.label} (segment)")
+        columns: dict[str, Column] = {}
+        in_memory = sum(c.in_memory for c in self.state.values())
+        for i in range(self.count):
+            feed = {name: self.state[name][i] for name in inputs}
+            try:
+                results = sess.run(outputs, feed)
+            except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
+                raise OneByOneError(f"onnxruntime failed to run {self.label}: {first_line(exc)}") from None
+            if i == 0:
+                for name, arr in zip(outputs, results):
+                    size = arr.nbytes * self.count
+                    spill = in_memory + size > self.memory_limit
+                    columns[name] = Column(self.count, self._spill_path() if spill else None)
+                    in_memory += 0 if spill else size
+            for name, arr in zip(outputs, results):
+                columns[name][i] = arr
+        return columns
+
+    def _spill_path(self) -> str:
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.mkdtemp(prefix="onebyone-stream-")
+        fd, path = tempfile.mkstemp(dir=self._spill_dir, suffix=".bin")
+        os.close(fd)
+        return path
+
+    def _segment(self, nodes: list[ir.Node], outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
+        """A model of `nodes` reading the frontier values it needs (typed from sample 0) and the constants."""
+        produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
+        needed = self._reads(nodes) - produced
+        graph = onnx.GraphProto(name="segment")
+        constants = {v.name: n for n in self.model.graph if _is_constant(n) for v in n.outputs}
+        carried = [constants[name] for name in sorted(needed) if name in constants and name not in self.state]
+        graph.node.extend(ir.serde.serialize_node(n) for n in carried + nodes)
+        initializers = self.model.graph.initializers
+        inputs = []
+        for name in sorted(needed):
+            if name in self.state:
+                arr = self.state[name][0]
+                graph.input.append(onnx.helper.make_tensor_value_info(
+                    name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
+                inputs.append(name)
+            elif name in initializers and initializers[name].const_value is not None:
+                tensor = ir.serde.serialize_tensor(_in_memory(initializers[name].const_value))
+                tensor.name = name
+                graph.initializer.append(tensor)
+            elif name not in constants:
+                raise OneByOneError(f"{self.label}: value {name!r} is neither computed nor a constant")
+        for name in outputs:
+            graph.output.add().name = name
+        proto = onnx.helper.make_model(
+            graph, ir_version=max(self.model.ir_version or 4, 4),
+            opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in self.model.opset_imports.items()])
+        proto.functions.extend(ir.serde.serialize_function(f) for f in self.model.functions.values())
+        return proto, inputs
+
+
+def _is_constant(node: ir.Node) -> bool:
+    return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not node.inputs
+
+
+def _in_memory(tensor):
+    """Tensors stored outside the model file are read in (a segment is handed to onnxruntime as bytes)."""
+    return ir.tensor(tensor.numpy(), name=tensor.name) if isinstance(tensor, ir.ExternalTensor) else tensor

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""How long the data-aware method takes against plain inference, per model and calibration sample count.
+
+For each model (the bundled ones and a generated ResNet-50-shaped model, 53 convs at 224x224, plus the same with
+twice the depth) and each sample count, one child process loads the model, times plain onnxruntime inference over
+the calibration samples, then runs the data-aware budget (`--macs 0.67`, no cache) and reports its seconds, its peak
+memory (the child's max RSS) and the output error on the evaluation inputs (bundled models). Printed as a table;
+written as JSON and a plot (seconds against samples, and the ratio to inference).
+
+    python scripts/benchmark_calibration.py [--samples 32 128 512] [--models opennsfw ppocr-det basic-pitch
+                                             resnet50 resnet50x2] [--out benchmarks]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+GENERATED = {"resnet50": (3, 4, 6, 3), "resnet50x2": (6, 8, 12, 6)}
+
+
+def one(name: str, count: int, fraction: float) -> dict:
+    """Measure one (model, sample count) in this process; the result as a dict."""
+    import onnx_ir as ir
+
+    from onebyone import RankPolicy, optimize
+    from onebyone.verify.onnxruntime_run import Probe
+
+    if name in GENERATED:
+        from onebyone.models import generators
+
+        original = ir.serde.deserialize_model(generators.resnet_bottleneck(blocks=GENERATED[name], seed=0))
+        rng = np.random.default_rng(1)
+        calib = [{"input": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(count)]
+        shapes, real = {"input": (1, 3, 224, 224)}, None
+    else:
+        from onebyone.models.real import REAL_MODELS
+
+        real = REAL_MODELS[name]
+        original = ir.load(str(real.path()))
+        calib = real.calibration_samples(count)
+        shapes = real.input_shapes
+    convs = sum(n.op_type == "Conv" for n in original.graph)
+    probe = Probe(original, label="original")
+    probe.run(calib[0])  # warm-up
+    t0 = time.perf_counter()
+    for feed in calib:
+        probe.run(feed)
+    inference = time.perf_counter() - t0
+    del probe
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    t0 = time.perf_counter()
+    optimized, report = optimize(original, RankPolicy("budget", macs=fraction), shapes, verify=False, calibration=calib)
+    seconds = time.perf_counter() - t0
+    row = dict(model=name, samples=count, convs=convs, rewritten=report.totals.rewritten, inference_s=inference,
+               data_aware_s=seconds, ratio=seconds / inference, peak_rss_mb=resource.getrusage(
+                   resource.RUSAGE_SELF).ru_maxrss / 1024, rss_before_mb=rss_before / 2**20, kept=report.method)
+    if real is not None:
+        from onebyone.models import tasks
+        from onebyone.verify.metrics import worst_part_rel_l2
+        from onebyone.verify.onnxruntime_run import run_samples
+        from onebyone.verify.parts import output_splits
+
+        evaluation = real.samples()
+        ref, got = run_samples(original, evaluation, "original"), run_samples(optimized, evaluation, "optimized")
+        row["output_rel_error"] = worst_part_rel_l2(ref, got, output_splits(original))
+        row["task"] = tasks.outcome(real.task, evaluation, ref, got)
+    return row
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--samples", type=int, nargs="*", default=[32, 128, 512])
+    ap.add_argument("--models", nargs="*", default=["opennsfw", "ppocr-det", "basic-pitch", "resnet50", "resnet50x2"])
+    ap.add_argument("--fraction", type=float, default=0.67)
+    ap.add_argument("--out", default="benchmarks")
+    ap.add_argument("--one", nargs=2, metavar=("MODEL", "SAMPLES"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(one(args.one[0], int(args.one[1]), args.fraction), default=str))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from onebyone.report import write_json_atomic
+
+    console = Console(width=200)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.models:
+        counts = args.samples if name != "resnet50x2" else args.samples[:1]  # depth scaling: the smallest count
+        for count in counts:
+            done = subprocess.run([sys.executable, __file__, "--one", name, str(count), "--fraction", str(args.fraction)],
+                                  capture_output=True, text=True)
+            if done.returncode != 0:
+                console.print(f"{name} x{count}: failed\n{done.stderr[-2000:]}", style="red")
+                continue
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            rows.append(row)
+            console.print(f"{name} x{count}: {row['data_aware_s']:.1f} s ({row['ratio']:.1f}x inference), "
+                          f"peak {row['peak_rss_mb']:.0f} MB", style="dim")
+    table = Table(title=f"data-aware budget {args.fraction} (no cache) vs plain onnxruntime inference, same samples")
+    for col in ("model", "convs", "samples", "inference s", "data-aware s", "ratio", "peak MB", "error", "task"):
+        table.add_column(col)
+    for r in rows:
+        task = r.get("task")
+        table.add_row(r["model"], str(r["convs"]), str(r["samples"]), f"{r['inference_s']:.2f}", f"{r['data_aware_s']:.1f}",
+                      f"{r['ratio']:.1f}x", f"{r['peak_rss_mb']:.0f}",
+                      f"{r['output_rel_error']:.4f}" if "output_rel_error" in r else "",
+                      ("unchanged" if task.get("unchanged") else "changed") if isinstance(task, dict) else "")
+    console.print(table)
+    scaling = _depth_scaling(rows)
+    if scaling:
+        console.print(f"depth x2 (resnet50 -> resnet50x2, {scaling['samples']} samples): {scaling['ratio']:.2f}x the time")
+    write_json_atomic(out / "calibration-speed.json", {"fraction": args.fraction, "rows": rows, "depth_scaling": scaling})
+    _plot(rows, out / "calibration-speed.png")
+    console.print(f"wrote {out / 'calibration-speed.json'} and {out / 'calibration-speed.png'}")
+
+
+def _depth_scaling(rows: list[dict]) -> dict | None:
+    deep = [r for r in rows if r["model"] == "resnet50x2"]
+    if not deep:
+        return None
+    base = next((r for r in rows if r["model"] == "resnet50" and r["samples"] == deep[0]["samples"]), None)
+    if base is None:
+        return None
+    return {"samples": base["samples"], "ratio": deep[0]["data_aware_s"] / base["data_aware_s"]}
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        pts = sorted((r["samples"], r["data_aware_s"], r["ratio"]) for r in rows if r["model"] == name)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=name)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], "o-", label=name)
+    ax1.set_xscale("log", base=2)
+    ax1.set_yscale("log")
+    ax1.set_xlabel("calibration samples")
+    ax1.set_ylabel("data-aware budget run, s")
+    ax2.set_xscale("log", base=2)
+    ax2.axhline(5, color="grey", ls="--", lw=1, label="5x inference")
+    ax2.set_xlabel("calibration samples")
+    ax2.set_ylabel("time / plain inference")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Streaming calibration: a model walked segment by segment gives the values a whole-model run gives, with only the
+frontier kept (in memory or spilled to disk), and the fit's statistics equal a direct computation."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper
+
+from onebyone.calibrated import fitting, whitening
+from onebyone.calibrated.stream import Stream
+from onebyone.models import generators
+from onebyone.passes.analysis import analyze
+from onebyone.passes.plan import start
+from onebyone.verify.onnxruntime_run import Probe
+
+
+def _samples(rng, count, size=16):
+    return [{"input": rng.standard_normal((1, 3, size, size)).astype(np.float32)} for _ in range(count)]
+
+
+@pytest.mark.parametrize("memory_limit", [2**40, 0], ids=["in memory", "spilled"])
+def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model_run(rng, memory_limit):
+    """A resnet (residual adds keep values alive across stops) walked from conv to conv: each conv's input and
+    output equal onnxruntime's whole-model values; spilled columns give the same values and leave no file."""
+    model = ir.serde.deserialize_model(generators.resnet(size=16, seed=2))
+    samples = _samples(rng, 3)
+    convs = [n for n in model.graph if n.op_type == "Conv"]
+    names = sorted({n.inputs[0].name for n in convs} | {n.outputs[0].name for n in convs})
+    whole = Probe(model, names, "whole", only=True)
+    expected = [whole.run(s) for s in samples]
+    stream = Stream(model, samples, "test", memory_limit=memory_limit)
+    spill_dir = None
+    for conv in convs:
+        x = stream.advance(conv, capture=[conv.inputs[0].name])[conv.inputs[0].name]
+        y = stream.advance(conv, through=True, capture=[conv.outputs[0].name])[conv.outputs[0].name]
+        spill_dir = spill_dir or stream._spill_dir
+        for i in range(len(samples)):
+            np.testing.assert_array_equal(x[i], expected[i][conv.inputs[0].name])
+            np.testing.assert_allclose(y[i], expected[i][conv.outputs[0].name], rtol=1e-5, atol=1e-5)
+        # only values that a node not yet run reads are kept
+        live = {v.name for n in model.graph if id(n) not in stream._done for v in n.inputs if v is not None}
+        assert set(stream.state) <= live | {v.name for v in model.graph.inputs}
+    assert (stream.peak_in_memory == 0) == (memory_limit == 0)
+    outputs = stream.peek([v.name for v in model.graph.outputs])
+    reference = Probe(model).by_name(samples)
+    for i in range(len(samples)):
+        for name, arrays in reference.items():
+            np.testing.assert_allclose(outputs[i][name], arrays[i], rtol=1e-5, atol=1e-5)
+    stream.close()
+    if memory_limit == 0:
+        assert spill_dir is not None and not os.path.exists(spill_dir)
+
+
+def test_peek_leaves_the_frontier_and_constants_and_subgraphs_are_carried(rng):
+    """Constant nodes are carried into every segment that reads them; an If whose branch reads a value of the
+    enclosing graph keeps that value alive; peek computes without advancing."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    then = helper.make_graph([helper.make_node("Add", ["h", "k"], ["t"])], "then", [],
+                             [helper.make_tensor_value_info("t", TensorProto.FLOAT, [1, 4])])
+    other = helper.make_graph([helper.make_node("Sub", ["h", "k"], ["e"])], "else", [],
+                              [helper.make_tensor_value_info("e", TensorProto.FLOAT, [1, 4])])
+    nodes = [
+        helper.make_node("Constant", [], ["k"], value=helper.make_tensor("kv", TensorProto.FLOAT, [1, 4], [1, 2, 3, 4])),
+        helper.make_node("Constant", [], ["c"], value=helper.make_tensor("cv", TensorProto.BOOL, [], [True])),
+        helper.make_node("Mul", ["x", "k"], ["h"]),
+        helper.make_node("Relu", ["x"], ["r"]),
+        helper.make_node("If", ["c"], ["i"], then_branch=then, else_branch=other),
+        helper.make_node("Add", ["i", "r"], ["y"]),
+    ]
+    proto = helper.make_model(helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)],
+                              ir_version=8)
+    onnx.checker.check_model(proto)
+    model = ir.serde.deserialize_model(proto)
+    samples = [{"x": rng.standard_normal((1, 4)).astype(np.float32)} for _ in range(2)]
+    stream = Stream(model, samples, "test")
+    the_if = next(n for n in model.graph if n.op_type == "If")
+    stream.advance(the_if)
+    assert {"h", "r"} <= set(stream.state) and "k" not in stream.state  # h read only inside the If's branches
+    before = set(stream.state)
+    got = stream.peek(["y"])
+    assert set(stream.state) == before
+    for s, g in zip(samples, got):
+        k = np.array([[1, 2, 3, 4]], np.float32)
+        np.testing.assert_allclose(g["y"], s["x"] * k + k + np.maximum(s["x"], 0), rtol=1e-6)
+    stream.advance(None)
+    assert not stream.state
+
+
+def test_feature_equations_equal_a_direct_computation_with_patches(rng):
+    """E[ffᵀ], E[yfᵀ], E‖y‖² with f = [(B⊗I) p̂; 1] (explicit Kronecker product on explicit patches) and
+    y = W p + b, on a strided, padded grouped conv, against what the fit computes from the arrays."""
+    from onebyone.models.single_conv import single_conv_model
+    from onebyone.calibrated import patches
+    from onebyone.calibrated import moments as calibration
+
+    groups, c, n, k = 2, 8, 6, (3, 3)
+    w = rng.standard_normal((n, c // groups, *k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32)
+    proto = single_conv_model((1, c, 9, 9), w, bias, pads=(1, 0, 1, 1), strides=(2, 1), group=groups)
+    model = ir.serde.deserialize_model(proto)
+    info = analyze(model, {"x": (1, c, 9, 9)})[0]
+    xs = [rng.standard_normal((1, c, 9, 9)).astype(np.float32) for _ in range(5)]
+    x_hats = [x + 0.1 * rng.standard_normal(x.shape).astype(np.float32) for x in xs]
+    ys = [Probe(model).run({"x": x})[next(iter(Probe(model).names))] for x in xs]
+    m = calibration.Moments.zeros(c)
+    for x in xs:
+        m.update(x)
+    d = start(info, whitening.spectrum(info.weight, groups, m.second_moment), m)
+    d.rank = 2
+    b = rng.standard_normal((groups * 2, c // groups, 1, 1)).astype(np.float32)
+    data = fitting.ConvData(xs, x_hats, ys)
+    keeps = fitting._positions(d, data)
+    fit_eq, held_eq = fitting.feature_equations(d, b, data, bias.astype(np.float64), keeps)
+    pads = patches.explicit_pads((9, 9), k, (2, 1), (1, 1), (1, 0, 1, 1), "NOTSET")
+    cpg = c // groups
+    for g, (rows, _, _, ff, yf, yy, count) in enumerate(fit_eq):
+        feats, targets = [], []
+        for i in [0, 1, 2, 4]:  # sample 3 is held out (every 4th)
+            p = patches.im2col(xs[i], k, (2, 1), (1, 1), pads, slice(g * cpg, (g + 1) * cpg)).astype(np.float64)
+            p_hat = patches.im2col(x_hats[i], k, (2, 1), (1, 1), pads, slice(g * cpg, (g + 1) * cpg)).astype(np.float64)
+            kron = np.kron(b[g * 2:(g + 1) * 2, :, 0, 0].astype(np.float64), np.eye(9))
+            feats.append(np.concatenate([p_hat @ kron.T, np.ones((len(p_hat), 1))], axis=1))
+            targets.append(p @ w[rows].reshape(n // groups, -1).T.astype(np.float64) + bias[rows])
+        f, t = np.concatenate(feats), np.concatenate(targets)
+        assert count == len(f)
+        np.testing.assert_allclose(ff, f.T @ f / len(f), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(yf, t.T @ f / len(f), rtol=1e-4, atol=1e-4)
+        assert yy == pytest.approx(float(np.sum(t**2)) / len(f), rel=1e-4)
+    assert held_eq[0][-1] == fit_eq[0][-1] // 4  # one held-out sample of the same size
