@@ -24,10 +24,12 @@ def _samples(rng, count, size=16):
 
 
 @pytest.mark.parametrize("memory_limit", [2**40, 0], ids=["in memory", "spilled"])
-def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model_run(rng, memory_limit):
-    """A resnet (residual adds keep values alive across stops) walked from conv to conv: each conv's input and
-    output equal onnxruntime's whole-model values; spilled columns give the same values and leave no file."""
-    model = ir.serde.deserialize_model(generators.resnet(size=16, seed=2))
+@pytest.mark.parametrize("generator", ["resnet", "detector"])
+def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model_run(rng, memory_limit, generator):
+    """A resnet (residual adds keep values alive across stops) and a detector (Reshapes whose shapes are
+    initializers) walked from conv to conv: each conv's input and output equal onnxruntime's whole-model values;
+    spilled columns give the same values and leave no file."""
+    model = ir.serde.deserialize_model(generators.GENERATORS[generator](size=16, seed=2))
     samples = _samples(rng, 3)
     convs = [n for n in model.graph if n.op_type == "Conv"]
     names = sorted({n.inputs[0].name for n in convs} | {n.outputs[0].name for n in convs})

@@ -137,8 +137,7 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData, bias:
     b3 = bottleneck.reshape(groups, r, cpg).astype(np.float32)
     pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads,
                                      info.auto_pad)
-    sums = {held: [[np.zeros((dim, dim)), np.zeros((per_group, dim)), 0.0, 0] for _ in range(groups)]
-            for held in (False, True)}
+    sums = {held: [_FeatureSums(dim, per_group) for _ in range(groups)] for held in (False, True)}
     count = len(data.y)
     x_hat = data.x_hat if data.x_hat is not None else data.x
     for i in range(count):
@@ -148,31 +147,60 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData, bias:
         keep = keeps[i] if not isinstance(keeps[i], int) else None
         if keep is not None:
             target = target[keep]
-        acc = sums[is_held_out(i, count)]
-        for g in range(groups):
+        for g, acc in enumerate(sums[is_held_out(i, count)]):
             fmap = np.moveaxis(np.tensordot(b3[g], xh[:, g * cpg:(g + 1) * cpg], axes=(1, 1)), 0, 1)  # [1, r, ...]
-            f = patches_mod.im2col(fmap, info.kernel, info.strides, info.dilations, pads, positions=keep)
-            f1 = np.empty((f.shape[0], dim), np.float32)
-            f1[:, :-1] = f
-            f1[:, -1] = 1.0
-            t = target[:, g * per_group:(g + 1) * per_group]
-            a = acc[g]
-            a[0] += f1.T @ f1
-            a[1] += t.T @ f1
-            a[2] += float(np.sum(np.square(t, dtype=np.float64)))
-            a[3] += f1.shape[0]
-    if not any(a[3] for a in sums[True]):  # too few samples to hold any out: judge on the fit samples
+            acc.add(patches_mod.im2col(fmap, info.kernel, info.strides, info.dilations, pads, positions=keep),
+                    target[:, g * per_group:(g + 1) * per_group])
+    for acc in sums[False] + sums[True]:
+        acc.flush()
+    if not any(a.count for a in sums[True]):  # too few samples to hold any out: judge on the fit samples
         sums[True] = sums[False]
     out = []
     for held in (False, True):
         eqs = []
-        for g, (ff, yf, yy, cnt) in enumerate(sums[held]):
+        for g, acc in enumerate(sums[held]):
             rows = slice(g * per_group, (g + 1) * per_group)
             w = info.weight[rows].reshape(per_group, -1)
-            c = max(cnt, 1)
-            eqs.append((rows, w, bias[rows], ff / c, yf / c, yy / c, cnt))
+            c = max(acc.count, 1)
+            eqs.append((rows, w, bias[rows], acc.ff / c, acc.yf / c, acc.yy / c, acc.count))
         out.append(eqs)
     return out[0], out[1]
+
+
+class _FeatureSums:
+    """Σ f fᵀ, Σ y fᵀ, Σ‖y‖² and the count over rows of features f = [patches; 1] and targets y, taken in chunks of
+    at least CHUNK_ROWS rows (float32 products, float64 sums)."""
+
+    CHUNK_ROWS = 4096
+
+    def __init__(self, dim: int, outputs: int) -> None:
+        self.ff = np.zeros((dim, dim))
+        self.yf = np.zeros((outputs, dim))
+        self.yy = 0.0
+        self.count = 0
+        self._f: list[np.ndarray] = []
+        self._y: list[np.ndarray] = []
+        self._rows = 0
+
+    def add(self, patches: np.ndarray, targets: np.ndarray) -> None:
+        self._f.append(patches)
+        self._y.append(targets)
+        self._rows += len(patches)
+        if self._rows >= self.CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._rows:
+            return
+        f1 = np.empty((self._rows, self.ff.shape[0]), np.float32)
+        np.concatenate(self._f, out=f1[:, :-1])
+        f1[:, -1] = 1.0
+        t = np.concatenate(self._y).astype(np.float32, copy=False)
+        self.ff += f1.T @ f1
+        self.yf += t.T @ f1
+        self.yy += float(np.sum(np.square(t, dtype=np.float64)))
+        self.count += self._rows
+        self._f, self._y, self._rows = [], [], 0
 
 
 def refit(equations: list[tuple], start: factorize.Factors, kernel: tuple[int, ...]):

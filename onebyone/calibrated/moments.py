@@ -25,47 +25,66 @@ class Moments:
     """Sums over all positions of all samples of a [C, *spatial] activation (optionally paired with another).
 
     `outer` = Σ x xᵀ, `total` = Σ x, `count` = number of positions. With a paired activation x̂ (the same value in
-    a partially rewritten model), `cross` = Σ x x̂ᵀ, `outer_hat` = Σ x̂ x̂ᵀ and `total_hat` = Σ x̂.
+    a partially rewritten model), `cross` = Σ x x̂ᵀ, `outer_hat` = Σ x̂ x̂ᵀ and `total_hat` = Σ x̂; a paired record
+    keeps no `outer` (None: the fit takes E[x xᵀ] from the unpaired statistics of all samples).
     """
 
-    outer: np.ndarray
+    outer: np.ndarray | None
     total: np.ndarray
     count: int = 0
     cross: np.ndarray | None = None
     outer_hat: np.ndarray | None = None
     total_hat: np.ndarray | None = None
+    _pending: list = dataclasses.field(default_factory=list, repr=False, compare=False)
+    _pending_positions: int = dataclasses.field(default=0, repr=False, compare=False)
 
     @classmethod
     def zeros(cls, channels: int, paired: bool = False) -> Moments:
         z = lambda *s: np.zeros(s, dtype=np.float64)  # noqa: E731
-        if paired:
-            return cls(z(channels, channels), z(channels), 0, z(channels, channels), z(channels, channels), z(channels))
+        if paired:  # Σ x xᵀ is not kept for a pair (fitting takes E[x xᵀ] from the unpaired statistics)
+            return cls(None, z(channels), 0, z(channels, channels), z(channels, channels), z(channels))
         return cls(z(channels, channels), z(channels))
 
     def update(self, x: np.ndarray, x_hat: np.ndarray | None = None) -> None:
-        """Fold in one activation [N, C, *spatial] (and its paired version)."""
+        """Fold in one activation [N, C, *spatial] (and its paired version). Small activations are gathered and
+        folded in together (see flush), so that the products run as large matrix products."""
         c = x.shape[1]
-        xm = np.moveaxis(np.asarray(x, np.float64), 1, 0).reshape(c, -1)
-        self.outer += xm @ xm.T
+        self._pending.append((np.moveaxis(x, 1, 0).reshape(c, -1),
+                              None if x_hat is None else np.moveaxis(x_hat, 1, 0).reshape(c, -1)))
+        self._pending_positions += self._pending[-1][0].shape[1]
+        if self._pending_positions >= CHUNK_POSITIONS:
+            self.flush()
+
+    def flush(self) -> None:
+        """Fold in what update gathered (products in float64)."""
+        if not self._pending:
+            return
+        xm = np.concatenate([p[0] for p in self._pending], axis=1).astype(np.float64)
+        if self.outer is not None:
+            self.outer += xm @ xm.T
         self.total += xm.sum(axis=1)
         self.count += xm.shape[1]
-        if x_hat is not None:
-            hm = np.moveaxis(np.asarray(x_hat, np.float64), 1, 0).reshape(c, -1)
+        if self._pending[0][1] is not None:
+            hm = np.concatenate([p[1] for p in self._pending], axis=1).astype(np.float64)
             self.cross += xm @ hm.T
             self.outer_hat += hm @ hm.T
             self.total_hat += hm.sum(axis=1)
+        self._pending, self._pending_positions = [], 0
 
     @property
     def second_moment(self) -> np.ndarray:
         """E[x xᵀ]."""
+        self.flush()
         return self.outer / max(self.count, 1)
 
     @property
     def mean(self) -> np.ndarray:
+        self.flush()
         return self.total / max(self.count, 1)
 
     def paired(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(E[x x̂ᵀ], E[x̂ x̂ᵀ], E[x], E[x̂]); an unpaired record is its own pair (x̂ = x)."""
+        self.flush()
         n = max(self.count, 1)
         if self.cross is None:
             s = self.outer / n
@@ -74,6 +93,7 @@ class Moments:
 
 
 Progress = Callable[[int, int], None]
+CHUNK_POSITIONS = 4096  # Moments.update gathers at least this many positions before multiplying
 
 
 def collect(
@@ -89,6 +109,8 @@ def collect(
             stats[n].update(x)
         if progress:
             progress(i + 1, len(samples))
+    for m in stats.values():
+        m.flush()
     return stats
 
 

@@ -94,9 +94,11 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
             stream.advance(node)
             m = d.moments
             conv_out = node.outputs[0].name
+            svd = whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
             for rank in ranks:
                 factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,
-                                                   m.second_moment, m.second_moment, m.mean, m.mean)
+                                                   m.second_moment, m.second_moment, m.mean, m.mean, svd=svd,
+                                                   predict=False)
                 old_inputs = list(node.inputs)
                 squeeze = insert_bottleneck(work.graph, node, factors, names, {})
                 try:

@@ -128,8 +128,8 @@ class _Walk:
         its original output."""
         x_name, y_name = original_node.inputs[0].name, original_node.outputs[0].name
         self._measure(self.rewritten.advance(node, capture=list(self.pending)))
-        x = self.original.advance(original_node, capture=[x_name])[x_name]
-        y = self.original.advance(original_node, through=True, capture=[y_name])[y_name]
+        got = self.original.advance(original_node, through=True, capture=[x_name, y_name])
+        x, y = got[x_name], got[y_name]
         x_hat = self.rewritten.state[node.inputs[0].name] if self.diverged else None
         self.pending[y_name] = y
         self.diverged = True

@@ -25,7 +25,8 @@ import onnx_ir as ir
 from onebyone.errors import OneByOneError, first_line
 from onebyone.verify.onnxruntime_run import session
 
-MEMORY_LIMIT = 768 * 2**20  # bytes of activations a stream keeps in memory before it spills new ones to disk
+MEMORY_LIMIT = 512 * 2**20  # bytes of activations a stream keeps in memory before it spills new ones to disk
+EXTERNAL_BYTES = 4096  # float initializers from this size on are handed to onnxruntime from memory, not serialized
 
 
 class Column:
@@ -108,6 +109,7 @@ class Stream:
         self.peak_in_memory = 0
         self._spill_dir: str | None = None
         self._done: dict[int, ir.Node] = {}  # id -> node (held, so ids stay unique)
+        self._arrays: dict[str, tuple] = {}  # initializer name -> (its tensor, its array)
         self.state: dict[str, Column] = {}
         names = {v.name for v in model.graph.inputs}
         for name in names:
@@ -188,17 +190,16 @@ class Stream:
         self.peak_in_memory = max(self.peak_in_memory, sum(c.in_memory for c in self.state.values()))
 
     def _execute(self, nodes: list[ir.Node], outputs: list[str]) -> dict[str, Column]:
-        """Run `nodes` (in order) on every sample from the frontier; columns of `outputs`."""
+        """Run `nodes` (in order) on every sample from the frontier, one run per sample; columns of `outputs`."""
         if not outputs:
             return {}
-        proto, inputs = self._segment(nodes, outputs)
-        sess = session(proto, f"{self.label} (segment)")
+        proto, inputs, weights = self._segment(nodes, outputs)
+        sess = session(proto, f"{self.label} (segment)", initializers=weights)
         columns: dict[str, Column] = {}
         in_memory = sum(c.in_memory for c in self.state.values())
         for i in range(self.count):
-            feed = {name: self.state[name][i] for name in inputs}
             try:
-                results = sess.run(outputs, feed)
+                results = sess.run(outputs, {name: self.state[name][i] for name in inputs})
             except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
                 raise OneByOneError(f"onnxruntime failed to run {self.label}: {first_line(exc)}") from None
             if i == 0:
@@ -218,8 +219,9 @@ class Stream:
         os.close(fd)
         return path
 
-    def _segment(self, nodes: list[ir.Node], outputs: list[str]) -> tuple[onnx.ModelProto, list[str]]:
-        """A model of `nodes` reading the frontier values it needs (typed from sample 0) and the constants."""
+    def _segment(self, nodes: list[ir.Node], outputs: list[str]) -> tuple[onnx.ModelProto, list[str], dict]:
+        """A model of `nodes` reading the frontier values it needs (typed from sample 0) and the constants; the
+        names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they are, not serialized)."""
         produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
         needed = self._reads(nodes) - produced
         graph = onnx.GraphProto(name="segment")
@@ -227,7 +229,7 @@ class Stream:
         carried = [constants[name] for name in sorted(needed) if name in constants and name not in self.state]
         graph.node.extend(ir.serde.serialize_node(n) for n in carried + nodes)
         initializers = self.model.graph.initializers
-        inputs = []
+        inputs, weights = [], {}
         for name in sorted(needed):
             if name in self.state:
                 arr = self.state[name][0]
@@ -235,9 +237,12 @@ class Stream:
                     name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
                 inputs.append(name)
             elif name in initializers and initializers[name].const_value is not None:
-                tensor = ir.serde.serialize_tensor(_in_memory(initializers[name].const_value))
-                tensor.name = name
-                graph.initializer.append(tensor)
+                tensor = initializers[name].const_value
+                if tensor.dtype.is_floating_point() and tensor.nbytes >= EXTERNAL_BYTES:
+                    graph.initializer.append(self._weight(name, tensor, weights))
+                else:  # small or integer data (shapes, indices) stays in the model: onnxruntime reads it when loading
+                    proto = ir.serde.serialize_tensor(ir.tensor(tensor.numpy(), name=name))
+                    graph.initializer.append(proto)
             elif name not in constants:
                 raise OneByOneError(f"{self.label}: value {name!r} is neither computed nor a constant")
         for name in outputs:
@@ -246,13 +251,21 @@ class Stream:
             graph, ir_version=max(self.model.ir_version or 4, 4),
             opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in self.model.opset_imports.items()])
         proto.functions.extend(ir.serde.serialize_function(f) for f in self.model.functions.values())
-        return proto, inputs
+        return proto, inputs, weights
+
+    def _weight(self, name: str, tensor, weights: dict) -> onnx.TensorProto:
+        """An initializer whose data onnxruntime takes from memory (the tensor's array, read once per stream)."""
+        array = self._arrays.get(name)
+        if array is None or array[0] is not tensor:
+            array = self._arrays[name] = (tensor, np.ascontiguousarray(tensor.numpy()))
+        weights[name] = array[1]
+        proto = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array[1].dtype),
+                                 dims=array[1].shape)
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        entry = proto.external_data.add()
+        entry.key, entry.value = "location", "in-memory"
+        return proto
 
 
 def _is_constant(node: ir.Node) -> bool:
     return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not node.inputs
-
-
-def _in_memory(tensor):
-    """Tensors stored outside the model file are read in (a segment is handed to onnxruntime as bytes)."""
-    return ir.tensor(tensor.numpy(), name=tensor.name) if isinstance(tensor, ir.ExternalTensor) else tensor

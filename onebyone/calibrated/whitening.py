@@ -55,21 +55,31 @@ def spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np
     return svals, energy
 
 
+def whitened_svd(weight: np.ndarray, groups: int, s_xh: np.ndarray, s_hh: np.ndarray, reg: float = DEFAULT_REG) -> list:
+    """Per group, (U, S, Vᵀ, R⁻¹) with U S Vᵀ the SVD of Q = Mᵀ E[x x̂ᵀ] R⁻¹ (see module doc): everything
+    factorize_data needs that does not depend on the rank."""
+    out = []
+    for m, sl in _groups(weight, groups, s_hh):
+        _, r_inv = sqrt_and_inverse(s_hh[sl, sl], reg)
+        out.append((*np.linalg.svd(m.T @ s_xh[sl, sl] @ r_inv, full_matrices=False), r_inv))
+    return out
+
+
 def factorize_data(
     weight: np.ndarray, groups: int, rank: int, s_xh: np.ndarray, s_hh: np.ndarray, s_xx: np.ndarray,
-    mean_x: np.ndarray, mean_h: np.ndarray, reg: float = DEFAULT_REG,
+    mean_x: np.ndarray, mean_h: np.ndarray, reg: float = DEFAULT_REG, svd: list | None = None, predict: bool = True,
 ) -> DataFactors:
-    """The rank-`rank` B, W' (and bias correction) that minimise E‖Mᵀx − AᵀB x̂‖² per group (see module doc)."""
+    """The rank-`rank` B, W' (and bias correction) that minimise E‖Mᵀx − AᵀB x̂‖² per group (see module doc).
+    `svd`: whitened_svd of the same statistics, when already computed (e.g. for several ranks of one conv);
+    `predict` False leaves predicted_error unset (saves a product of the conv's size)."""
     n = weight.shape[0]
     k = int(np.prod(weight.shape[2:]))
     per_group = n // groups
     parts = []
     delta = np.zeros(n)
     err_num = err_den = 0.0
-    for g, (m, sl) in enumerate(_groups(weight, groups, s_xx)):
-        _, r_inv = sqrt_and_inverse(s_hh[sl, sl], reg)
-        q = m.T @ s_xh[sl, sl] @ r_inv
-        u, s, vt = np.linalg.svd(q, full_matrices=False)
+    svd = svd if svd is not None else whitened_svd(weight, groups, s_xh, s_hh, reg)
+    for g, ((m, sl), (u, s, vt, r_inv)) in enumerate(zip(_groups(weight, groups, s_xx), svd)):
         kk = min(rank, len(s))
         bg = vt[:kk] @ r_inv  # [kk, C/g]
         a = s[:kk, None] * u[:, :kk].T  # [kk, N/g*K]
@@ -77,17 +87,19 @@ def factorize_data(
         # mean output error per (n, tap), summed over taps -> per output channel
         mean_err = m.T @ mean_x[sl] - a.T @ (bg @ mean_h[sl])
         delta[g * per_group : (g + 1) * per_group] = mean_err.reshape(per_group, k).sum(axis=1)
-        p = a.T @ bg  # [N/g*K, C/g]: the rank-kk map from x̂ to the outputs
-        energy = quad(m, s_xx[sl, sl])
-        err_num += max(
-            energy - 2 * float(np.sum((s_xh[sl, sl] @ p.T) * m)) + quad(p.T, s_hh[sl, sl]),
-            0.0,
-        )
-        err_den += energy
+        if predict:
+            p = a.T @ bg  # [N/g*K, C/g]: the rank-kk map from x̂ to the outputs
+            energy = quad(m, s_xx[sl, sl])
+            err_num += max(
+                energy - 2 * float(np.sum((s_xh[sl, sl] @ p.T) * m)) + quad(p.T, s_hh[sl, sl]),
+                0.0,
+            )
+            err_den += energy
     f = factorize.assemble(weight, groups, rank, parts)
+    predicted = (float(np.sqrt(err_num / err_den)) if err_den > 0 else 0.0) if predict else None
     return DataFactors(
         bottleneck=f.bottleneck, weight=f.weight, rel_error=f.rel_error, bias_delta=delta.astype(weight.dtype),
-        predicted_error=float(np.sqrt(err_num / err_den)) if err_den > 0 else 0.0,
+        predicted_error=predicted,
     )
 
 

@@ -18,11 +18,16 @@ ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print be
 
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
-            threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
+            threads: int | None = None, spinning: bool = True,
+            initializers: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
     """A CPU onnxruntime session for a model object or file (with `threads` intra-op threads, one inter-op thread,
     when given; 0: onnxruntime's choice; `spinning` False: its idle threads sleep instead of spinning); OneByOneError
-    when onnxruntime cannot load it."""
+    when onnxruntime cannot load it. `initializers`: the data of initializers the model marks as external, taken
+    from these arrays in memory (which must outlive the session)."""
     opts = ort.SessionOptions()
+    if initializers:
+        names = list(initializers)
+        opts.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
     opts.log_severity_level = 3
     if threads is not None:
         opts.intra_op_num_threads = threads
