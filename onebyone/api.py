@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onebyone.calibrated import DataSource, search
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
+from onebyone.passes.analysis import DEFAULT_FORMS
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
@@ -41,11 +42,12 @@ def inspect(
     calibration: Samples | None = None,
     cache_dir: str | os.PathLike | None = None,
     progress=None,
+    forms: tuple[str, ...] = DEFAULT_FORMS,
 ) -> Report:
     """What `optimize` would do to each conv under `policy`, without changing `model` (with calibration data the
     layers carry data-aware error-vs-rank curves)."""
     _, report = optimize(model, policy, input_shapes, verify=False, calibration=calibration, cache_dir=cache_dir,
-                         progress=progress)
+                         progress=progress, forms=forms)
     return report
 
 
@@ -63,10 +65,10 @@ def optimize(
     cache_dir: str | os.PathLike | None = None,
     latency=None,
     progress=None,
+    forms: tuple[str, ...] = DEFAULT_FORMS,
 ) -> tuple[ir.Model, Report]:
-    """Return (optimized copy of `model`, report). `model` itself is never modified.
-
-    With `latency` (a onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are
+    """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
+    factored (passes.analysis.FORMS: "input" kxk convs, the default; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are
     timed on that runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends
     measured milliseconds), and the whole model is timed end to end against the original: rewrites are backed off
     until it is faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
@@ -76,20 +78,20 @@ def optimize(
     outputs on the calibration samples stay within `policy.max_error` relative L2 error.
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
-    onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every
-    rewrite is lossless, APPROXIMATE otherwise, when None), and the optimized model's metadata records what was done
-    and the tolerances it met (see `stamp`). A failed verification raises VerificationFailed (its message lists
-    what failed; `.model` and `.report` hold the result) unless `raise_on_failure` is False.
+    onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
+    is lossless, APPROXIMATE otherwise, when None); the optimized model's metadata records what was done and the
+    tolerances met (see `stamp`). A failed verification raises VerificationFailed (`.model` and `.report` hold the
+    result) unless `raise_on_failure` is False.
     """
     original, name = _as_model(model)
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
         raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
     source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
-    needs_reference = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
-    reference = search.Reference(original, calibration) if needs_reference else None
+    checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
+    reference = search.Reference(original, calibration) if checked else None
     rebuild = lambda keep=None: _rewrite(original, name, policy, input_shapes, source, reference, progress,  # noqa: E731
-                                         latency, keep)
+                                         latency, keep, forms)
     optimized, report = rebuild()
     if latency is not None:
         from onebyone.latency import end_to_end
@@ -155,11 +157,11 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
 
 
 def _rewrite(original, name, policy, input_shapes, source, reference, progress, latency=None,
-             keep=None) -> tuple[ir.Model, Report]:
+             keep=None, forms=DEFAULT_FORMS) -> tuple[ir.Model, Report]:
     """The rewrite for `policy`: weight-only without a data source; with one, data-aware (a MAC budget checked
     against weight-only at the same budget; an error target searched over budgets; see calibrated.search), measured
     against `reference` (the original's outputs on the calibration samples). `latency` and `keep` go to the pass."""
-    opts = {"latency": latency, "keep": keep}
+    opts = {"latency": latency, "keep": keep, "forms": tuple(forms)}
     if source is None:
         return search.rewrite(original, name, policy, input_shapes, progress=progress, **opts)
     if policy.searched:

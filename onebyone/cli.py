@@ -138,9 +138,10 @@ def inspect(
     shapes = _shapes(arg, input_shape)
     m = load_model(arg.path)
     policy = pol.build()
+    forms = pol.form_list()
     calib = _calibration(arg, m, shapes, cal, img, policy)
     with _Progress() as progress:
-        rep = api.inspect(m, policy, shapes, calib, cal.cache_dir, progress)
+        rep = api.inspect(m, policy, shapes, calib, cal.cache_dir, progress, forms=forms)
     rep.model = arg.name
     console.print(tables.layer_table(rep, planned=True))
     console.print(tables.totals_line(rep, planned=True))
@@ -164,6 +165,7 @@ def optimize(
     _check_extras(report, plot)
     arg = resolve_model(model)
     policy = pol.build()
+    forms = pol.form_list()
     shapes = _shapes(arg, input_shape)
     original = load_model(arg.path)
     protect = (str(arg.path),) + external_data_files(arg.path)
@@ -173,7 +175,8 @@ def optimize(
     latency = costs.latency(policy, cal.cache_dir, calibrated=calib is not None)
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
-                                      calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress)
+                                      calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress,
+                                      forms=forms)
     with console.status("verifying…"):
         tolerances = tols.over(api.default_tolerances(rep))
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()

@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from onebyone.errors import OneByOneError
+from onebyone.passes.analysis import DEFAULT_FORMS, FORMS
 from onebyone.passes.policies import POLICIES, Policy, RankPolicy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import ImagePreprocess
@@ -27,6 +28,16 @@ class PolicyOptions:
     macs: Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")] = None
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")] = None
     time: Annotated[Optional[float], typer.Option("--time", help="budget policy: fraction of the targeted convs' measured time to keep (implies --cost time)")] = None
+    forms: Annotated[str, typer.Option("--forms", help="factorization forms, comma-separated: " + ", ".join(FORMS) + " (pointwise: 1x1 convs too)")] = ",".join(DEFAULT_FORMS)
+
+    def form_list(self) -> tuple[str, ...]:
+        """--forms as a tuple; an unknown or empty form list is a one-line error."""
+        forms = tuple(f.strip() for f in self.forms.split(",") if f.strip())
+        unknown = [f for f in forms if f not in FORMS]
+        if unknown or not forms:
+            raise OneByOneError(f"--forms: unknown form {unknown[0]!r} (forms: {', '.join(FORMS)})" if unknown
+                                else f"--forms: give at least one of {', '.join(FORMS)}")
+        return forms
 
     def build(self) -> Policy:
         """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""

@@ -18,6 +18,7 @@ class LayerReport:
     action: str  # "rewritten" or "skipped"
     reason: str
     kernel: list[int]
+    form: str  # "input" (1x1 bottleneck before a kxk conv) or "pointwise" (a 1x1 conv as two 1x1 convs)
     in_channels: int
     out_channels: int
     groups: int

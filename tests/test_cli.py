@@ -220,3 +220,24 @@ def test_exit_status_contract_for_usage_and_internal_errors(lowrank_model, monke
         "onebyone: internal error: RuntimeError: something inside broke (rerun with --debug for the traceback)"]
     code, _, err = run("inspect", lowrank_model, "--debug")
     assert code == 3 and "Traceback" in err and err.strip().endswith("something inside broke")
+
+
+def test_pointwise_form_rewrites_1x1_convs_with_data_and_bad_forms_are_one_line_errors(tmp_path):
+    """--forms input,pointwise makes 1x1 convs candidates (the default leaves them with a reason); a data-aware
+    budget then rewrites some of them, verified against the original in onnxruntime."""
+    model = tmp_path / "r.onnx"
+    onnx.save(generators.resnet_bottleneck(size=32, width=8, blocks=(1, 1), classes=10), model)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=np.random.default_rng(3).standard_normal((8, 1, 3, 32, 32)).astype(np.float32))
+    rep, out = tmp_path / "r.json", tmp_path / "o.onnx"
+    cli("inspect", model, "--report", rep, check_rc=0)
+    layers = json.loads(rep.read_text())["layers"]
+    assert {l["form"] for l in layers} == {"input", "pointwise"}
+    assert all("pointwise form is off" in l["reason"] for l in layers if l["form"] == "pointwise")
+    cli("optimize", model, "-o", out, "--policy", "budget", "--macs", "0.6", "--forms", "input,pointwise",
+        "--calibration", npz, "--cost", "macs", "--max-rel-error", "1", "--min-cosine", "0", "--report", rep, check_rc=0)
+    layers = json.loads(rep.read_text())["layers"]
+    assert any(l["form"] == "pointwise" and l["action"] == "rewritten" for l in layers)
+    assert all(l["measured_error"] is not None for l in layers if l["action"] == "rewritten")
+    one_line_error(cli("inspect", model, "--forms", "input,tucker9"), "--forms", "tucker9")
+    one_line_error(cli("inspect", model, "--forms", ","), "--forms")

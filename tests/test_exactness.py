@@ -1,4 +1,5 @@
-"""Exactly low-rank convs of every shape are rewritten losslessly: onnxruntime outputs match to 1e-5."""
+"""Exactly low-rank convs of every shape are rewritten losslessly: onnxruntime outputs match to 1e-5 (kxk convs in the
+input form, 1x1 convs in the pointwise form)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from conftest import conv_macs_of, rel_err, run_ort
 from onebyone import RankPolicy, optimize
 from onebyone.models.single_conv import single_conv_model
 from onebyone.models.weights import low_rank_weight
+from onebyone.passes.analysis import FORMS
 
 
 @st.composite
@@ -21,9 +23,7 @@ def conv_cases(draw):
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     c_per_group = draw(st.integers(3, 8))
     n_per_group = draw(st.integers(4, 8))
-    kernel = tuple(draw(st.integers(1, 5 if nd < 3 else 3)) for _ in range(nd))
-    if all(k == 1 for k in kernel):
-        kernel = (3,) + kernel[1:]
+    kernel = tuple(draw(st.integers(1, 5 if nd < 3 else 3)) for _ in range(nd))  # all 1: the pointwise form
     strides = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
     dilations = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
     padding = draw(st.sampled_from(["pads", "pads", "SAME_UPPER", "SAME_LOWER", "VALID", "none"]))
@@ -61,8 +61,9 @@ def build(case):
 
 def check_exact(case) -> str:
     model, x = build(case)
-    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), verify=False)
+    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), verify=False, forms=FORMS)
     layer = report.layers[0]
+    assert layer.form == ("pointwise" if all(k == 1 for k in case["kernel"]) else "input")
     proto = ir.serde.serialize_model(optimized)
     onnx.checker.check_model(proto, full_check=True)
     (ref,) = run_ort(model, {"x": x})
@@ -79,7 +80,7 @@ def check_exact(case) -> str:
     else:
         assert "break-even" in layer.reason
         assert np.array_equal(ref, got)
-    return layer.action
+    return f"{layer.form} {layer.action}"
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -92,12 +93,13 @@ def test_exact_rewrite_matches_onnxruntime(case):
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("padding", ["pads", "SAME_UPPER", "SAME_LOWER", "VALID"])
 @pytest.mark.parametrize("weights_as", ["initializer", "constant"])
-def test_profitable_low_rank_convs_are_rewritten(nd, groups, padding, weights_as):
+@pytest.mark.parametrize("k", [3, 1], ids=["input form", "pointwise form"])
+def test_profitable_low_rank_convs_are_rewritten(nd, groups, padding, weights_as, k):
     """Wide, low-rank convs are always below break-even: these must be rewritten (not just pass)."""
     case = dict(
-        nd=nd, groups=groups, c=16 * groups, n=16 * groups, kernel=(3,) * nd, strides=(2,) + (1,) * (nd - 1),
+        nd=nd, groups=groups, c=16 * groups, n=16 * groups, kernel=(k,) * nd, strides=(2,) + (1,) * (nd - 1),
         dilations=(1,) * (nd - 1) + (1 if padding.startswith("SAME") else 2,), pads=(1,) * (2 * nd) if padding == "pads" else None,
         auto_pad=None if padding == "pads" else padding, spatial=(9,) * nd, rank=3, bias=True,
         weights_as=weights_as, opset=13, dynamic_batch=True, seed=nd * 10 + groups,
     )
-    assert check_exact(case) == "rewritten"
+    assert check_exact(case) == ("pointwise" if k == 1 else "input") + " rewritten"

@@ -7,6 +7,7 @@ import onnx_ir as ir
 
 from onebyone.calibrated.holdout import held_out
 from onebyone.calibrated.source import DataSource
+from onebyone.passes.analysis import DEFAULT_FORMS
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
@@ -99,7 +100,7 @@ def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSo
             lo = frac
     if best is None:
         candidate, report = rewrite(original, name, RankPolicy("budget", macs=1.0), input_shapes, source, progress,
-                                    keep=pass_options.get("keep"))
+                                    keep=pass_options.get("keep"), forms=pass_options.get("forms", DEFAULT_FORMS))
         best = (candidate, report, 1.0, 0.0)
     candidate, report, frac, err = best
     report.policy = f"{policy.describe()} (found MAC budget {frac:.3f}, calibration output error {err:.3g})"

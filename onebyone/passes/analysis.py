@@ -151,18 +151,30 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     return array
 
 
-def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_shapes=None) -> list[ConvInfo]:
+FORMS = ("input", "pointwise")  # the factorization forms onebyone has (see form_of)
+DEFAULT_FORMS = ("input",)
+
+
+def form_of(kernel: tuple[int, ...]) -> str:
+    """The form a conv's rewrite takes: "input" (1x1 bottleneck in front of a kxk conv, k > 1) or "pointwise" (a 1x1
+    conv C->N as 1x1 C->r then 1x1 r->N: the same factorization along the input channels, with a 1x1 kernel)."""
+    return "pointwise" if all(k == 1 for k in kernel) else "input"
+
+
+def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_shapes=None,
+            forms: tuple[str, ...] = DEFAULT_FORMS) -> list[ConvInfo]:
     """A ConvInfo for every Conv of the model, in graph order. The model is unchanged (besides naming
     unnamed convs). `input_shapes` must give a static shape for every model input; `measure_shapes` measures the
-    shapes inference leaves unknown (see shapes.static_shapes)."""
+    shapes inference leaves unknown (see shapes.static_shapes); convs whose form (form_of) is not in `forms` are
+    skipped with a reason."""
     nodes = conv_nodes(model)
     wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
     wanted |= {n.outputs[0].name for n in nodes}
     shapes = static_shapes(model, input_shapes, wanted, measure_shapes) if nodes else {}
-    return [_analyze_one(n, model, shapes) for n in nodes]
+    return [_analyze_one(n, model, shapes, forms) for n in nodes]
 
 
-def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]]) -> ConvInfo:
+def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms) -> ConvInfo:
     info = ConvInfo(name=node.name, node=node)
     weight = _weight_tensor(node, info)
     info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
@@ -189,8 +201,10 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     if node.graph is not model.graph:
         info.skip_reason = "inside a control-flow subgraph (If/Loop/Scan); only the main graph is rewritten"
         return info
-    if info.kernel_size == 1:
-        info.skip_reason = "1x1 kernel: already pointwise, nothing to bottleneck"
+    if form_of(info.kernel) not in forms:
+        info.skip_reason = (
+            "1x1 kernel: the pointwise form is off (--forms input,pointwise turns it on)"
+            if form_of(info.kernel) == "pointwise" else "spatial kernel: the input form is off (see --forms)")
         return info
     if info.in_channels // info.groups == 1:
         info.skip_reason = (

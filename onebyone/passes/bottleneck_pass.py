@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
 from onebyone.passes import plan, rewrite
-from onebyone.passes.analysis import analyze
+from onebyone.passes.analysis import DEFAULT_FORMS, FORMS, analyze
 from onebyone.passes.input_shapes import resolve_input_shapes
 from onebyone.passes.plan import Decision
 from onebyone.passes.policies import Policy, RankPolicy
@@ -59,6 +59,8 @@ class BottleneckPass(ir.passes.InPlacePass):
             onebyone.latency.LatencyModel: measure, pair_time, runtime, shares_kernels, share_kernel_shapes);
             needed by policies that spend measured time (budget with `time`).
         keep: conv names to leave alone whatever the policy says, with the reason given (name -> reason).
+        forms: the factorization forms to use (analysis.FORMS: "input" for kxk convs, "pointwise" for 1x1 convs);
+            convs of other forms are skipped with a reason.
         progress: called as progress(stage, done, total) during long work.
     """
 
@@ -71,6 +73,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         measure_shapes=None,
         latency=None,
         keep: dict[str, str] | None = None,
+        forms: tuple[str, ...] = DEFAULT_FORMS,
         progress=None,
     ) -> None:
         super().__init__()
@@ -81,6 +84,10 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.measure_shapes = measure_shapes
         self.latency = latency
         self.keep = dict(keep or {})
+        unknown = sorted(set(forms) - set(FORMS))
+        if unknown:
+            raise ValueError(f"unknown form {unknown[0]!r} (forms: {', '.join(FORMS)})")
+        self.forms = tuple(forms)
         self.progress = progress
         self.report: Report | None = None
         self.decisions: list[Decision] = []
@@ -113,7 +120,7 @@ class BottleneckPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         shapes = resolve_input_shapes(model, self.input_shapes)
         params_before = count_params(model)
-        infos = analyze(model, shapes, self.measure_shapes)
+        infos = analyze(model, shapes, self.measure_shapes, self.forms)
         candidates = [i for i in infos if i.skip_reason is None]
         self.source.prepare(model, candidates, self.progress)
         self.decisions = [plan.start(i, *self.source.statistics(i)) if i.skip_reason is None else plan.start(i)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from onebyone.passes import cost, factorize
-from onebyone.passes.analysis import ConvInfo
+from onebyone.passes.analysis import ConvInfo, form_of
 from onebyone.report import LayerReport
 
 
@@ -127,6 +127,7 @@ def layer_report(d: Decision) -> LayerReport:
         action="rewritten" if rewritten else "skipped",
         reason=d.reason,
         kernel=list(info.kernel),
+        form=form_of(info.kernel),
         in_channels=info.in_channels,
         out_channels=info.out_channels,
         groups=info.groups,
