@@ -88,3 +88,24 @@ def test_budget_cuts_the_conv_whose_errors_reach_the_output_least(rng):
     assert err(data_model) < 0.5 * err(weight_model)
     curve = next(l for l in data_report.layers if l.name == "conv_a").output_error_curve
     assert curve is not None and len(curve) == 17
+
+
+def test_gains_are_cached_on_disk_per_model_data_and_rounding(rng, tmp_path, monkeypatch):
+    """A second run on the same model and data loads the gains (no probe runs); other rounding measures again."""
+    model = _two_branch_model(rng, 1.0, 1.0, offset=3.0)
+    samples = _samples(rng)
+    decisions = _decisions(model, samples)
+    first, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path)
+    assert not cached and list(tmp_path.glob("gains-*.npz"))
+
+    def no_probes(*args, **kwargs):
+        raise AssertionError("probes ran although the gains were cached")
+
+    real = sensitivity._measure
+    monkeypatch.setattr(sensitivity, "_measure", no_probes)
+    again, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path)
+    assert cached and set(again) == set(first)
+    assert all(np.array_equal(again[n], first[n]) for n in first)
+    monkeypatch.setattr(sensitivity, "_measure", real)
+    _, cached = sensitivity.output_gains_cached(model, decisions, samples, 4, tmp_path)
+    assert not cached and len(list(tmp_path.glob("gains-*.npz"))) == 2

@@ -4,20 +4,24 @@ candidate rank).
 A MAC budget split by each conv's own (local) error treats an error in the RGB stem like an error deep in the
 network; they are not alike. For every candidate conv, the model is run on a few calibration samples with only that
 conv rewritten (whitened factorization) at up to PROBES_PER_CONV probe ranks; the gain at a probe is the measured
-model-output relative error (the worst part of the worst output, as in verification) divided by the measured relative error of the
-conv's own output. The probes run only the part of the model after the conv: one stream walks the original model
-from conv to conv, and each probe runs from that frontier to the outputs. To first order the model-output error of a set of rewrites is then sqrt(Σ gain² · local error²),
-with the local error taken from the conv's predicted error curve; that is what the budget allocation minimises.
+model-output relative error (the worst part of the worst output, as in verification) divided by the measured
+relative error of the conv's own output. To first order the model-output error of a set of rewrites is then
+sqrt(Σ gain² · local error²), with the local error taken from the conv's predicted error curve; that is what the
+budget allocation minimises. The probes run only the part of the model after the conv: one stream walks the
+original model from conv to conv, and each probe runs from that frontier to the outputs.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.calibrated import whitening
-from onebyone.passes.plan import Decision, candidate_ranks
+from onebyone.atomic import atomic_file
+from onebyone.calibrated import moments, whitening
 from onebyone.calibrated.stream import Stream
+from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes.rewrite import UniqueNames, insert_bottleneck, remove_bottleneck
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
@@ -26,6 +30,7 @@ from onebyone.verify.parts import output_splits
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
 PROBE_SAMPLES = 8
+SETTINGS = f"probes v2: error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"  # in the cache key
 
 
 def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
@@ -40,6 +45,26 @@ def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
     below = [int(r) for r in ranks if r <= top]
     picks = np.linspace(len(below) - 1, 0, min(PROBES_PER_CONV, len(below))).round().astype(int)
     return sorted({below[i] for i in picks})
+
+
+def output_gains_cached(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
+                        cache_dir, progress=None) -> tuple[dict[str, np.ndarray], bool]:
+    """`output_gains` with an on-disk cache in `cache_dir` (None: no cache), keyed like the calibration statistics
+    (the model, all calibration samples, the probed convs) plus `round_to` and the probe settings, so that every
+    policy and budget run on the same model and data measures them once. Returns (gains, loaded_from_cache)."""
+    if cache_dir is None:
+        return output_gains(model, decisions, samples, round_to, progress), False
+    names = sorted(d.info.name for d in decisions if d.info.skip_reason is None and d.moments is not None)
+    key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS])
+    path = Path(cache_dir) / f"gains-{key}.npz"
+    if path.is_file():
+        with np.load(path) as data:
+            return {n: data[f"{i}"] for i, n in enumerate(names)}, True
+    gains = output_gains(model, decisions, samples, round_to, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path, suffix=".npz") as tmp:
+        np.savez(tmp, **{f"{i}": gains[n] for i, n in enumerate(names)})
+    return gains, False
 
 
 def _by_name(runs: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, list[np.ndarray]]:

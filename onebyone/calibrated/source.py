@@ -68,8 +68,10 @@ class DataSource:
 
     def gains(self, model, decisions, round_to, progress=None):
         if round_to not in self._gains:
-            self._gains[round_to] = sensitivity.output_gains(model, decisions, self.samples, round_to,
-                                                             self._tick("sensitivity"))
+            self._gains[round_to], cached = sensitivity.output_gains_cached(
+                model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"))
+            if self.info is not None:
+                self.info = {**self.info, "gains_from_cache": cached}
         return self._gains[round_to]
 
     def factors(self, d, model, rewritten_so_far):
