@@ -40,6 +40,13 @@ class Column:
         self._file = open(path, "w+b") if path else None  # noqa: SIM115 - closed when the column goes
         self.nbytes = 0
 
+    @classmethod
+    def of(cls, arrays: list[np.ndarray]) -> Column:
+        """A column in memory holding `arrays` as they are (not counted against a memory limit)."""
+        col = cls(len(arrays))
+        col._items = list(arrays)
+        return col
+
     def __setitem__(self, i: int, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)
         self.nbytes += array.nbytes
@@ -111,12 +118,9 @@ class Stream:
         self._done: dict[int, ir.Node] = {}  # id -> node (held, so ids stay unique)
         self._arrays: dict[str, tuple] = {}  # initializer name -> (its tensor, its array)
         self.state: dict[str, Column] = {}
-        names = {v.name for v in model.graph.inputs}
-        for name in names:
+        for name in {v.name for v in model.graph.inputs}:
             if samples and name in samples[0]:
-                col = Column(self.count)
-                col._items = [feed[name] for feed in samples]
-                self.state[name] = col
+                self.state[name] = Column.of([feed[name] for feed in samples])
         self._drop_unread()
 
     # ---- running -------------------------------------------------------------------------------------------------
