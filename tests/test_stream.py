@@ -135,3 +135,28 @@ def test_feature_equations_equal_a_direct_computation_with_patches(rng):
         np.testing.assert_allclose(yf, t.T @ f / len(f), rtol=1e-4, atol=1e-4)
         assert yy == pytest.approx(float(np.sum(t**2)) / len(f), rel=1e-4)
     assert held_eq[0][-1] == fit_eq[0][-1] // 4  # one held-out sample of the same size
+
+
+def test_data_aware_fit_on_an_external_data_model_equals_the_in_memory_one(tmp_path, rng):
+    """The streams read weights stored outside the model file; the data-aware rewrite is the same as for the same
+    model held in memory, and the input files are untouched."""
+    from onebyone import RankPolicy, optimize
+    from onebyone.modelio import load_model
+
+    proto = generators.resnet(size=16, seed=4)
+    src = tmp_path / "in.onnx"
+    onnx.save(generators.resnet(size=16, seed=4), src, save_as_external_data=True, all_tensors_to_one_file=True, location="in.onnx.data",
+              size_threshold=0)
+    before = (src.read_bytes(), (tmp_path / "in.onnx.data").read_bytes())
+    calib = _samples(rng, 8)
+    policy = RankPolicy("budget", macs=0.6)
+    external, rep_ext = optimize(load_model(src), policy, verify=False, calibration=calib)
+    memory, rep_mem = optimize(ir.serde.deserialize_model(proto), policy, verify=False, calibration=calib)
+    assert rep_ext.method == "data" and rep_ext.totals.rewritten > 0
+    assert [l.rank for l in rep_ext.layers] == [l.rank for l in rep_mem.layers]
+    x = {"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)}
+    a = Probe(external).run(x)
+    b = Probe(memory).run(x)
+    for name in a:
+        np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
+    assert before == (src.read_bytes(), (tmp_path / "in.onnx.data").read_bytes())

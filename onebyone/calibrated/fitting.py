@@ -235,7 +235,8 @@ def output_error(equations: list[tuple], new_weight: np.ndarray, delta: np.ndarr
 
 
 def measure(original: ir.Model, rewritten: ir.Model, samples: list[dict], names: list[str]) -> dict[str, float]:
-    """Relative L2 error of each named value of `rewritten` against `original`, over all samples."""
+    """Relative L2 error of each named value of `rewritten` against `original`, over all samples (two whole-model
+    runs: an independent check of what the streaming walk measures)."""
     ref = Probe(original, names, "original (measuring)", only=True)
     got = Probe(rewritten, names, "rewritten (measuring)", only=True)
     num = dict.fromkeys(names, 0.0)

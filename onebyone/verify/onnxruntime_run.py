@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 import onnx_ir as ir
 import onnxruntime as ort
 
@@ -58,7 +59,7 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
 def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
     """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
     onnxruntime prunes everything downstream of them)."""
-    proto = ir.serde.serialize_model(model) if isinstance(model, ir.Model) else model
+    proto = _serialized(model) if isinstance(model, ir.Model) else model
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     if only:
@@ -68,6 +69,20 @@ def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool
         if n not in have:
             out.graph.output.add().name = n
     return out
+
+
+def _serialized(model: ir.Model) -> onnx.ModelProto:
+    """The model as a protobuf that runs from bytes: tensors stored in external files are read into it."""
+    proto = ir.serde.serialize_model(model)
+    if has_external_data(model):
+        external = {v.name: v.const_value for v in model.graph.initializers.values()
+                    if isinstance(v.const_value, ir.ExternalTensor)}
+        for tensor in proto.graph.initializer:
+            if tensor.name in external and tensor.data_location == onnx.TensorProto.EXTERNAL:
+                onnx.external_data_helper.load_external_data_for_tensor(tensor, str(external[tensor.name].base_dir))
+                tensor.data_location = onnx.TensorProto.DEFAULT
+                del tensor.external_data[:]
+    return proto
 
 
 class Probe:
