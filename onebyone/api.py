@@ -68,14 +68,14 @@ def optimize(
     forms: tuple[str, ...] = DEFAULT_FORMS,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
-    factored (passes.analysis.FORMS: "input" kxk convs, the default; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are
-    timed on that runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends
-    measured milliseconds), and the whole model is timed end to end against the original: rewrites are backed off
-    until it is faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
-
-    With `calibration` samples the factorization is data-aware (see BottleneckPass); statistics are cached in
-    `cache_dir` when given. Policy 'error' (needs calibration) searches the smallest MAC budget whose model
-    outputs on the calibration samples stay within `policy.max_error` relative L2 error.
+    factored (passes.analysis.FORMS: "input" kxk convs, the default; "pointwise" 1x1 convs too). With `latency` (a
+    onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are timed on that
+    runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends measured
+    milliseconds), and the whole model is timed end to end against the original: rewrites are backed off until it is
+    faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
+    With `calibration` samples the factorization is data-aware (see BottleneckPass; statistics cached in `cache_dir`
+    when given); policy 'error' (needs it) finds the smallest MAC budget whose output error on them is within
+    `policy.max_error`.
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite

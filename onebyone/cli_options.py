@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 import typer
 
 from onebyone.errors import OneByOneError
-from onebyone.passes.analysis import DEFAULT_FORMS, FORMS
+from onebyone.passes.analysis import DEFAULT_FORMS, FORMS, check_forms
 from onebyone.passes.policies import POLICIES, Policy, RankPolicy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import ImagePreprocess
@@ -32,12 +32,10 @@ class PolicyOptions:
 
     def form_list(self) -> tuple[str, ...]:
         """--forms as a tuple; an unknown or empty form list is a one-line error."""
-        forms = tuple(f.strip() for f in self.forms.split(",") if f.strip())
-        unknown = [f for f in forms if f not in FORMS]
-        if unknown or not forms:
-            raise OneByOneError(f"--forms: unknown form {unknown[0]!r} (forms: {', '.join(FORMS)})" if unknown
-                                else f"--forms: give at least one of {', '.join(FORMS)}")
-        return forms
+        try:
+            return check_forms(f.strip() for f in self.forms.split(",") if f.strip())
+        except ValueError as exc:
+            raise OneByOneError(f"--forms: {exc}") from None
 
     def build(self) -> Policy:
         """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""

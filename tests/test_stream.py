@@ -117,8 +117,7 @@ def test_feature_equations_equal_a_direct_computation_with_patches(rng):
     d.rank = 2
     b = rng.standard_normal((groups * 2, c // groups, 1, 1)).astype(np.float32)
     data = fitting.ConvData(xs, x_hats, ys)
-    keeps = fitting._positions(d, data)
-    fit_eq, held_eq = fitting.feature_equations(d, b, data, bias.astype(np.float64), keeps)
+    fit_eq, held_eq = fitting.feature_equations(d, b, data, bias.astype(np.float64))
     pads = patches.explicit_pads((9, 9), k, (2, 1), (1, 1), (1, 0, 1, 1), "NOTSET")
     cpg = c // groups
     for g, (rows, _, _, ff, yf, yy, count) in enumerate(fit_eq):

@@ -42,6 +42,19 @@ class ConvData:
     x: object
     x_hat: object | None
     y: object
+    _keeps: list = dataclasses.field(default_factory=list, repr=False)
+    _rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0), repr=False)
+
+    def positions(self, i: int, available: int) -> np.ndarray | None:
+        """The output positions of sample `i` (of `available`) that the patch statistics use: None for all of them,
+        or a sorted random subset when the conv's budget of POSITIONS_PER_CONV would be exceeded. Drawn once per
+        sample, in sample order (ask for 0, 1, ... first), and the same at every later call."""
+        if i < len(self._keeps):
+            return self._keeps[i]
+        per_sample = max(MIN_POSITIONS_PER_SAMPLE, POSITIONS_PER_CONV // max(len(self.y), 1))
+        keep = None if available <= per_sample else np.sort(self._rng.choice(available, per_sample, replace=False))
+        self._keeps.append(keep)
+        return keep
 
     def paired_moments(self) -> calibration.Moments | None:
         """Channel moments of (x, x̂) over the fit samples (not the held-out ones); None when x̂ = x."""
@@ -76,10 +89,9 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
         s_xx = m.second_moment
         s_xh, s_hh, mean_x, mean_h = paired.paired()
     bias = _bias(d)
-    keeps = _positions(d, data)
     if d.lossless:  # exact on the span of the calibration inputs: no regularization, no refit
         exact = whitening.factorize_on_subspace(info.weight, info.groups, d.rank, s_hh)
-        _, held_eq = feature_equations(d, exact.bottleneck, data, bias, keeps)
+        _, held_eq = feature_equations(d, exact.bottleneck, data, bias)
         err = output_error(held_eq, exact.weight, np.zeros(info.out_channels))
         return whitening.DataFactors(exact.bottleneck, exact.weight, exact.rel_error, None, err), "subspace"
     reg = max(whitening.DEFAULT_REG, ridge_for(info.in_channels // info.groups, m.count))
@@ -89,7 +101,7 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
     for label, start in (("svd", plain), ("whitened", whitened)):
         delta0 = start.bias_delta
         delta0 = delta0.astype(np.float64) if delta0 is not None else np.zeros(info.out_channels)
-        fit_eq, held_eq = feature_equations(d, start.bottleneck, data, bias, keeps)
+        fit_eq, held_eq = feature_equations(d, start.bottleneck, data, bias)
         w_new, delta = refit(fit_eq, start, info.kernel)
         for name, w_opt, delta_opt in ((label, start.weight, delta0), (label + "+refit", w_new, delta)):
             err = output_error(held_eq, w_opt, delta_opt)
@@ -110,22 +122,8 @@ def _bias(d: Decision) -> np.ndarray:
     return np.zeros(d.info.out_channels)
 
 
-def _positions(d: Decision, data: ConvData, seed: int = 0) -> list:
-    """Per sample, the output positions the patch statistics use: all of them (their count, an int) or a sorted
-    random subset (an index array) when the conv's budget of POSITIONS_PER_CONV would be exceeded."""
-    count = len(data.y)
-    per_sample = max(MIN_POSITIONS_PER_SAMPLE, POSITIONS_PER_CONV // max(count, 1))
-    rng = np.random.default_rng(seed)
-    keeps = []
-    for i in range(count):
-        y = data.y[i]
-        positions = y.shape[0] * int(np.prod(y.shape[2:]))
-        keeps.append(positions if positions <= per_sample else np.sort(rng.choice(positions, per_sample, replace=False)))
-    return keeps
-
-
-def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData, bias: np.ndarray,
-                      keeps: list) -> tuple[list[tuple], list[tuple]]:
+def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData,
+                      bias: np.ndarray) -> tuple[list[tuple], list[tuple]]:
     """For the targets y (the original outputs) and the features f = [patches of B x̂; 1], per group, on the fit
     samples and on the held-out samples (see calibrated.holdout; the fit samples when none is held out):
     [(rows, W_g flat, b_g, E[ffᵀ], E[yfᵀ], E‖y‖², positions)]. Products in float32 per sample, sums in float64."""
@@ -144,7 +142,7 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData, bias:
         xh = np.asarray(x_hat[i], np.float32)
         y = np.asarray(data.y[i], np.float32)
         target = np.moveaxis(y, 1, -1).reshape(-1, n)  # [positions, N], rows ordered like im2col's
-        keep = keeps[i] if not isinstance(keeps[i], int) else None
+        keep = data.positions(i, len(target))
         if keep is not None:
             target = target[keep]
         for g, acc in enumerate(sums[is_held_out(i, count)]):

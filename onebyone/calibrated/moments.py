@@ -114,28 +114,36 @@ def collect(
     return stats
 
 
-def cache_key(model: ir.Model, samples: list[dict], names: list[str]) -> str:
-    """A digest of the model, the calibration inputs and the value names."""
+def data_hash(model: ir.Model, samples: list[dict]):
+    """A sha256 fed with the model and the calibration inputs, to derive cache keys from (see cache_key)."""
     h = hashlib.sha256()
     h.update(ir.serde.serialize_model(model).SerializeToString(deterministic=True))
     for feed in samples:
         for k in sorted(feed):
             h.update(k.encode())
             h.update(np.ascontiguousarray(feed[k]).tobytes())
+    return h
+
+
+def cache_key(model: ir.Model, samples: list[dict], names: list[str], data=None) -> str:
+    """A digest of the model, the calibration inputs and the value names (`data`: their data_hash, when already
+    computed, so that several keys on the same model and inputs hash them once)."""
+    h = (data or data_hash(model, samples)).copy()
     h.update("\0".join(names).encode())
     return h.hexdigest()[:32]
 
 
 def collect_cached(
     model: ir.Model, samples: list[dict], names: list[str], cache_dir: str | os.PathLike | None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, data=None,
 ) -> tuple[dict[str, Moments], bool]:
-    """`collect` with an on-disk cache in `cache_dir` (None: no cache). Returns (moments, loaded_from_cache)."""
+    """`collect` with an on-disk cache in `cache_dir` (None: no cache; `data`: see cache_key). Returns (moments,
+    loaded_from_cache)."""
     if cache_dir is None:
         return collect(model, samples, names, progress), False
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"moments-{cache_key(model, samples, names)}.npz"
+    path = folder / f"moments-{cache_key(model, samples, names, data)}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {

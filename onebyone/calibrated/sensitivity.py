@@ -48,14 +48,15 @@ def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
 
 
 def output_gains_cached(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
-                        cache_dir, progress=None) -> tuple[dict[str, np.ndarray], bool]:
+                        cache_dir, progress=None, data=None) -> tuple[dict[str, np.ndarray], bool]:
     """`output_gains` with an on-disk cache in `cache_dir` (None: no cache), keyed like the calibration statistics
-    (the model, all calibration samples, the probed convs) plus `round_to` and the probe settings, so that every
-    policy and budget run on the same model and data measures them once. Returns (gains, loaded_from_cache)."""
+    (the model, all calibration samples, the probed convs; `data`: see moments.cache_key) plus `round_to` and the
+    probe settings, so that every policy and budget run on the same model and data measures them once. Returns
+    (gains, loaded_from_cache)."""
     if cache_dir is None:
         return output_gains(model, decisions, samples, round_to, progress), False
-    names = sorted(d.info.name for d in decisions if d.info.skip_reason is None and d.moments is not None)
-    key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS])
+    names = sorted(d.info.name for d in _live(decisions))
+    key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS], data)
     path = Path(cache_dir) / f"gains-{key}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -65,6 +66,11 @@ def output_gains_cached(model: ir.Model, decisions: list[Decision], samples: lis
     with atomic_file(path, suffix=".npz") as tmp:
         np.savez(tmp, **{f"{i}": gains[n] for i, n in enumerate(names)})
     return gains, False
+
+
+def _live(decisions: list[Decision]) -> list[Decision]:
+    """The decisions whose convs are probed: candidates with calibration statistics."""
+    return [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
 
 
 def _by_name(runs: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, list[np.ndarray]]:
@@ -80,7 +86,7 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
 
     Guarantees: `model` is not modified; one onnxruntime session per probe, running the model from the probed conv
     on, on at most PROBE_SAMPLES samples."""
-    live = [d for d in decisions if d.info.skip_reason is None and d.moments is not None]
+    live = _live(decisions)
     measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
     out = {}

@@ -45,6 +45,7 @@ class DataSource:
         self._gains: dict[int, dict] = {}
         self._walk: _Walk | None = None
         self._index: dict[int, int] = {}
+        self._data_hash = None  # of the model and the samples, for the cache keys (hashed once per model)
 
     def _tick(self, stage: str):
         return (lambda done, total: self._progress(stage, done, total)) if self._progress else None
@@ -57,7 +58,8 @@ class DataSource:
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
             return
-        self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir, self._tick("calibrating"))
+        self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir,
+                                                      self._tick("calibrating"), self._hash(model))
         self.info = {"samples": len(self.samples), "convs": len(names), "from_cache": cached}
 
     def statistics(self, info):
@@ -69,7 +71,7 @@ class DataSource:
     def gains(self, model, decisions, round_to, progress=None):
         if round_to not in self._gains:
             self._gains[round_to], cached = sensitivity.output_gains_cached(
-                model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"))
+                model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"), self._hash(model))
             if self.info is not None:
                 self.info = {**self.info, "gains_from_cache": cached}
         return self._gains[round_to]
@@ -107,6 +109,12 @@ class DataSource:
 
     def describe(self):
         return self.info
+
+    def _hash(self, model):
+        """moments.data_hash of the model this source serves and its samples (None without a cache)."""
+        if self._data_hash is None and self.cache_dir is not None:
+            self._data_hash = moments.data_hash(model, self.samples)
+        return self._data_hash
 
     def _close_walk(self) -> None:
         if self._walk is not None:

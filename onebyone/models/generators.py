@@ -19,17 +19,30 @@ def resnet(size: int = 32, width: int = 16, blocks: tuple[int, ...] = (1, 1, 1),
     """A ResNet of basic blocks (two 3x3 convs, identity or strided 1x1 projection shortcut)."""
     b = NetBuilder(3, size, seed, low_rank, weights_as)
     x = b.conv("input", 3, width, k=3)
-    c = width
+
+    def basic(y, c_in, mid, out_c, stride):  # two 3x3 convs
+        return b.conv(b.conv(y, c_in, out_c, k=3, stride=stride), out_c, out_c, k=3, relu=False)
+
+    x, c = _residual_stages(b, x, width, blocks, width, 1, basic)
+    return b.model(b.head(x, c, classes), "resnet", opset)
+
+
+def _residual_stages(b: NetBuilder, x: str, c: int, blocks: tuple[int, ...], width: int, expansion: int,
+                     branch: Callable) -> tuple[str, int]:
+    """Stages of residual blocks after `x` (`c` channels): stage s has blocks[s] blocks whose branch
+    (`branch(x, c_in, mid, out_c, stride)`, mid = width * 2**s, out_c = mid * expansion) is added to the identity
+    or, when the shape changes, to a strided 1x1 projection, then ReLU; the first block of every later stage strides
+    by 2. Returns the last output and its channels."""
     for stage, n in enumerate(blocks):
-        out_c = width * 2**stage
+        mid = width * 2**stage
+        out_c = mid * expansion
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
-            y = b.conv(x, c, out_c, k=3, stride=stride)
-            y = b.conv(y, out_c, out_c, k=3, relu=False)
+            y = branch(x, c, mid, out_c, stride)
             shortcut = x if stride == 1 and c == out_c else b.conv(x, c, out_c, k=1, stride=stride, relu=False)
             x = b.op("Relu", [b.op("Add", [y, shortcut])])
             c = out_c
-    return b.model(b.head(x, c, classes), "resnet", opset)
+    return x, c
 
 
 def resnet_bottleneck(size: int = 224, width: int = 64, blocks: tuple[int, ...] = (3, 4, 6, 3), classes: int = 1000,
@@ -41,18 +54,12 @@ def resnet_bottleneck(size: int = 224, width: int = 64, blocks: tuple[int, ...] 
     b = NetBuilder(3, size, seed, low_rank, weights_as)
     x = b.conv("input", 3, width, k=7, stride=2)
     x = b.op("MaxPool", [x], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
-    c = width
-    for stage, n in enumerate(blocks):
-        mid = width * 2**stage
-        out_c = mid * 4
-        for i in range(n):
-            stride = 2 if stage > 0 and i == 0 else 1
-            y = b.conv(x, c, mid, k=1)
-            y = b.conv(y, mid, mid, k=3, stride=stride)
-            y = b.conv(y, mid, out_c, k=1, relu=False)
-            shortcut = x if stride == 1 and c == out_c else b.conv(x, c, out_c, k=1, stride=stride, relu=False)
-            x = b.op("Relu", [b.op("Add", [y, shortcut])])
-            c = out_c
+
+    def bottleneck(y, c_in, mid, out_c, stride):  # 1x1 down, strided 3x3, 1x1 up
+        y = b.conv(b.conv(y, c_in, mid, k=1), mid, mid, k=3, stride=stride)
+        return b.conv(y, mid, out_c, k=1, relu=False)
+
+    x, c = _residual_stages(b, x, width, blocks, width, 4, bottleneck)
     return b.model(b.head(x, c, classes), "resnet_bottleneck", opset)
 
 

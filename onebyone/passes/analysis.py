@@ -155,6 +155,16 @@ FORMS = ("input", "pointwise")  # the factorization forms onebyone has (see form
 DEFAULT_FORMS = ("input",)
 
 
+def check_forms(forms) -> tuple[str, ...]:
+    """`forms` as a tuple of known forms; ValueError naming the first unknown one, or when there is none."""
+    forms = tuple(forms)
+    unknown = [f for f in forms if f not in FORMS]
+    if unknown or not forms:
+        raise ValueError(f"unknown form {unknown[0]!r} (forms: {', '.join(FORMS)})" if unknown
+                         else f"give at least one of {', '.join(FORMS)}")
+    return forms
+
+
 def form_of(kernel: tuple[int, ...]) -> str:
     """The form a conv's rewrite takes: "input" (1x1 bottleneck in front of a kxk conv, k > 1) or "pointwise" (a 1x1
     conv C->N as 1x1 C->r then 1x1 r->N: the same factorization along the input channels, with a 1x1 kernel)."""

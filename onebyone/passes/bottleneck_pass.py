@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
 from onebyone.passes import plan, rewrite
-from onebyone.passes.analysis import DEFAULT_FORMS, FORMS, analyze
+from onebyone.passes.analysis import DEFAULT_FORMS, analyze, check_forms
 from onebyone.passes.input_shapes import resolve_input_shapes
 from onebyone.passes.plan import Decision
 from onebyone.passes.policies import Policy, RankPolicy
@@ -84,10 +84,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.measure_shapes = measure_shapes
         self.latency = latency
         self.keep = dict(keep or {})
-        unknown = sorted(set(forms) - set(FORMS))
-        if unknown:
-            raise ValueError(f"unknown form {unknown[0]!r} (forms: {', '.join(FORMS)})")
-        self.forms = tuple(forms)
+        self.forms = check_forms(forms)
         self.progress = progress
         self.report: Report | None = None
         self.decisions: list[Decision] = []
