@@ -4,7 +4,8 @@ original vs the optimized model measured side by side (interleaved runs, medians
 MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
-                                (policies ending in /time choose ranks by time measured on onnxruntime with --threads)
+                                (policies ending in /time choose ranks by time measured on onnxruntime with --threads;
+                                 with /pw/ 1x1 convs are factored too: --forms input,pointwise)
                                 [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
 
@@ -49,6 +50,12 @@ POLICIES = {
     "budget0.5/data/time": RankPolicy("budget", time=0.5),
     "budget0.4/data/time": RankPolicy("budget", time=0.4),
     "energy0.9/time": RankPolicy("energy", energy=0.9),  # energy 0.9, every rewrite checked by time
+    # /pw/: the pointwise form too (1x1 convs factored as well; --forms input,pointwise)
+    "budget0.8/data/pw/time": RankPolicy("budget", time=0.8),
+    "budget0.7/data/pw/time": RankPolicy("budget", time=0.7),
+    "budget0.6/data/pw/time": RankPolicy("budget", time=0.6),
+    "budget0.5/data/pw/time": RankPolicy("budget", time=0.5),
+    "budget0.4/data/pw/time": RankPolicy("budget", time=0.4),
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
@@ -178,7 +185,8 @@ def main() -> None:
             t0 = time.perf_counter()
             optimized, report = optimize(original, policy, shapes, samples=samples,
                                          samples_label="real" if samples else "random", raise_on_failure=False,
-                                         calibration=calib(32) if "/data" in pname else None, latency=latency)
+                                         calibration=calib(32) if "/data" in pname else None, latency=latency,
+                                         forms=("input", "pointwise") if "/pw/" in pname else ("input",))
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
