@@ -104,7 +104,7 @@ def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIM
     tracker) it also registers there under `key`, as a board of a farm does. The sysroot must be ready (`prepare`):
     building it and starting the server are separate steps with separate limits. `log` gets a line every 15 s
     while the server starts. On failure the whole group is ended and OneByOneError names the port."""
-    from onebyone.runtime.processes import listening, start_group, stop_group
+    from onebyone.runtime.processes import group_listens, listening, start_group, stop_group
 
     sysroot = (root or cache_root()) / "aarch64"
     if not (sysroot / READY).is_file():
@@ -130,7 +130,7 @@ def start(port: int = 9190, root: Path | None = None, timeout: float = START_LIM
             logfile.seek(0)
             raise OneByOneError(f"the emulated RPC server for 127.0.0.1:{port} exited: "
                                 f"{' '.join(logfile.read().split())[-300:]}")
-        if listening("127.0.0.1", port):
+        if group_listens(proc.pid, port):
             return proc
         if log and time.monotonic() > next_note:
             log(f"starting the emulated board on 127.0.0.1:{port} ({time.monotonic() - t0:.0f} s)…")

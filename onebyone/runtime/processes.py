@@ -57,6 +57,24 @@ def _members(pgid: int) -> int:
     return count
 
 
+def group_listens(pgid: int, port: int) -> bool:
+    """Whether a process of the group listens on TCP `port`, read from the process table without connecting (a
+    connection a TVM RPC server accepts and drops makes it re-register with its tracker, so probing a board with a
+    connect briefly takes it out of the tracker's pool)."""
+    import psutil
+
+    for proc in psutil.process_iter():
+        try:
+            if os.getpgid(proc.pid) != pgid:
+                continue
+            conns = proc.net_connections(kind="tcp") if hasattr(proc, "net_connections") else proc.connections("tcp")
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns):
+            return True
+    return False
+
+
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
     """End every process of `proc`'s group: SIGTERM, then SIGKILL for what is left after `grace` seconds."""
     pgid = proc.pid
