@@ -30,9 +30,9 @@ def input_dtypes(model: ir.Model) -> dict:
 
 
 def default_tolerances(report: Report) -> tol.Tolerances:
-    """LOSSLESS when every rewritten conv is lossless, APPROXIMATE otherwise."""
+    """LOSSLESS when every rewritten conv is lossless and nothing is quantized, APPROXIMATE otherwise."""
     t = report.totals
-    return tol.LOSSLESS if t.rewritten == t.lossless else tol.APPROXIMATE
+    return tol.LOSSLESS if t.rewritten == t.lossless and not report.int8 else tol.APPROXIMATE
 
 
 def inspect(
@@ -66,6 +66,7 @@ def optimize(
     latency=None,
     progress=None,
     forms: tuple[str, ...] = DEFAULT_FORMS,
+    int8: bool = False,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
     factored (passes.analysis.FORMS: "input" kxk convs, the default; "pointwise" 1x1 convs too). With `latency` (a
@@ -75,7 +76,10 @@ def optimize(
     faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
     With `calibration` samples the factorization is data-aware (see BottleneckPass; statistics cached in `cache_dir`
     when given); policy 'error' (needs it) finds the smallest MAC budget whose output error on them is within
-    `policy.max_error`.
+    `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8: quantized statically on the
+    calibration samples (onebyone.int8) after every rewrite; the convs are timed as INT8, the end-to-end check and the
+    error policy's search measure the quantized rewrite, the baseline of "never slower" is the original quantized the
+    same way (INT8 alone), and `report.int8` holds the scheme and INT8 alone's verification on the same samples.
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
@@ -87,20 +91,64 @@ def optimize(
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
         raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
+    quantizer = _quantizer(int8, calibration, latency)
     source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
     reference = search.Reference(original, calibration) if checked else None
-    rebuild = lambda keep=None: _rewrite(original, name, policy, input_shapes, source, reference, progress,  # noqa: E731
-                                         latency, keep, forms)
+    rebuild = lambda keep=None: _deployed(quantizer, _rewrite(original, name, policy, input_shapes, source,  # noqa: E731
+                                                              reference, progress, latency, keep, forms, quantizer))
+    optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes)
+    if verify:
+        _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure)
+    return optimized, report
+
+
+def _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes):
+    """(model, report) from `rebuild`; with a latency model, rewrites backed off until the model is faster end to end
+    than the original as deployed (quantized by `quantizer` when there is one); with a quantizer, `report.int8`."""
     optimized, report = rebuild()
+    baseline = quantizer.original(original) if quantizer else original
     if latency is not None:
         from onebyone.latency import end_to_end
 
         feed = end_to_end.default_feed(original, resolve_input_shapes(original, input_shapes), samples)
-        optimized, report = end_to_end.ensure_faster(original, optimized, report, rebuild, latency, feed)
-    if verify:
-        _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure)
+        optimized, report = end_to_end.ensure_faster(baseline, optimized, report, rebuild, latency, feed)
+    if quantizer:
+        report.int8 = {**quantizer.describe(), "alone": _int8_alone(original, baseline, samples, samples_label,
+                                                                     input_shapes)}
+        if report.timing is not None:
+            report.timing["baseline"] = "INT8 alone"
+        if latency is not None:  # does quantizing pay at all on this runtime? (basic-pitch: it does not)
+            fp, q = end_to_end.time_pair(original, baseline, feed, latency)
+            report.int8.update(alone_speedup=round(fp.ms / q.ms, 4), alone_faster=end_to_end.is_faster(fp, q))
     return optimized, report
+
+
+def _quantizer(int8: bool, calibration, latency):
+    """The INT8 step after each rewrite (onebyone.int8.Quantizer), or None."""
+    if not int8:
+        return None
+    if not calibration:
+        raise OneByOneError("INT8 quantization measures activation ranges on calibration data: give calibration samples")
+    if latency is not None and not latency.int8:
+        raise OneByOneError("the model is deployed INT8 but the latency model times float convs: LatencyModel(int8=True)")
+    from onebyone.int8 import Quantizer
+
+    return Quantizer(calibration)
+
+
+def _deployed(quantizer, result: tuple[ir.Model, Report]) -> tuple[ir.Model, Report]:
+    """The rewrite as it will be deployed: quantized when there is a quantizer."""
+    model, report = result
+    return (quantizer(model) if quantizer else model), report
+
+
+def _int8_alone(original, quantized, samples, samples_label, input_shapes) -> dict:
+    """INT8 alone (the original quantized) against the original on the verification samples: the error the
+    quantization brings by itself, beside which the rewrite's is read."""
+    if samples is None:
+        samples = random_samples(resolve_input_shapes(original, input_shapes), input_dtypes(original))
+    return verify_models(original, quantized, samples, tol.APPROXIMATE, inputs_label=samples_label).to_dict()
 
 
 def _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure):
@@ -131,7 +179,8 @@ def stamp(model: ir.Model, report: Report) -> None:
         "version": __version__,
         "policy": report.policy,
         "method": report.method,
-        "result": "unchanged" if not t.rewritten else ("lossless" if t.rewritten == t.lossless else "approximate"),
+        "result": ("approximate (INT8)" if report.int8 else "unchanged" if not t.rewritten
+                   else "lossless" if t.rewritten == t.lossless else "approximate"),
         "rewritten_convs": f"{t.rewritten} of {t.convs} ({t.lossless} lossless)",
         "mac_ratio": f"{t.mac_ratio:.4f}",
     }
@@ -157,16 +206,17 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
 
 
 def _rewrite(original, name, policy, input_shapes, source, reference, progress, latency=None,
-             keep=None, forms=DEFAULT_FORMS) -> tuple[ir.Model, Report]:
+             keep=None, forms=DEFAULT_FORMS, finish=None) -> tuple[ir.Model, Report]:
     """The rewrite for `policy`: weight-only without a data source; with one, data-aware (a MAC budget checked
-    against weight-only at the same budget; an error target searched over budgets; see calibrated.search), measured
-    against `reference` (the original's outputs on the calibration samples). `latency` and `keep` go to the pass."""
+    against weight-only at the same budget; an error target searched over budgets, on the rewrite as `finish` makes
+    it, e.g. quantized; see calibrated.search), measured against `reference` (the original's outputs on the
+    calibration samples). `latency` and `keep` go to the pass."""
     opts = {"latency": latency, "keep": keep, "forms": tuple(forms)}
     if source is None:
         return search.rewrite(original, name, policy, input_shapes, progress=progress, **opts)
     if policy.searched:
         return search.smallest_budget(original, name, policy, input_shapes, source, progress, reference=reference,
-                                      **opts)
+                                      finish=finish, **opts)
     if policy.uses_gains:  # a global budget: checked against weight-only SVD at the same budget
         return search.checked_budget(original, name, policy, input_shapes, source, reference, progress, **opts)
     return search.rewrite(original, name, policy, input_shapes, source, progress, **opts)

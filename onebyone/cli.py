@@ -176,7 +176,7 @@ def optimize(
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
                                       calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress,
-                                      forms=forms)
+                                      forms=forms, int8=costs.int8)
     with console.status("verifying…"):
         tolerances = tols.over(api.default_tolerances(rep))
         rep.verification = api.verify(original, optimized, feeds, tolerances, samples_label=label).to_dict()
@@ -184,6 +184,8 @@ def optimize(
     rep.model = arg.name
     console.print(tables.layer_table(rep))
     console.print(tables.totals_line(rep))
+    if rep.int8:
+        console.print(tables.int8_line(rep.int8), soft_wrap=True, markup=False)
     tables.print_verification(console, rep.verification)
     passed = rep.verification["passed"]
     why = "failed verification"

@@ -57,6 +57,7 @@ class CostOptions:
     rpc: Annotated[Optional[str], typer.Option("--rpc", help="--runtime tvm: time on the device of this TVM RPC server (HOST:PORT)")] = None
     rpc_tracker: Annotated[Optional[str], typer.Option("--rpc-tracker", help="--runtime tvm: time on the devices of this TVM RPC tracker (HOST:PORT), with --device-key")] = None
     device_key: Annotated[Optional[str], typer.Option("--device-key", help="--rpc-tracker: the key the devices registered under")] = None
+    int8: Annotated[bool, typer.Option("--int8", help="deploy INT8: quantize the rewrite statically on the --calibration data (onnxruntime QDQ, u8/s8 per channel); convs and the whole model are timed as INT8, against the original INT8", metavar="")] = False
     tuning_db: Annotated[Optional[Path], typer.Option("--tuning-db", help="--runtime tvm: apply this MetaSchedule database (e.g. the original model's, from `onebyone compile --tune-trials`)")] = None
 
     def latency(self, policy: Policy, cache_dir, calibrated: bool = False):
@@ -71,7 +72,7 @@ class CostOptions:
             return None
         from onebyone.latency import LatencyModel
 
-        return LatencyModel(threads=self.threads, cache_dir=cache_dir, runtime=self._runtime())
+        return LatencyModel(threads=self.threads, cache_dir=cache_dir, runtime=self._runtime(), int8=self.int8)
 
     def _runtime(self):
         """None (onnxruntime) or a TvmRuntime for --time-target on the devices asked for."""

@@ -86,6 +86,9 @@ class Report:
     # time_after_ms, speedup (measured), predicted_speedup (from the per-conv latencies), ceiling_speedup (every
     # targeted conv at zero time), backed_off (convs undone because the model was not faster)
     timing: dict[str, Any] | None = None
+    # --int8: the quantization scheme (onebyone.int8.SCHEME), its calibration samples, and `alone`: the original
+    # quantized the same way, verified against the original on the same samples (the error INT8 brings by itself)
+    int8: dict[str, Any] | None = None
 
     def to_dict(self, with_spectra: bool = False) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -72,7 +72,8 @@ def timing_line(t: dict[str, Any]) -> str:
     target = rt.get("target")
     built = f"for {target.get('mcpu') or target.get('mtriple') or target['kind']} " if target else ""
     line = (f"measured on {rt['name']} {rt['version']} {built}({rt['device']}, threads {rt['threads'] or 'auto'}): "
-            f"{t['time_before_ms']:.3f} → {t['time_after_ms']:.3f} ms end to end, speedup {t['speedup']:.3f}x "
+            f"{t['time_before_ms']:.3f} → {t['time_after_ms']:.3f} ms end to end"
+            + (f" (from {t['baseline']})" if t.get("baseline") else "") + f", speedup {t['speedup']:.3f}x "
             + (f"(95% interval {1 / t['ratio_interval'][1]:.3f}–{1 / t['ratio_interval'][0]:.3f}x over {t['rounds']} "
                "paired rounds)" if t.get("ratio_interval") else f"(noise ±{100 * t['noise']:.1f}%)")
             + f", predicted {t['predicted_speedup'] or float('nan'):.3f}x, ceiling "
@@ -80,6 +81,18 @@ def timing_line(t: dict[str, Any]) -> str:
     if t["backed_off"]:
         line += f"; backed off {len(t['backed_off'])} conv(s) that did not pay end to end"
     return line
+
+
+def int8_line(q: dict[str, Any]) -> str:
+    """The INT8 step of --int8, with the error INT8 alone brings (the original quantized the same way)."""
+    alone = q["alone"]
+    worst = max((o["worst_rel_l2"] for o in alone["outputs"]), default=0.0)
+    cos = min((o["cosine"] for o in alone["outputs"] if o["cosine"] is not None), default=1.0)
+    return (f"INT8 ({q['format']}, {q['activations']} activations, {q['weights']} weights, ranges from "
+            f"{q['calibration_samples']} calibration samples); INT8 alone vs the original: worst rel L2 {worst:.3g}, "
+            f"cosine {cos:.6f}"
+            + ("" if "alone_speedup" not in q else f"; INT8 alone runs {q['alone_speedup']:.2f}x the float original"
+               + ("" if q["alone_faster"] else " (NOT faster: on this runtime quantizing does not pay, deploy float)")))
 
 
 def totals_line(report: Report, planned: bool = False) -> str:

@@ -5,7 +5,8 @@ MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
                                 (policies ending in /time choose ranks by time measured on onnxruntime with --threads;
-                                 with /pw/ 1x1 convs are factored too: --forms input,pointwise)
+                                 with /pw/ 1x1 convs are factored too: --forms input,pointwise;
+                                 `int8`: onnxruntime static INT8 alone; /int8/: onebyone then INT8, --int8)
                                 [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
 
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from onebyone import RankPolicy, optimize
+from onebyone.int8 import quantize
 from onebyone.latency import LatencyModel
 from onebyone.latency.timer import timed_session
 from onebyone.models import generators
@@ -59,7 +61,26 @@ POLICIES = {
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
+    # INT8: onnxruntime static quantization (onebyone.int8) alone, and onebyone then INT8 (--int8: convs timed as INT8,
+    # never slower than INT8 alone); speedups against the float original and against INT8 alone, in one run
+    "int8": None,
+    "budget0.9/data/int8/time": RankPolicy("budget", time=0.9),
+    "budget0.8/data/int8/time": RankPolicy("budget", time=0.8),
+    "budget0.7/data/int8/time": RankPolicy("budget", time=0.7),
 }
+
+
+def unchanged_report(original, shapes, samples, quantized):
+    """The report of a model left as it is (its verification against itself is not needed: INT8 alone is verified
+    against the original by the caller), for the INT8-alone row."""
+    from onebyone.api import verify
+    from onebyone.verify import tolerances as tol
+
+    _, report = optimize(original, RankPolicy("budget", macs=1.0), shapes, verify=False)
+    report.method = "int8 alone"
+    report.verification = verify(original, quantized, samples, tol.APPROXIMATE,
+                                 samples_label="real" if samples else "random").to_dict()
+    return report
 
 
 def cases(names: list[str] | None):
@@ -89,21 +110,20 @@ def make_session(model, threads: int) -> ort.InferenceSession:
     return timed_session(model, threads, "benchmark")
 
 
-def side_by_side(sess_a, sess_b, feed, repeats: int) -> tuple[float, float]:
-    """Median seconds per run of a and b, alternating a/b on the same input after warm-up."""
+def side_by_side(*sessions_and_rest) -> list[float]:
+    """side_by_side(sess_a, sess_b, ..., feed, repeats): median seconds per run of each session, alternating them on
+    the same input after warm-up."""
+    *sessions, feed, repeats = sessions_and_rest
     for _ in range(3):
-        sess_a.run(None, feed)
-        sess_b.run(None, feed)
-    ta, tb = [], []
+        for s in sessions:
+            s.run(None, feed)
+    times = [[] for _ in sessions]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        sess_a.run(None, feed)
-        t1 = time.perf_counter()
-        sess_b.run(None, feed)
-        t2 = time.perf_counter()
-        ta.append(t1 - t0)
-        tb.append(t2 - t1)
-    return statistics.median(ta), statistics.median(tb)
+        for s, t in zip(sessions, times):
+            t0 = time.perf_counter()
+            s.run(None, feed)
+            t.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat: int = 3,
@@ -178,20 +198,30 @@ def main() -> None:
     rows = []
     for label, model, shapes, samples, calib, task in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
+        int8_alone = None
         for pname, policy in POLICIES.items():
-            if (args.policies and pname not in args.policies) or ("/data" in pname and calib is None):
+            needs_data = "/data" in pname or "int8" in pname
+            if (args.policies and pname not in args.policies) or (needs_data and calib is None):
                 continue
-            latency = LatencyModel(threads=args.threads) if pname.endswith("/time") else None
+            int8 = "int8" in pname
+            if int8 and int8_alone is None:
+                int8_alone = quantize(original, calib(32))
+            latency = LatencyModel(threads=args.threads, int8=int8) if pname.endswith("/time") else None
             t0 = time.perf_counter()
-            optimized, report = optimize(original, policy, shapes, samples=samples,
-                                         samples_label="real" if samples else "random", raise_on_failure=False,
-                                         calibration=calib(32) if "/data" in pname else None, latency=latency,
-                                         forms=("input", "pointwise") if "/pw/" in pname else ("input",))
+            if policy is None:  # INT8 alone
+                optimized, report = int8_alone, unchanged_report(original, shapes, samples, int8_alone)
+            else:
+                optimized, report = optimize(original, policy, shapes, samples=samples,
+                                             samples_label="real" if samples else "random", raise_on_failure=False,
+                                             calibration=calib(32) if needs_data else None, latency=latency,
+                                             forms=("input", "pointwise") if "/pw/" in pname else ("input",),
+                                             int8=int8)
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
-            t_orig, t_opt = side_by_side(make_session(original, args.threads), make_session(optimized, args.threads), feed, args.repeats)
+            sessions = [make_session(m, args.threads) for m in [original, optimized] + ([int8_alone] if int8 else [])]
+            t_orig, t_opt, *t_int8 = side_by_side(*sessions, feed, args.repeats)
             tvm_orig = tvm_opt = tuned_orig = tuned_opt = tuning_info = None
-            if not args.no_tvm:
+            if not args.no_tvm and not int8:  # INT8 rows: onnxruntime's QDQ kernels only
                 tvm_orig, tvm_opt, _ = tvm_latencies(original, optimized, shapes, feed, args.target)
                 if args.tune_trials:
                     tuned_orig, tuned_opt, tuning_info = tvm_latencies(original, optimized, shapes, feed, args.target,
@@ -203,6 +233,8 @@ def main() -> None:
                 macs_before=t.macs_before, macs_after=t.macs_after, mac_ratio=t.mac_ratio,
                 params_before=t.params_before, params_after=t.params_after, pass_seconds=pass_s,
                 ort_ms_original=t_orig * 1e3, ort_ms_optimized=t_opt * 1e3, speedup=t_orig / t_opt,
+                ort_ms_int8_alone=t_int8[0] * 1e3 if t_int8 else None,
+                speedup_vs_int8_alone=t_int8[0] / t_opt if t_int8 else None,
                 tvm_ms_original=tvm_orig, tvm_ms_optimized=tvm_opt,
                 tvm_speedup=(tvm_orig / tvm_opt) if tvm_opt else None,
                 tune_trials=args.tune_trials, tvm_tuned_ms_original=tuned_orig, tvm_tuned_ms_optimized=tuned_opt,
@@ -222,7 +254,7 @@ def main() -> None:
                                           "rows": rows})
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
+    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "vs INT8 alone", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
         table.add_column(col)
     for r in rows:
         table.add_row(
@@ -230,6 +262,7 @@ def main() -> None:
             f"{r['macs_before'] / 1e6:.1f}M → {r['macs_after'] / 1e6:.1f}M", f"{r['mac_ratio']:.3f}",
             f"{r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M", f"{r['pass_seconds']:.2f}",
             f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
+            "-" if r["speedup_vs_int8_alone"] is None else f"{r['speedup_vs_int8_alone']:.2f}x",
             "-" if not r.get("predicted_speedup") else f"{r['predicted_speedup']:.2f}x / {r['ceiling_speedup'] or float('inf'):.2f}x",
             "-" if r["tvm_ms_original"] is None else f"{r['tvm_ms_original']:.1f} → {r['tvm_ms_optimized']:.1f}",
             "-" if r["tvm_speedup"] is None else f"{r['tvm_speedup']:.2f}x",
@@ -239,13 +272,15 @@ def main() -> None:
             "-" if r["task"] is None else ("yes" if r["task"]["unchanged"] else "NO") + f" ({tasks.summary(r['task'])})",
         )
     console.print(table)
+    kinds = {"MACs": lambda p: not p.endswith("/time") and p != "int8", "measured time": lambda p: p.endswith("/time")
+             and "int8" not in p, "INT8 alone": lambda p: p == "int8", "onebyone then INT8": lambda p: "/int8/" in p}
     for model in dict.fromkeys(r["model"] for r in rows):
-        for cost in ("MACs", "measured time"):
-            kept = [r for r in rows if r["model"] == model and r["policy"].endswith("/time") == (cost != "MACs")
+        for kind, member in kinds.items():
+            kept = [r for r in rows if r["model"] == model and member(r["policy"])
                     and (r["task"]["unchanged"] if r["task"] is not None else r["verified"])]
             if kept:
                 best = max(kept, key=lambda r: r["speedup"])
-                console.print(f"{model}: fastest with the task unchanged, cost {cost}: {best['speedup']:.2f}x "
+                console.print(f"{model}: fastest with the task unchanged, {kind}: {best['speedup']:.2f}x "
                               f"({best['policy']}, error {best['worst_rel_l2']:.2g})")
     console.print(f"wrote {args.json}")
     if args.plot:

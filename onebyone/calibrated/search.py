@@ -79,9 +79,11 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 
 def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
-                    steps: int = 5, reference: Reference | None = None, **pass_options) -> tuple[ir.Model, Report]:
+                    steps: int = 5, reference: Reference | None = None, finish=None,
+                    **pass_options) -> tuple[ir.Model, Report]:
     """Bisection on the MAC budget: the smallest fraction whose calibration output error (worst output part) is at
-    most policy.max_error; the model unchanged when no budget below 1 meets it. The calibration statistics and the
+    most policy.max_error, measured on the rewrite as `finish(rewrite)` deploys it (e.g. quantized; None: as it is);
+    the model unchanged when no budget below 1 meets it. The calibration statistics and the
     output gains are computed once (the source keeps them), not at every step."""
     reference = reference or Reference(original, source.samples)
     best = None
@@ -93,7 +95,7 @@ def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSo
             budget = RankPolicy("budget", time=frac, round_to=policy.round_to)
         candidate, report = checked_budget(original, name, budget, input_shapes, source, reference, progress,
                                            **pass_options)
-        err = reference.error(candidate)
+        err = reference.error(finish(candidate) if finish else candidate)
         if err <= policy.max_error:
             best, hi = (candidate, report, frac, err), frac
         else:

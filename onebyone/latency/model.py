@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from onebyone.errors import OneByOneError
 from onebyone.latency import micro, sharing, timer
 from onebyone.latency.runtimes import OnnxRuntimeCPU
 from onebyone.passes import plan
@@ -38,15 +39,20 @@ class LatencyModel:
     on this CPU with `threads` intra-op threads, 0: onnxruntime's choice; or a latency.tvm_runtime.TvmRuntime), each a
     Timing (median and noise), alternating original and pairs on one device. With several devices (a tracker pool)
     the convs are spread over them. Results are cached in `cache_dir` (None: not cached), keyed by the conv's
-    signature, the rank, the runtime and its version, the device (CPU model, target, device key) and the threads."""
+    signature, the rank, the runtime and its version, the device (CPU model, target, device key) and the threads.
+    With `int8` the micro-models are timed as the model will be deployed after INT8 quantization (onebyone.int8:
+    each micro-model quantized before it is timed; onnxruntime only)."""
 
     def __init__(self, threads: int = 0, cache_dir: str | os.PathLike | None = None, repeats: int = 15,
-                 runtime=None) -> None:
+                 runtime=None, int8: bool = False) -> None:
         self.backend = runtime if runtime is not None else OnnxRuntimeCPU(threads)
         self.threads = self.backend.threads
         self.repeats = repeats
         self.cache = Path(cache_dir) if cache_dir is not None else None
-        self.runtime = self.backend.description
+        self.int8 = int8
+        if int8 and self.backend.description["name"] != "onnxruntime":
+            raise OneByOneError("INT8 models are timed on onnxruntime only (--runtime onnxruntime)")
+        self.runtime = {**self.backend.description, **({"precision": "int8"} if int8 else {})}
         self.hits = self.misses = 0
         self._memo: dict[str, dict] = {}  # this process's measurements, so that repeated passes measure once
 
@@ -109,8 +115,13 @@ class LatencyModel:
                 return {"before": timer.Timing(**data["before"]),
                         "after": {int(r): timer.Timing(**t) for r, t in data["after"].items()}}
         self.misses += 1
-        models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks] + [micro.passthrough(d.info)]
+        models = [micro.original(d.info)] + [micro.pair(d.info, r) for r in ranks]
         x = np.random.default_rng(0).standard_normal((1, *d.info.input_shape[1:])).astype(np.float32)
+        if self.int8:
+            from onebyone.int8 import quantize
+
+            models = [quantize(m, [{"x": x}], preprocess=False, float_outputs=False) for m in models]
+        models.append(micro.passthrough(d.info))
         timings = self.backend.time(models, [{"x": x}] * len(models), self.repeats, device)
         # a model pays the runtime's fixed cost per run (call, input copy, thread-pool wake-up) once, not per conv
         fixed = timings[-1].ms

@@ -59,7 +59,7 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
 def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
     """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
     onnxruntime prunes everything downstream of them)."""
-    proto = _serialized(model) if isinstance(model, ir.Model) else model
+    proto = serialized(model) if isinstance(model, ir.Model) else model
     out = onnx.ModelProto()
     out.CopyFrom(proto)
     if only:
@@ -71,7 +71,7 @@ def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool
     return out
 
 
-def _serialized(model: ir.Model) -> onnx.ModelProto:
+def serialized(model: ir.Model) -> onnx.ModelProto:
     """The model as a protobuf that runs from bytes: tensors stored in external files are read into it."""
     proto = ir.serde.serialize_model(model)
     if has_external_data(model):
