@@ -76,10 +76,9 @@ def optimize(
     faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
     With `calibration` samples the factorization is data-aware (see BottleneckPass; statistics cached in `cache_dir`
     when given); policy 'error' (needs it) finds the smallest MAC budget whose output error on them is within
-    `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8: quantized statically on the
-    calibration samples (onebyone.int8) after every rewrite; the convs are timed as INT8, the end-to-end check and the
-    error policy's search measure the quantized rewrite, the baseline of "never slower" is the original quantized the
-    same way (INT8 alone), and `report.int8` holds the scheme and INT8 alone's verification on the same samples.
+    `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8 (onebyone.int8, quantized on
+    the calibration samples): convs timed as INT8, the end-to-end check and the error search on the quantized
+    rewrite, "never slower" against INT8 alone; `report.int8`: the scheme, INT8 alone's verification and speed.
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
@@ -97,13 +96,14 @@ def optimize(
     reference = search.Reference(original, calibration) if checked else None
     rebuild = lambda keep=None: _deployed(quantizer, _rewrite(original, name, policy, input_shapes, source,  # noqa: E731
                                                               reference, progress, latency, keep, forms, quantizer))
-    optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes)
+    optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes,
+                                      tolerances)
     if verify:
         _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure)
     return optimized, report
 
 
-def _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes):
+def _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes, tolerances=None):
     """(model, report) from `rebuild`; with a latency model, rewrites backed off until the model is faster end to end
     than the original as deployed (quantized by `quantizer` when there is one); with a quantizer, `report.int8`."""
     optimized, report = rebuild()
@@ -115,7 +115,7 @@ def _never_slower(original, rebuild, latency, quantizer, samples, samples_label,
         optimized, report = end_to_end.ensure_faster(baseline, optimized, report, rebuild, latency, feed)
     if quantizer:
         report.int8 = {**quantizer.describe(), "alone": _int8_alone(original, baseline, samples, samples_label,
-                                                                     input_shapes)}
+                                                                     input_shapes, tolerances or tol.APPROXIMATE)}
         if report.timing is not None:
             report.timing["baseline"] = "INT8 alone"
         if latency is not None:  # does quantizing pay at all on this runtime? (basic-pitch: it does not)
@@ -143,12 +143,12 @@ def _deployed(quantizer, result: tuple[ir.Model, Report]) -> tuple[ir.Model, Rep
     return (quantizer(model) if quantizer else model), report
 
 
-def _int8_alone(original, quantized, samples, samples_label, input_shapes) -> dict:
-    """INT8 alone (the original quantized) against the original on the verification samples: the error the
-    quantization brings by itself, beside which the rewrite's is read."""
+def _int8_alone(original, quantized, samples, samples_label, input_shapes, tolerances) -> dict:
+    """INT8 alone (the original quantized) against the original on the verification samples and `tolerances`: the
+    error the quantization brings by itself, beside which the rewrite's is read."""
     if samples is None:
         samples = random_samples(resolve_input_shapes(original, input_shapes), input_dtypes(original))
-    return verify_models(original, quantized, samples, tol.APPROXIMATE, inputs_label=samples_label).to_dict()
+    return verify_models(original, quantized, samples, tolerances, inputs_label=samples_label).to_dict()
 
 
 def _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure):

@@ -61,6 +61,9 @@ POLICIES = {
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
+    "error0.02/data/time": RankPolicy("error", max_error=0.02),
+    "error0.02/data/pw/time": RankPolicy("error", max_error=0.02),
+    "error0.03/data/pw/time": RankPolicy("error", max_error=0.03),
     # INT8: onnxruntime static quantization (onebyone.int8) alone, and onebyone then INT8 (--int8: convs timed as INT8,
     # never slower than INT8 alone); speedups against the float original and against INT8 alone, in one run
     "int8": None,

@@ -196,3 +196,30 @@ def test_a_data_rewrite_worse_than_weight_only_is_not_kept(rng, monkeypatch):
     assert report.method_check["data"] > report.method_check["weight"]
     weight_only, _ = optimize(_ir(model), RankPolicy("budget", macs=0.6), verify=False)
     assert _held_out_error(model, optimized, calib) == pytest.approx(_held_out_error(model, weight_only, calib), rel=1e-6)
+
+
+def test_error_search_finds_a_smaller_budget_past_a_non_monotone_error(monkeypatch):
+    """The model-output error need not fall as the budget grows (the data-aware fit and the model-level check choose
+    per budget): the error policy scans budgets, so a budget that meets the target below one that misses it is
+    found (a bisection from 0.5 would have turned back at 0.5), then refines downwards; it stops scanning after
+    two budgets that miss by far."""
+    import types
+
+    from onebyone.calibrated import search
+
+    table = {0.9: 0.001, 0.8: 0.002, 0.7: 0.02, 0.6: 0.004, 0.5: 0.03, 0.4: 0.008, 0.35: 0.5, 0.375: 0.009}
+    error_of = lambda frac: table.get(round(frac, 4), 0.5)  # noqa: E731
+    tried = []
+
+    def fake_checked_budget(original, name, budget, *args, **kwargs):
+        tried.append(budget.macs)
+        return f"model@{budget.macs}", types.SimpleNamespace(policy="")
+
+    monkeypatch.setattr(search, "checked_budget", fake_checked_budget)
+    reference = types.SimpleNamespace(error=lambda model: error_of(float(model.split("@")[1])))
+    model, report = search.smallest_budget(None, "m", RankPolicy("error", max_error=0.01), None,
+                                           types.SimpleNamespace(samples=[]), reference=reference)
+    assert model == "model@0.375" and "0.375" in report.policy
+    # 0.3 and 0.2 missed by far after 0.4 met the target: the scan stopped; then between 0.3 and 0.4: 0.35 missed,
+    # 0.375 met, 0.3625 missed
+    assert tried == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.35, 0.375, 0.3625])

@@ -136,6 +136,9 @@ def test_cli_int8(tmp_path):
     report = json.loads(rep.read_text())
     assert report["timing"]["baseline"] == "INT8 alone" and report["int8"]["alone_speedup"] > 0
     assert report["timing"]["runtime"]["precision"] == "int8"
+    proc = cli("optimize", model, "-o", tmp_path / "strict.onnx", "--policy", "exact", "--int8", "--calibration", npz,
+               "--cost", "macs", "--max-rel-error", "1e-6")
+    assert proc.returncode == 1 and "INT8 alone fails it too" in proc.stdout and not (tmp_path / "strict.onnx").exists()
     one_line_error(cli("optimize", model, "-o", tmp_path / "x.onnx", "--int8"), "calibration")
 
 

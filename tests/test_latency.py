@@ -222,3 +222,14 @@ def test_identical_convs_share_one_rank_when_the_measured_pairs_allow():
         assert {d.rank for d in group} == ({4} if shared else {2, 4})
         assert changed == (len(group) // 2 if shared else 0)
         assert all(("share one kernel shape" in d.reason) == (shared and k % 2 == 0) for k, d in enumerate(group))
+
+
+def test_kernel_sharing_follows_the_runtime_unless_told():
+    """Sharing kernel shapes is on for TVM and off for onnxruntime by default; `share_kernels` overrides it (to measure
+    what sharing buys, scripts/benchmark_sharing.py)."""
+    from onebyone.latency.tvm_runtime import TvmRuntime
+    from onebyone.runtime import targets
+
+    tvm_rt = TvmRuntime(targets.resolve("cpu"))
+    assert LatencyModel(runtime=tvm_rt).shares_kernels and not LatencyModel(runtime=tvm_rt, share_kernels=False).shares_kernels
+    assert not LatencyModel(threads=1).shares_kernels and LatencyModel(threads=1, share_kernels=True).shares_kernels

@@ -44,12 +44,15 @@ class LatencyModel:
     each micro-model quantized before it is timed; onnxruntime only)."""
 
     def __init__(self, threads: int = 0, cache_dir: str | os.PathLike | None = None, repeats: int = 15,
-                 runtime=None, int8: bool = False) -> None:
+                 runtime=None, int8: bool = False, share_kernels: bool | None = None,
+                 share_tolerance: float = sharing.TOLERANCE) -> None:
         self.backend = runtime if runtime is not None else OnnxRuntimeCPU(threads)
         self.threads = self.backend.threads
         self.repeats = repeats
         self.cache = Path(cache_dir) if cache_dir is not None else None
         self.int8 = int8
+        self._share = share_kernels
+        self.share_tolerance = share_tolerance
         if int8 and self.backend.description["name"] != "onnxruntime":
             raise OneByOneError("INT8 models are timed on onnxruntime only (--runtime onnxruntime)")
         self.runtime = {**self.backend.description, **({"precision": "int8"} if int8 else {})}
@@ -58,12 +61,13 @@ class LatencyModel:
 
     @property
     def shares_kernels(self) -> bool:
-        """Whether identical convs should get one rank (a runtime that tunes a kernel per shape: TVM)."""
-        return self.runtime["name"] == "tvm"
+        """Whether identical convs should get one rank (default: on a runtime that tunes a kernel per shape, TVM;
+        `share_kernels` at construction decides otherwise, e.g. to measure what sharing buys)."""
+        return self.runtime["name"] == "tvm" if self._share is None else self._share
 
     def share_kernel_shapes(self, decisions: list[plan.Decision]) -> int:
         """latency.sharing.share_kernel_shapes with this model's measurements; how many convs changed rank."""
-        return sharing.share_kernel_shapes(decisions, self._key, self.pair_time)
+        return sharing.share_kernel_shapes(decisions, self._key, self.pair_time, self.share_tolerance)
 
     def time_models(self, models: list, feeds: list[dict], repeats: int | None = None) -> list[timer.Timing]:
         """Timings of whole models on this runtime, measured alternating on one device."""
