@@ -90,7 +90,7 @@ def optimize(
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
         raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
-    quantizer = _quantizer(int8, calibration, latency)
+    quantizer = _quantizer(int8, calibration, latency, progress)
     source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
     reference = search.Reference(original, calibration) if checked else None
@@ -124,7 +124,7 @@ def _never_slower(original, rebuild, latency, quantizer, samples, samples_label,
     return optimized, report
 
 
-def _quantizer(int8: bool, calibration, latency):
+def _quantizer(int8: bool, calibration, latency, progress=None):
     """The INT8 step after each rewrite (onebyone.int8.Quantizer), or None."""
     if not int8:
         return None
@@ -134,7 +134,7 @@ def _quantizer(int8: bool, calibration, latency):
         raise OneByOneError("the model is deployed INT8 but the latency model times float convs: LatencyModel(int8=True)")
     from onebyone.int8 import Quantizer
 
-    return Quantizer(calibration)
+    return Quantizer(calibration, progress)
 
 
 def _deployed(quantizer, result: tuple[ir.Model, Report]) -> tuple[ir.Model, Report]:

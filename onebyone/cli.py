@@ -77,7 +77,7 @@ def _calibration(arg: ModelArg, model, shapes, cal: CalibrationOptions, img: Ima
 
 
 class _Progress:
-    """A rich progress bar per stage (calibrating, sensitivity, timing, fitting) with its elapsed time and an estimate of
+    """A rich progress bar per stage (calibrating, sensitivity, timing, fitting, quantizing) with its elapsed time and an estimate of
     the time left, fed by the pass's progress(stage, done, total)."""
 
     def __init__(self) -> None:

@@ -181,19 +181,27 @@ def _at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 class Quantizer:
     """`quantize` with fixed calibration samples, as a step after each rewrite (`__call__`); the original model's
-    quantization is made once (`original`)."""
+    quantization is made once (`original`). `progress(stage, done, total)` hears of each quantization."""
 
-    def __init__(self, samples: list[dict]) -> None:
+    def __init__(self, samples: list[dict], progress=None) -> None:
         self.samples = samples
+        self.progress = progress
+        self.done = 0
         self._original: tuple[int, ir.Model] | None = None
 
     def __call__(self, model: ir.Model) -> ir.Model:
-        return quantize(model, self.samples)
+        if self.progress:
+            self.progress("quantizing (INT8)", self.done, self.done + 1)
+        quantized = quantize(model, self.samples)
+        self.done += 1
+        if self.progress:
+            self.progress("quantizing (INT8)", self.done, self.done)
+        return quantized
 
     def original(self, model: ir.Model) -> ir.Model:
         """The quantization of the original `model` (made on the first call)."""
         if self._original is None or self._original[0] != id(model):
-            self._original = (id(model), quantize(model, self.samples))
+            self._original = (id(model), self(model))
         return self._original[1]
 
     def describe(self) -> dict:

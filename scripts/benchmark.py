@@ -70,6 +70,9 @@ POLICIES = {
     "budget0.9/data/int8/time": RankPolicy("budget", time=0.9),
     "budget0.8/data/int8/time": RankPolicy("budget", time=0.8),
     "budget0.7/data/int8/time": RankPolicy("budget", time=0.7),
+    # the error search on the quantized rewrite (--policy error --int8): the composition is held to the target
+    "error0.01/data/int8/time": RankPolicy("error", max_error=0.01),
+    "error0.005/data/int8/time": RankPolicy("error", max_error=0.005),
 }
 
 

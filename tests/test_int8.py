@@ -71,9 +71,11 @@ def test_lossless_rewrite_then_int8_matches_int8_alone():
     tolerances."""
     model = ir.serde.deserialize_model(generators.vgg(low_rank=0.5))
     calib, unseen = _samples(8), _samples(4, seed=11)
+    heard = []
     optimized, report = optimize(model, RankPolicy("exact"), samples=unseen, calibration=calib, int8=True,
-                                 raise_on_failure=False)
+                                 raise_on_failure=False, progress=lambda *a: heard.append(a))
     assert report.totals.lossless > 0
+    assert ("quantizing (INT8)", 2, 2) in heard  # the rewrite and the original (INT8 alone), each shown
     assert _ops(optimized)["QuantizeLinear"] > 0
     assert report.int8["calibration_samples"] == 8 and report.int8["format"] == "QDQ"
     alone_err = max(o["worst_rel_l2"] for o in report.int8["alone"]["outputs"])
