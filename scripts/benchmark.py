@@ -3,7 +3,7 @@
 original vs the optimized model measured side by side (interleaved runs, medians), with the speedup next to the
 MAC ratio. Prints a table and writes JSON.
 
-    python scripts/benchmark.py [--repeats 30] [--threads 1] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
+    python scripts/benchmark.py [--repeats 30] [--threads 1 [2 ...]] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
                                 (policies ending in /time choose ranks by time measured on onnxruntime with --threads;
                                  with /pw/ 1x1 convs are factored too: --forms input,pointwise;
                                  `int8`: onnxruntime static INT8 alone; /int8/: onebyone then INT8, --int8)
@@ -19,6 +19,7 @@ with time_evaluator in the same run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import shutil
 import statistics
 import time
@@ -101,7 +102,13 @@ def cases(names: list[str] | None):
         if names and name not in names:
             continue
         proto = generators.GENERATORS[name](size=112, low_rank=0.5, seed=0)
-        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None, None, None
+        yield label, ir.serde.deserialize_model(proto), {"input": (1, 3, 112, 112)}, None, _random_calibration, None
+
+
+def _random_calibration(count: int) -> list[dict]:
+    """Seeded standard-normal inputs: the calibration of the generated models (they have no real data)."""
+    rng = np.random.default_rng(7)
+    return [{"input": rng.standard_normal((1, 3, 112, 112)).astype(np.float32)} for _ in range(count)]
 
 
 def task_outcome(task: str | None, original, optimized, samples) -> dict | None:
@@ -176,7 +183,7 @@ def plot(rows: list[dict], path: str) -> None:
             kept = r.get("task") is None or r["task"]["unchanged"]
             ax.scatter(max(r["worst_rel_l2"], 1e-7), r["speedup"], marker="^" if timed else "o",
                        color=color if kept else "none", edgecolors=color)
-            ax.annotate(r["policy"], (max(r["worst_rel_l2"], 1e-7), r["speedup"]), fontsize=6, xytext=(3, 3),
+            ax.annotate(f"{r['policy']} ({r.get('threads', 1)}t)", (max(r["worst_rel_l2"], 1e-7), r["speedup"]), fontsize=6, xytext=(3, 3),
                         textcoords="offset points")
             if r.get("ceiling_speedup"):
                 ax.axhline(r["ceiling_speedup"], color="gray", linestyle="--", linewidth=0.8)
@@ -191,7 +198,8 @@ def plot(rows: list[dict], path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=30)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1],
+                    help="onnxruntime threads; several values: every row is measured with each, in the same run")
     ap.add_argument("--json", default="benchmark.json")
     ap.add_argument("--models", nargs="*", help="subset: opennsfw ppocr-det basic-pitch resnet vgg inception")
     ap.add_argument("--no-tvm", action="store_true", help="skip the TVM columns")
@@ -205,26 +213,31 @@ def main() -> None:
     for label, model, shapes, samples, calib, task in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
         int8_alone = None
-        for pname, policy in POLICIES.items():
+        counted: dict[str, tuple] = {}  # MAC-cost results do not depend on the thread count: rewritten once
+        for (pname, policy), threads in itertools.product(POLICIES.items(), args.threads):
             needs_data = "/data" in pname or "int8" in pname
             if (args.policies and pname not in args.policies) or (needs_data and calib is None):
                 continue
             int8 = "int8" in pname
             if int8 and int8_alone is None:
                 int8_alone = quantize(original, calib(32))
-            latency = LatencyModel(threads=args.threads, int8=int8) if pname.endswith("/time") else None
+            latency = LatencyModel(threads=threads, int8=int8) if pname.endswith("/time") else None
             t0 = time.perf_counter()
             if policy is None:  # INT8 alone
                 optimized, report = int8_alone, unchanged_report(original, shapes, samples, int8_alone)
+            elif latency is None and pname in counted:
+                optimized, report = counted[pname]
             else:
                 optimized, report = optimize(original, policy, shapes, samples=samples,
                                              samples_label="real" if samples else "random", raise_on_failure=False,
                                              calibration=calib(32) if needs_data else None, latency=latency,
                                              forms=("input", "pointwise") if "/pw/" in pname else ("input",),
                                              int8=int8)
+                if latency is None:
+                    counted[pname] = optimized, report
             pass_s = time.perf_counter() - t0
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
-            sessions = [make_session(m, args.threads) for m in [original, optimized] + ([int8_alone] if int8 else [])]
+            sessions = [make_session(m, threads) for m in [original, optimized] + ([int8_alone] if int8 else [])]
             t_orig, t_opt, *t_int8 = side_by_side(*sessions, feed, args.repeats)
             tvm_orig = tvm_opt = tuned_orig = tuned_opt = tuning_info = None
             if not args.no_tvm and not int8:  # INT8 rows: onnxruntime's QDQ kernels only
@@ -235,7 +248,7 @@ def main() -> None:
             t = report.totals
             v = report.verification
             rows.append(dict(
-                model=label, policy=pname, convs=t.convs, rewritten=t.rewritten, lossless=t.lossless,
+                model=label, policy=pname, threads=threads, convs=t.convs, rewritten=t.rewritten, lossless=t.lossless,
                 macs_before=t.macs_before, macs_after=t.macs_after, mac_ratio=t.mac_ratio,
                 params_before=t.params_before, params_after=t.params_after, pass_seconds=pass_s,
                 ort_ms_original=t_orig * 1e3, ort_ms_optimized=t_opt * 1e3, speedup=t_orig / t_opt,
@@ -260,11 +273,11 @@ def main() -> None:
                                           "rows": rows})
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
-    for col in ("model", "policy", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "vs INT8 alone", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
+    for col in ("model", "policy", "threads", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "vs INT8 alone", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
         table.add_column(col)
     for r in rows:
         table.add_row(
-            r["model"], r["policy"], f"{r['rewritten']}/{r['convs']} ({r['lossless']} lossless)",
+            r["model"], r["policy"], str(r["threads"]), f"{r['rewritten']}/{r['convs']} ({r['lossless']} lossless)",
             f"{r['macs_before'] / 1e6:.1f}M → {r['macs_after'] / 1e6:.1f}M", f"{r['mac_ratio']:.3f}",
             f"{r['params_before'] / 1e6:.2f}M → {r['params_after'] / 1e6:.2f}M", f"{r['pass_seconds']:.2f}",
             f"{r['ort_ms_original']:.2f} → {r['ort_ms_optimized']:.2f}", f"{r['speedup']:.2f}x",
@@ -280,13 +293,13 @@ def main() -> None:
     console.print(table)
     kinds = {"MACs": lambda p: not p.endswith("/time") and p != "int8", "measured time": lambda p: p.endswith("/time")
              and "int8" not in p, "INT8 alone": lambda p: p == "int8", "onebyone then INT8": lambda p: "/int8/" in p}
-    for model in dict.fromkeys(r["model"] for r in rows):
+    for model, threads in itertools.product(dict.fromkeys(r["model"] for r in rows), args.threads):
         for kind, member in kinds.items():
-            kept = [r for r in rows if r["model"] == model and member(r["policy"])
+            kept = [r for r in rows if r["model"] == model and r["threads"] == threads and member(r["policy"])
                     and (r["task"]["unchanged"] if r["task"] is not None else r["verified"])]
             if kept:
                 best = max(kept, key=lambda r: r["speedup"])
-                console.print(f"{model}: fastest with the task unchanged, {kind}: {best['speedup']:.2f}x "
+                console.print(f"{model}, {threads} thread(s): fastest with the task unchanged, {kind}: {best['speedup']:.2f}x "
                               f"({best['policy']}, error {best['worst_rel_l2']:.2g})")
     console.print(f"wrote {args.json}")
     if args.plot:
