@@ -223,3 +223,15 @@ def test_error_search_finds_a_smaller_budget_past_a_non_monotone_error(monkeypat
     # 0.3 and 0.2 missed by far after 0.4 met the target: the scan stopped; then between 0.3 and 0.4: 0.35 missed,
     # 0.375 met, 0.3625 missed
     assert tried == pytest.approx([0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.35, 0.375, 0.3625])
+
+
+def test_a_budget_out_of_reach_says_so():
+    """A MAC budget below what every conv at its lowest rank keeps gives every conv its cheapest option, and each
+    rewritten conv's reason says the budget was out of reach and what fraction was reachable."""
+    model = ir.serde.deserialize_model(generators.vgg(size=16, widths=(8, 16)))
+    optimized, report = optimize(model, RankPolicy("budget", macs=0.01), verify=False)
+    rewritten = [l for l in report.layers if l.action == "rewritten"]
+    assert rewritten and all("out of reach" in l.reason for l in rewritten)
+    assert all(l.rank == 1 for l in rewritten)
+    _, report = optimize(model, RankPolicy("budget", macs=0.9), verify=False)
+    assert not any("out of reach" in l.reason for l in report.layers)

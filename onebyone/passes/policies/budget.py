@@ -53,6 +53,9 @@ class Budget(Policy):
         fraction = self.macs if self.macs is not None else self.time
         chosen = allocation.allocate(curves, fraction * targeted)
         unit = f"{targeted:,} targeted MACs" if self.macs is not None else f"{targeted:.3f} ms of targeted convs"
+        floor = sum(min([c.macs_full, *c.macs]) for c in curves)  # every conv at its cheapest option
+        beyond = (f" (the {self.label()} is out of reach: every conv at its cheapest option keeps "
+                  f"{floor / targeted:.3f} of {unit})") if targeted and fraction * targeted < floor else ""
         for d in live:
             r = chosen[d.info.name]
             if r is None:
@@ -61,6 +64,7 @@ class Budget(Policy):
                                f"({fraction} of {unit}){why}")
             else:
                 plan.accept(d, r)
+                d.reason += beyond
 
     def _ranks(self, d) -> np.ndarray:
         """The ranks this budget may give a conv: below break-even; with a time budget, only measured ranks whose
