@@ -143,20 +143,24 @@ def _deployed(quantizer, result: tuple[ir.Model, Report]) -> tuple[ir.Model, Rep
     return (quantizer(model) if quantizer else model), report
 
 
+def _or_random(samples: Samples | None, model: ir.Model, input_shapes) -> Samples:
+    """`samples`, or when None the seeded random samples every verification of `model` uses (the same each call)."""
+    return samples if samples is not None else random_samples(resolve_input_shapes(model, input_shapes),
+                                                              input_dtypes(model))
+
+
 def _int8_alone(original, quantized, samples, samples_label, input_shapes, tolerances) -> dict:
     """INT8 alone (the original quantized) against the original on the verification samples and `tolerances`: the
     error the quantization brings by itself, beside which the rewrite's is read."""
-    if samples is None:
-        samples = random_samples(resolve_input_shapes(original, input_shapes), input_dtypes(original))
-    return verify_models(original, quantized, samples, tolerances, inputs_label=samples_label).to_dict()
+    return verify_models(original, quantized, _or_random(samples, original, input_shapes), tolerances,
+                         inputs_label=samples_label).to_dict()
 
 
 def _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure):
     """Verify `optimized` against `original` into report.verification and the model's metadata; raise
     VerificationFailed on a failure when asked to."""
-    if samples is None:
-        samples = random_samples(resolve_input_shapes(original, input_shapes), input_dtypes(original))
-    result = verify_models(original, optimized, samples, tolerances or default_tolerances(report),
+    result = verify_models(original, optimized, _or_random(samples, original, input_shapes),
+                           tolerances or default_tolerances(report),
                            inputs_label=samples_label)
     report.verification = result.to_dict()
     stamp(optimized, report)
@@ -233,6 +237,4 @@ def verify(
     """Compare `optimized` against `original` in onnxruntime on `samples` (seeded random when None)."""
     ref, _ = _as_model(original)
     cand, _ = _as_model(optimized)
-    if samples is None:
-        samples = random_samples(resolve_input_shapes(ref, input_shapes), input_dtypes(ref))
-    return verify_models(ref, cand, samples, tolerances, inputs_label=samples_label)
+    return verify_models(ref, cand, _or_random(samples, ref, input_shapes), tolerances, inputs_label=samples_label)

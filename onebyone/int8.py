@@ -3,10 +3,10 @@ when a model is deployed quantized (`--int8`).
 
 One scheme, the fast path of onnxruntime's x86 and ARM CPU kernels: QDQ format, uint8 activations, int8 weights
 per output channel, MinMax ranges from the calibration samples (onnxruntime.quantization.quantize_static after its
-pre-processing: shape inference and graph optimization, without symbolic shape inference where that fails). Models below opset 13 are converted to opset 13 first
-(per-channel DequantizeLinear needs its `axis` attribute). The nodes that produce the model's outputs stay float, so
-that the outputs keep their precision (quantizing open_nsfw's Softmax rounded its probabilities to multiples of
-1/255, which hid every other error).
+pre-processing: shape inference and graph optimization, without symbolic shape inference where that fails). Models
+below opset 13 are converted to opset 13 first (per-channel DequantizeLinear needs its `axis` attribute). The nodes
+that produce the model's outputs stay float, so that the outputs keep their precision (quantizing open_nsfw's Softmax
+rounded its probabilities to multiples of 1/255, which hid every other error).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.errors import OneByOneError
+from onebyone.verify.onnxruntime_run import serialized
 
 SCHEME = {"format": "QDQ", "activations": "uint8", "weights": "int8 per channel", "calibration": "MinMax",
           "tool": "onnxruntime.quantization.quantize_static"}
@@ -41,14 +42,12 @@ def quantize(model: ir.Model | onnx.ModelProto, samples: list[dict], preprocess:
     """`model` statically quantized to INT8 (SCHEME) with ranges measured on `samples` (feeds by input name); the
     model's inputs, outputs and their float types are kept. `model` is not changed. `preprocess=False` skips
     onnxruntime's pre-processing (for small generated graphs); `float_outputs=False` quantizes the nodes that produce
-    the outputs too (a micro-model whose one conv is timed as it runs inside a quantized model). One-line OneByOneError when onnxruntime cannot
-    quantize it."""
+    the outputs too (a micro-model whose one conv is timed as it runs inside a quantized model). One-line
+    OneByOneError when onnxruntime cannot quantize it."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     if not samples:
         raise OneByOneError("INT8 quantization needs calibration samples")
-    from onebyone.verify.onnxruntime_run import serialized
-
     proto = serialized(model) if isinstance(model, ir.Model) else model
     proto = _plain_names(_at_least_opset(proto, MIN_OPSET))
     with tempfile.TemporaryDirectory(prefix="onebyone-int8-") as tmp:
@@ -113,8 +112,8 @@ def _plain_names(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _loads(path: Path) -> None:
-    """Raise unless onnxruntime loads the model at `path` (pre-processing can leave a model it cannot load: basic-pitch's
-    Transpose after shape inference)."""
+    """Raise unless onnxruntime loads the model at `path` (the quantizer can write a model it cannot load:
+    basic-pitch's Transpose, before its names were made plain)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -180,14 +179,14 @@ def _at_least_opset(proto: onnx.ModelProto, version: int) -> onnx.ModelProto:
 
 
 class Quantizer:
-    """`quantize` with fixed calibration samples, as a step after each rewrite (`__call__`); the original model's
-    quantization is made once (`original`). `progress(stage, done, total)` hears of each quantization."""
+    """`quantize` with fixed calibration samples, as a step after each rewrite (`__call__`), for one original model
+    whose quantization is made once (`original`). `progress(stage, done, total)` hears of each quantization."""
 
     def __init__(self, samples: list[dict], progress=None) -> None:
         self.samples = samples
         self.progress = progress
         self.done = 0
-        self._original: tuple[int, ir.Model] | None = None
+        self._original: ir.Model | None = None
 
     def __call__(self, model: ir.Model) -> ir.Model:
         if self.progress:
@@ -199,10 +198,10 @@ class Quantizer:
         return quantized
 
     def original(self, model: ir.Model) -> ir.Model:
-        """The quantization of the original `model` (made on the first call)."""
-        if self._original is None or self._original[0] != id(model):
-            self._original = (id(model), self(model))
-        return self._original[1]
+        """The quantization of the original `model` (made on the first call; one original per Quantizer)."""
+        if self._original is None:
+            self._original = self(model)
+        return self._original
 
     def describe(self) -> dict:
         return {**SCHEME, "calibration_samples": len(self.samples)}

@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Does one kernel shape per group of identical convs pay on tuned TVM? One run on this CPU: the data-aware time budget
 chosen with TVM as the runtime (`--runtime tvm`): each conv at its own rank, identical convs given one rank when that
-costs the group at most 5% more measured time (the default on TVM), and at most 50%; then the original tuned with N MetaSchedule trials, and each rewritten model tuned with
-N trials from a copy of the original's database (its untouched kernels keep their records); all three timed
-alternating. Prints a table, writes JSON.
+costs the group at most 5% more measured time (the default on TVM), and at most 50%; then the original tuned with N
+MetaSchedule trials, and each rewritten model tuned with N trials from a copy of the original's database (its
+untouched kernels keep their records); all four timed alternating. Prints a table, writes JSON.
 
     python scripts/benchmark_sharing.py [--model opennsfw] [--time 0.5] [--trials 128] [--repeats 10]
                                         [--json benchmarks/tvm-sharing.json]
