@@ -69,8 +69,9 @@ def optimize(
     int8: bool = False,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
-    factored (passes.analysis.FORMS: "input" kxk convs, the default; "pointwise" 1x1 convs too). With `latency` (a
-    onebyone.latency.LatencyModel: "cost time") every candidate conv and its rewritten pairs are timed on that
+    factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output" too: each kxk conv in the form
+    passes.forms.choose picks; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost
+    time") every candidate conv and its rewritten pairs are timed on that
     runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends measured
     milliseconds), and the whole model is timed end to end against the original: rewrites are backed off until it is
     faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
@@ -84,8 +85,7 @@ def optimize(
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
     is lossless, APPROXIMATE otherwise, when None); the optimized model's metadata records what was done and the
     tolerances met (see `stamp`). A failed verification raises VerificationFailed (`.model` and `.report` hold the
-    result) unless `raise_on_failure` is False.
-    """
+    result) unless `raise_on_failure` is False."""
     original, name = _as_model(model)
     policy = policy or RankPolicy()
     if policy.searched and not calibration:

@@ -18,7 +18,7 @@ class LayerReport:
     action: str  # "rewritten" or "skipped"
     reason: str
     kernel: list[int]
-    form: str  # "input" (1x1 bottleneck before a kxk conv) or "pointwise" (a 1x1 conv as two 1x1 convs)
+    form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs)
     in_channels: int
     out_channels: int
     groups: int
@@ -47,6 +47,7 @@ class LayerReport:
     time_before_ms: float | None = None  # measured on the target runtime (isolated micro-model), --cost time
     time_after_ms: float | None = None  # the rewritten pair at the chosen rank (= before when not rewritten)
     measured_ranks: dict[int, float] | None = None  # rank -> ms of the rewritten pair
+    form_choice: str | None = None  # why this form won, when several forms applied (predicted errors compared)
 
 
 @dataclasses.dataclass

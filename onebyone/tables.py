@@ -38,7 +38,7 @@ def layer_table(report: Report, planned: bool = False) -> Table:
             if l.input_shape and l.output_shape
             else "?"
         )
-        rank = f"{l.rank if l.rank is not None else '-'} / {l.break_even_rank:.1f}"
+        rank = f"{l.rank if l.rank is not None else '-'}{' out' if l.form == 'output' else ''} / {l.break_even_rank:.1f}"
         macs = _macs(l.macs_before) if l.action == "skipped" else f"{_macs(l.macs_before)}→{_macs(l.macs_after)}"
         style = "green" if l.action == "rewritten" else "dim"
         action = ("lossless" if l.lossless else "rewritten") if l.action == "rewritten" else "skipped"
@@ -104,8 +104,9 @@ def totals_line(report: Report, planned: bool = False) -> str:
     )
     c = report.method_check
     if c:
+        other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples"))
         line += (f"\nmodel-output error on {c['samples']} held-out calibration samples: data-aware {c['data']:.4g}, "
-                 f"weight-only {c['weight']:.4g} at the same budget → kept {c['kept']}")
+                 f"weight-only {c['weight']:.4g}{other} at the same budget → kept {c['kept']}")
     return line
 
 

@@ -5,7 +5,9 @@ MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1 [2 ...]] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
                                 (policies ending in /time choose ranks by time measured on onnxruntime with --threads;
-                                 with /pw/ 1x1 convs are factored too: --forms input,pointwise;
+                                 with /pw/ 1x1 convs are factored too: --forms input,pointwise; with /out/ the
+                                 output form too: --forms input,output; /sp/: and the spatial form,
+                                 --forms input,output,spatial; /all/: every form;
                                  `int8`: onnxruntime static INT8 alone; /int8/: onebyone then INT8, --int8)
                                 [--target cpu|cuda:arch=sm_90]
                                 [--tune-trials N]
@@ -59,6 +61,18 @@ POLICIES = {
     "budget0.6/data/pw/time": RankPolicy("budget", time=0.6),
     "budget0.5/data/pw/time": RankPolicy("budget", time=0.5),
     "budget0.4/data/pw/time": RankPolicy("budget", time=0.4),
+    # /out/: the output form too (kxk then 1x1, chosen per conv where its predicted error is lower; --forms
+    # input,output)
+    "budget0.67/data/out": RankPolicy("budget", macs=0.67),
+    "budget0.5/data/out": RankPolicy("budget", macs=0.5),
+    "budget0.67/data/out/time": RankPolicy("budget", time=0.67),
+    "budget0.5/data/out/time": RankPolicy("budget", time=0.5),
+    "error0.03/data/out/time": RankPolicy("error", max_error=0.03),
+    # /sp/: the spatial form too (kh x 1 then 1 x kw; --forms input,output,spatial); /all/: every form
+    "budget0.67/data/sp": RankPolicy("budget", macs=0.67),
+    "budget0.5/data/sp/time": RankPolicy("budget", time=0.5),
+    "error0.03/data/sp/time": RankPolicy("error", max_error=0.03),
+    "error0.03/data/all/time": RankPolicy("error", max_error=0.03),
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
@@ -75,6 +89,15 @@ POLICIES = {
     "error0.01/data/int8/time": RankPolicy("error", max_error=0.01),
     "error0.005/data/int8/time": RankPolicy("error", max_error=0.005),
 }
+
+
+def forms_of(policy_name: str) -> tuple[str, ...]:
+    """The forms a benchmark policy uses (see POLICIES)."""
+    for tag, forms in (("/pw/", ("input", "pointwise")), ("/out/", ("input", "output")),
+                       ("/sp/", ("input", "output", "spatial")), ("/all/", ("input", "output", "spatial", "pointwise"))):
+        if tag in policy_name:
+            return forms
+    return ("input",)
 
 
 def unchanged_report(original, shapes, samples, quantized):
@@ -231,7 +254,7 @@ def main() -> None:
                 optimized, report = optimize(original, policy, shapes, samples=samples,
                                              samples_label="real" if samples else "random", raise_on_failure=False,
                                              calibration=calib(32) if needs_data else None, latency=latency,
-                                             forms=("input", "pointwise") if "/pw/" in pname else ("input",),
+                                             forms=forms_of(pname),
                                              int8=int8)
                 if latency is None:
                     counted[pname] = optimized, report

@@ -241,3 +241,29 @@ def test_pointwise_form_rewrites_1x1_convs_with_data_and_bad_forms_are_one_line_
     assert all(l["measured_error"] is not None for l in layers if l["action"] == "rewritten")
     one_line_error(cli("inspect", model, "--forms", "input,tucker9"), "--forms", "tucker9")
     one_line_error(cli("inspect", model, "--forms", ","), "--forms")
+
+
+def test_output_form_on_the_command_line_says_why_and_is_checked_against_input_only(tmp_path):
+    """--forms input,output with data: a budget's rewrite is measured on held-out calibration samples against
+    weight-only and against the input form alone at the same budget, the best kept and verified; where the output
+    form is in the kept model, every rewritten kxk conv says which form it took and why (both predicted errors)."""
+    model = tmp_path / "r.onnx"
+    onnx.save(generators.resnet_bottleneck(size=32, width=8, blocks=(1, 1), classes=10), model)
+    npz = tmp_path / "calib.npz"
+    np.savez(npz, input=np.random.default_rng(3).standard_normal((8, 1, 3, 32, 32)).astype(np.float32))
+    rep, out = tmp_path / "r.json", tmp_path / "o.onnx"
+    cli("optimize", model, "-o", out, "--policy", "budget", "--macs", "0.6", "--forms", "input,output",
+        "--calibration", npz, "--cost", "macs", "--max-rel-error", "1", "--min-cosine", "0", "--report", rep, check_rc=0)
+    report = json.loads(rep.read_text())
+    check = report["method_check"]
+    errors = {k: v for k, v in check.items() if k not in ("kept", "samples")}
+    assert set(errors) == {"data", "weight", "data without the output form"}
+    assert check["kept"] == min(errors, key=errors.get)
+    assert report["verification"]["passed"] and out.is_file()
+    spatial = [l for l in report["layers"] if l["kernel"] != [1, 1] and l["action"] == "rewritten"]
+    assert spatial
+    for l in spatial:
+        if check["kept"] == "data":  # both forms were weighed for every kxk conv
+            assert "input" in l["form_choice"] and "output" in l["form_choice"], l
+        else:  # input form alone, or weight-only (whose output form would need data: none is lossless here)
+            assert l["form"] == "input", l

@@ -1,5 +1,6 @@
-"""Exactly low-rank convs of every shape are rewritten losslessly: onnxruntime outputs match to 1e-5 (kxk convs in the
-input form, 1x1 convs in the pointwise form)."""
+"""Exactly low-rank convs of every shape are rewritten losslessly: onnxruntime outputs match to 1e-5 (kxk convs low-rank
+along their input channels in the input form, along their output channels in the output form, 2D kernels low-rank as
+[(c, y), (n, x)] in the spatial form, 1x1 convs in the pointwise form)."""
 
 from __future__ import annotations
 
@@ -13,17 +14,18 @@ from hypothesis import strategies as st
 from conftest import conv_macs_of, rel_err, run_ort
 from onebyone import RankPolicy, optimize
 from onebyone.models.single_conv import single_conv_model
-from onebyone.models.weights import low_rank_weight
+from onebyone.models.weights import low_rank_output_weight, low_rank_spatial_weight, low_rank_weight
 from onebyone.passes.analysis import FORMS
 
 
 @st.composite
 def conv_cases(draw):
-    nd = draw(st.integers(1, 3))
+    side = draw(st.sampled_from(["input", "output", "spatial"]))
+    nd = 2 if side == "spatial" else draw(st.integers(1, 3))
     groups = draw(st.sampled_from([1, 1, 2, 3]))
     c_per_group = draw(st.integers(3, 8))
     n_per_group = draw(st.integers(4, 8))
-    kernel = tuple(draw(st.integers(1, 5 if nd < 3 else 3)) for _ in range(nd))  # all 1: the pointwise form
+    kernel = tuple(draw(st.integers(2 if side == "spatial" else 1, 5 if nd < 3 else 3)) for _ in range(nd))  # all 1: pointwise
     strides = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
     dilations = tuple(draw(st.sampled_from([1, 1, 2])) for _ in range(nd))
     padding = draw(st.sampled_from(["pads", "pads", "SAME_UPPER", "SAME_LOWER", "VALID", "none"]))
@@ -34,8 +36,8 @@ def conv_cases(draw):
     pads = None
     if padding == "pads":
         pads = tuple(draw(st.integers(0, 2)) for _ in range(2 * nd))
-    rank = draw(st.integers(1, max(1, c_per_group // 2)))
-    return dict(
+    rank = draw(st.integers(1, max(1, {"input": c_per_group, "output": n_per_group, "spatial": c_per_group}[side] // 2)))
+    return dict(side=side,
         nd=nd, groups=groups, c=c_per_group * groups, n=n_per_group * groups, kernel=kernel, strides=strides,
         dilations=dilations, pads=pads, auto_pad=padding if padding not in ("pads", "none") else None,
         spatial=spatial, rank=rank, bias=draw(st.booleans()),
@@ -48,7 +50,8 @@ def conv_cases(draw):
 def build(case):
     rng = np.random.default_rng(case["seed"])
     g = case["groups"]
-    w = low_rank_weight(case["n"], case["c"] // g, case["kernel"], g, case["rank"], rng)
+    low_rank = {"output": low_rank_output_weight, "spatial": low_rank_spatial_weight}.get(case.get("side"), low_rank_weight)
+    w = low_rank(case["n"], case["c"] // g, case["kernel"], g, case["rank"], rng)
     b = rng.standard_normal(case["n"]).astype(np.float32) if case["bias"] else None
     batch = "N" if case["dynamic_batch"] else 2
     model = single_conv_model(
@@ -63,14 +66,18 @@ def check_exact(case) -> str:
     model, x = build(case)
     optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), verify=False, forms=FORMS)
     layer = report.layers[0]
-    assert layer.form == ("pointwise" if all(k == 1 for k in case["kernel"]) else "input")
+    pointwise = all(k == 1 for k in case["kernel"])
+    side = "pointwise" if pointwise else case.get("side", "input")
+    if layer.form != side and layer.action == "rewritten":  # the other form is lossless too, and cheaper, or the
+        assert not pointwise and side in layer.form_choice, layer  # weight's own form cannot lower MACs here
+        assert layer.form_choice.startswith(("lossless at the fewest MACs", f"no rank of the {side} form")), layer
     proto = ir.serde.serialize_model(optimized)
     onnx.checker.check_model(proto, full_check=True)
     (ref,) = run_ort(model, {"x": x})
     (got,) = run_ort(proto, {"x": x})
     assert got.shape == ref.shape
     if layer.action == "rewritten":
-        assert layer.lossless and layer.rank == case["rank"]
+        assert layer.lossless and (layer.rank == case["rank"] or layer.form != side)
         assert rel_err(ref, got) <= 1e-5, layer
         shapes = {"x": (1, case["c"]) + case["spatial"]}
         before, after = conv_macs_of(model, shapes), conv_macs_of(proto, shapes)
@@ -80,7 +87,7 @@ def check_exact(case) -> str:
     else:
         assert "break-even" in layer.reason
         assert np.array_equal(ref, got)
-    return f"{layer.form} {layer.action}"
+    return f"{side} weight: {layer.form} {layer.action}"
 
 
 @settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,17 +96,24 @@ def test_exact_rewrite_matches_onnxruntime(case):
     event(check_exact(case))
 
 
-@pytest.mark.parametrize("nd", [1, 2, 3])
+FORM_CASES = [pytest.param(nd, k, side, id=f"{nd}D {name} form")
+              for nd in (1, 2, 3)
+              for k, side, name in ((3, "input", "input"), (3, "output", "output"), (3, "spatial", "spatial"),
+                                    (1, "input", "pointwise"))
+              if side != "spatial" or nd == 2]  # the spatial form splits 2D kernels
+
+
+@pytest.mark.parametrize("nd,k,side", FORM_CASES)
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("padding", ["pads", "SAME_UPPER", "SAME_LOWER", "VALID"])
 @pytest.mark.parametrize("weights_as", ["initializer", "constant"])
-@pytest.mark.parametrize("k", [3, 1], ids=["input form", "pointwise form"])
-def test_profitable_low_rank_convs_are_rewritten(nd, groups, padding, weights_as, k):
-    """Wide, low-rank convs are always below break-even: these must be rewritten (not just pass)."""
+def test_profitable_low_rank_convs_are_rewritten(nd, k, side, groups, padding, weights_as):
+    """Wide, low-rank convs are always below break-even: these must be rewritten (not just pass), in their form."""
     case = dict(
-        nd=nd, groups=groups, c=16 * groups, n=16 * groups, kernel=(k,) * nd, strides=(2,) + (1,) * (nd - 1),
+        side=side, nd=nd, groups=groups, c=16 * groups, n=16 * groups, kernel=(k,) * nd, strides=(2,) + (1,) * (nd - 1),
         dilations=(1,) * (nd - 1) + (1 if padding.startswith("SAME") else 2,), pads=(1,) * (2 * nd) if padding == "pads" else None,
         auto_pad=None if padding == "pads" else padding, spatial=(9,) * nd, rank=3, bias=True,
         weights_as=weights_as, opset=13, dynamic_batch=True, seed=nd * 10 + groups,
     )
-    assert check_exact(case) == ("pointwise" if k == 1 else "input") + " rewritten"
+    form = "pointwise" if k == 1 else side
+    assert check_exact(case) == f"{form} weight: {form} rewritten"

@@ -88,7 +88,7 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
     else:
         s_xx = m.second_moment
         s_xh, s_hh, mean_x, mean_h = paired.paired()
-    bias = _bias(d)
+    bias = bias_of(info)
     if d.lossless:  # exact on the span of the calibration inputs: no regularization, no refit
         exact = whitening.factorize_on_subspace(info.weight, info.groups, d.rank, s_hh)
         _, held_eq = feature_equations(d, exact.bottleneck, data, bias)
@@ -113,13 +113,14 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
     return whitening.DataFactors(b, w_new, rel, delta.astype(info.weight.dtype), err), name
 
 
-def _bias(d: Decision) -> np.ndarray:
-    node = d.info.node
+def bias_of(info) -> np.ndarray:
+    """The conv's constant bias in float64 (zeros when it has none or it is not constant)."""
+    node = info.node
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         t = ir.convenience.get_const_tensor(node.inputs[2])
         if t is not None:
             return t.numpy().astype(np.float64)
-    return np.zeros(d.info.out_channels)
+    return np.zeros(info.out_channels)
 
 
 def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData,
@@ -128,11 +129,48 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData,
     samples and on the held-out samples (see calibrated.holdout; the fit samples when none is held out):
     [(rows, W_g flat, b_g, E[ffᵀ], E[yfᵀ], E‖y‖², positions)]. Products in float32 per sample, sums in float64."""
     info = d.info
-    groups, n = info.groups, info.out_channels
-    per_group, cpg = n // groups, info.in_channels // groups
+    groups = info.groups
+    cpg = info.in_channels // groups
     r = bottleneck.shape[0] // groups
-    dim = r * info.kernel_size + 1
     b3 = bottleneck.reshape(groups, r, cpg).astype(np.float32)
+
+    def features(xh, g, keep, pads):
+        fmap = np.moveaxis(np.tensordot(b3[g], xh[:, g * cpg:(g + 1) * cpg], axes=(1, 1)), 0, 1)  # [1, r, ...]
+        return patches_mod.im2col(fmap, info.kernel, info.strides, info.dilations, pads, positions=keep)
+
+    return equations(d, features, r * info.kernel_size + 1, data, bias)
+
+
+FEATURE_ROWS = 8192  # positions whose full patches are taken at once (output form: C/g·K values each)
+
+
+def reduced_equations(d: Decision, reduced: np.ndarray, data: ConvData,
+                      bias: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+    """feature_equations for the output form: the features are the reduced conv's outputs R x̂ (r per group, at the
+    output positions), the targets the original outputs, so that the 1x1 expansion and the bias can be refitted."""
+    info = d.info
+    groups = info.groups
+    cpg = info.in_channels // groups
+    r = reduced.shape[0] // groups
+    rg = reduced.reshape(groups, r, -1).astype(np.float32)
+
+    def features(xh, g, keep, pads):
+        if keep is None:  # every output position of the sample
+            keep = np.arange(xh.shape[0] * int(np.prod(info.output_shape[2:])))
+        parts = [patches_mod.im2col(xh, info.kernel, info.strides, info.dilations, pads,
+                                    channels=slice(g * cpg, (g + 1) * cpg), positions=keep[i:i + FEATURE_ROWS]) @ rg[g].T
+                 for i in range(0, len(keep), FEATURE_ROWS)]
+        return np.concatenate(parts) if parts else np.zeros((0, r), np.float32)
+
+    return equations(d, features, r + 1, data, bias)
+
+
+def equations(d: Decision, features, dim: int, data: ConvData, bias: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+    """The normal equations of y ≈ θ [f; 1] per group, on the fit and on the held-out samples, for features
+    `features(x̂, group, positions, pads)` [positions, dim - 1]: see feature_equations."""
+    info = d.info
+    groups, n = info.groups, info.out_channels
+    per_group = n // groups
     pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads,
                                      info.auto_pad)
     sums = {held: [_FeatureSums(dim, per_group) for _ in range(groups)] for held in (False, True)}
@@ -146,9 +184,7 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData,
         if keep is not None:
             target = target[keep]
         for g, acc in enumerate(sums[is_held_out(i, count)]):
-            fmap = np.moveaxis(np.tensordot(b3[g], xh[:, g * cpg:(g + 1) * cpg], axes=(1, 1)), 0, 1)  # [1, r, ...]
-            acc.add(patches_mod.im2col(fmap, info.kernel, info.strides, info.dilations, pads, positions=keep),
-                    target[:, g * per_group:(g + 1) * per_group])
+            acc.add(features(xh, g, keep, pads), target[:, g * per_group:(g + 1) * per_group])
     for acc in sums[False] + sums[True]:
         acc.flush()
     if not any(a.count for a in sums[True]):  # too few samples to hold any out: judge on the fit samples
@@ -247,3 +283,26 @@ def measure(original: ir.Model, rewritten: ir.Model, samples: list[dict], names:
             num[n] += float(((a64 - b) ** 2).sum())
             den[n] += float((a64**2).sum())
     return {n: float(np.sqrt(num[n] / den[n])) if den[n] > 0 else float(np.sqrt(num[n])) for n in names}
+
+
+def best_candidate(d: Decision, starts: list[tuple[str, factorize.Factors]], equations_for, second_kernel,
+                   form: str) -> tuple[factorize.Factors, str]:
+    """Of the `starts` (name, Factors of `form`), each as is and, unless the rewrite is lossless, with its second
+    conv and the bias refitted (`equations_for(first factor)` gives the fit and held-out equations), the one with the
+    smallest held-out output error, as Factors (predicted_error: that error) and its name."""
+    info = d.info
+    best = None
+    for label, start in starts:
+        delta0 = start.bias_delta.astype(np.float64) if start.bias_delta is not None else np.zeros(info.out_channels)
+        fit_eq, held_eq = equations_for(start.bottleneck)
+        options = [(label, start.weight, delta0)]
+        if not d.lossless:
+            options.append((label + "+refit", *refit(fit_eq, start, second_kernel)))
+        for name, second, delta in options:
+            err = output_error(held_eq, second, delta)
+            if best is None or err < best[4]:
+                best = (name, start.bottleneck, second, delta, err)
+    name, first, second, delta, err = best
+    second = second.astype(info.weight.dtype)
+    rel = factorize.weight_rel_error(info.weight, first, second, info.groups, form)
+    return factorize.Factors(first, second, rel, delta.astype(info.weight.dtype), err, form=form), name

@@ -62,20 +62,43 @@ class Reference:
 
 def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,
                    progress=None, **pass_options) -> tuple[ir.Model, Report]:
-    """The data-aware rewrite under a MAC budget, kept only when its model-output error on the held-out calibration
-    samples is at most that of weight-only SVD under the same budget (else the weight-only rewrite); the report's
-    `method_check` holds both errors."""
+    """The data-aware rewrite under a budget, kept only when its model-output error on the held-out calibration
+    samples is at most that of weight-only SVD under the same budget and, when it used the output or spatial form, of
+    the data-aware rewrites with fewer forms (_narrower: the form choice per conv reads predicted errors; this checks
+    the model); else the best of those. The report's `method_check` holds every error and what was kept."""
     data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress, **pass_options)
     if not data_report.totals.rewritten:
         return data_model, data_report
-    weight_model, weight_report = rewrite(original, name, policy, input_shapes, **pass_options)
-    e_data, e_weight = reference.error(data_model, held=True), reference.error(weight_model, held=True)
-    keep_data = e_data <= e_weight
-    report = data_report if keep_data else weight_report
-    report.method_check = {"data": e_data, "weight": e_weight, "kept": "data" if keep_data else "weight",
+    tried = [("data", data_model, data_report),
+             ("weight", *rewrite(original, name, policy, input_shapes, **pass_options))]
+    for label, forms in _narrower(tuple(pass_options.get("forms", DEFAULT_FORMS)), data_report):
+        tried.append((label, *rewrite(original, name, policy, input_shapes, source, progress,
+                                      **{**pass_options, "forms": forms})))
+    errors = [reference.error(m, held=True) for _, m, _ in tried]
+    best = min(range(len(tried)), key=lambda i: (errors[i], i))
+    label, model, report = tried[best]
+    report.method_check = {**{lab: e for (lab, _, _), e in zip(tried, errors)}, "kept": label,
                            "samples": len(reference.held_samples)}
     report.calibration = data_report.calibration
-    return (data_model if keep_data else weight_model), report
+    return model, report
+
+
+INPUT_SIDE = "data without the output form"  # method_check's labels of the data-aware rewrites with fewer forms
+INPUT_ONLY = "data, input form only"
+
+
+def _narrower(forms: tuple[str, ...], report: Report) -> list[tuple[str, tuple[str, ...]]]:
+    """The data-aware rewrites with fewer forms that a budget's rewrite with `forms` is checked against: without the
+    output form when the rewrite used it, and with the input-side forms only (input, pointwise) when it used the
+    spatial form too (or the output form and no other); none when it used neither."""
+    used = {l.form for l in report.layers if l.action == "rewritten"}
+    base = tuple(f for f in forms if f in ("input", "pointwise"))
+    out = []
+    if "output" in used and tuple(f for f in forms if f != "output") != base:
+        out.append((INPUT_SIDE, tuple(f for f in forms if f != "output")))
+    if used & {"output", "spatial"} and base:
+        out.append((INPUT_ONLY if "output" not in used or out else INPUT_SIDE, base))
+    return out
 
 
 GRID = (0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)  # budgets scanned by the error policy, largest first

@@ -22,7 +22,8 @@ from onebyone.atomic import atomic_file
 from onebyone.calibrated import moments, whitening
 from onebyone.calibrated.stream import Stream
 from onebyone.passes.plan import Decision, candidate_ranks
-from onebyone.passes.rewrite import UniqueNames, insert_bottleneck, remove_bottleneck
+from onebyone.passes import factorize
+from onebyone.passes.rewrite import UniqueNames, insert, remove
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
 from onebyone.verify.parts import output_splits
@@ -56,7 +57,8 @@ def output_gains_cached(model: ir.Model, decisions: list[Decision], samples: lis
     if cache_dir is None:
         return output_gains(model, decisions, samples, round_to, progress), False
     names = sorted(d.info.name for d in _live(decisions))
-    key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS], data)
+    other_forms = sorted(f"{d.info.name}:{d.form}" for d in _live(decisions) if d.form != "input")
+    key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS] + other_forms, data)
     path = Path(cache_dir) / f"gains-{key}.npz"
     if path.is_file():
         with np.load(path) as data:
@@ -125,17 +127,20 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
             stream.advance(node)
             m = d.moments
             conv_out = node.outputs[0].name
-            svd = whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
+            svd = (whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
+                   if d.form not in ("output", "spatial") else None)
             for rank in ranks:
-                factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,
-                                                   m.second_moment, m.second_moment, m.mean, m.mean, svd=svd,
-                                                   predict=False)
-                old_inputs = list(node.inputs)
-                squeeze = insert_bottleneck(work.graph, node, factors, names, {})
+                if d.form in ("output", "spatial"):  # the gain is a measured ratio: weight SVD factors probe it
+                    factors = factorize.svd_factors(d.info.weight, d.info.groups, rank, d.form)
+                else:
+                    factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,
+                                                       m.second_moment, m.second_moment, m.mean, m.mean, svd=svd,
+                                                       predict=False)
+                done_ = insert(work.graph, node, factors, names, {})
                 try:
                     got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []))
                 finally:
-                    remove_bottleneck(work.graph, node, old_inputs, squeeze)
+                    remove(work.graph, done_)
                 final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
                 local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
                 if local > 1e-6:

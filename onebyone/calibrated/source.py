@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 
-from onebyone.calibrated import fitting, moments, sensitivity, whitening
+from onebyone.calibrated import fitting, moments, output_fitting, sensitivity, spatial_fitting, whitening
 from onebyone.calibrated.stream import Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.sources import Applied
@@ -42,7 +42,7 @@ class DataSource:
         self.moments: dict = {}
         self.info: dict | None = None
         self._progress = None
-        self._gains: dict[int, dict] = {}
+        self._gains: dict[tuple, dict] = {}
         self._walk: _Walk | None = None
         self._index: dict[int, int] = {}
         self._data_hash = None  # of the model and the samples, for the cache keys (hashed once per model)
@@ -54,7 +54,8 @@ class DataSource:
         self._progress = progress
         self.original = model.clone()
         self._index = {id(n): i for i, n in enumerate(model.graph)}  # node of `model` -> position in the original
-        names = sorted({i.node.inputs[0].name for i in candidates})
+        names = sorted({i.node.inputs[0].name for i in candidates}
+                       | {i.node.outputs[0].name for i in candidates if "output" in i.forms})
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
             return
@@ -66,22 +67,31 @@ class DataSource:
         m = self.moments.get(info.node.inputs[0].name)
         if m is None:
             return None, None
-        return whitening.spectrum(info.weight, info.groups, m.second_moment), m
+        spectra = {form: whitening.spectrum(info.weight, info.groups, m.second_moment)
+                   for form in info.forms if form in ("input", "pointwise")}
+        if "spatial" in info.forms:
+            spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
+        y = self.moments.get(info.node.outputs[0].name)
+        if "output" in info.forms and y is not None:
+            spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, fitting.bias_of(info), info.groups)
+        return spectra, m
 
     def gains(self, model, decisions, round_to, progress=None):
-        if round_to not in self._gains:
-            self._gains[round_to], cached = sensitivity.output_gains_cached(
+        key = (round_to, tuple(d.form for d in decisions))  # probes are taken in each conv's form
+        if key not in self._gains:
+            self._gains[key], cached = sensitivity.output_gains_cached(
                 model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"), self._hash(model))
             if self.info is not None:
                 self.info = {**self.info, "gains_from_cache": cached}
-        return self._gains[round_to]
+        return self._gains[key]
 
     def factors(self, d, model, rewritten_so_far):
         if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
             self._close_walk()
             self._walk = _Walk(self.original, model, self.samples)
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
-        return fitting.fit(d, self._walk.data_at(d.info.node, original_node))
+        fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit}.get(d.form, fitting.fit)
+        return fit(d, self._walk.data_at(d.info.node, original_node))
 
     def settle(self, model, applied: list[Applied]) -> None:
         """Measure each rewritten conv's output error on the calibration data; a conv called lossless on data that
@@ -103,7 +113,7 @@ class DataSource:
                 d.lossless_on = None
                 d.reason = f"approximate: rank {d.rank} (measured error {err:.2g} is not float-level)"
             if err > BACK_OFF_FACTOR * predicted + BACK_OFF_MARGIN:
-                rewrite.remove_bottleneck(model.graph, d.info.node, a.old_inputs, a.squeeze)
+                rewrite.remove(model.graph, a.inserted)
                 plan.reject(d, f"backed off: measured error {err:.3g} far above the predicted {predicted:.3g}",
                             asked_rank=d.rank)
 

@@ -55,6 +55,40 @@ def spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np
     return svals, energy
 
 
+def spatial_spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
+    """The spatial form's spectrum: per group, singular values of (S^½ ⊗ I_kh) S_i (the [C/g·kh, N/g·kw] unfolding
+    whitened by the channel statistics, vertical taps treated as uncorrelated, as the input form treats all taps),
+    and the output energy under the same approximation."""
+    kh = weight.shape[2]
+    svals, energy = [], []
+    for m, (_, sl) in zip(factorize.unfold_spatial(weight, groups), _groups(weight, groups, s_xx)):
+        s = np.kron(s_xx[sl, sl], np.eye(kh))
+        svals.append(np.linalg.svd(psd_sqrt(s) @ m, compute_uv=False))
+        energy.append(quad(m, s))
+    return svals, energy
+
+
+def output_spectrum(s_yy: np.ndarray, mean_y: np.ndarray, bias: np.ndarray, groups: int
+                    ) -> tuple[list[np.ndarray], list[float]]:
+    """The output form's spectrum from the second moment and mean of the conv's output y (bias b included): per
+    group, the square roots of the eigenvalues (descending) of y's covariance, whose tail beyond rank r is the
+    error left by the best rank-r output subspace with the mean restored through the bias; and the output energy
+    E‖y − b‖² (= E‖W p‖², as for the input form). The first value also carries ‖E[y] − b‖, the mean that every rank
+    ≥ 1 keeps, so that factorize.error_curve reads the error of each rank off these values and energies."""
+    n = s_yy.shape[0]
+    per_group = n // groups
+    svals, energy = [], []
+    for g in range(groups):
+        sl = slice(g * per_group, (g + 1) * per_group)
+        mu, b = mean_y[sl], bias[sl]
+        cov = s_yy[sl, sl] - np.outer(mu, mu)
+        vals = np.sort(np.clip(np.linalg.eigvalsh((cov + cov.T) / 2), 0, None))[::-1]
+        vals[0] += float((mu - b) @ (mu - b))
+        svals.append(np.sqrt(vals))
+        energy.append(max(float(np.trace(s_yy[sl, sl]) - 2 * b @ mu + b @ b), 0.0))
+    return svals, energy
+
+
 def whitened_svd(weight: np.ndarray, groups: int, s_xh: np.ndarray, s_hh: np.ndarray, reg: float = DEFAULT_REG) -> list:
     """Per group, (U, S, Vᵀ, R⁻¹) with U S Vᵀ the SVD of Q = Mᵀ E[x x̂ᵀ] R⁻¹ (see module doc): everything
     factorize_data needs that does not depend on the rank."""

@@ -1,4 +1,4 @@
-"""Conv weights for generated models: random (full rank) or exactly low-rank along input channels."""
+"""Conv weights for generated models: random (full rank) or exactly low-rank along input or output channels."""
 
 from __future__ import annotations
 
@@ -26,4 +26,36 @@ def low_rank_weight(
         m = rng.standard_normal((in_per_group, r)) @ rng.standard_normal((r, per_group * k)) / np.sqrt(r)
         w[g * per_group : (g + 1) * per_group] = m.reshape((in_per_group, per_group) + tuple(kernel)).swapaxes(0, 1)
     w *= np.sqrt(2.0 / (in_per_group * k))
+    return w.astype(np.float32)
+
+
+def low_rank_output_weight(
+    out_ch: int, in_per_group: int, kernel: tuple[int, ...], groups: int, rank: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Float32 weight whose every group, unfolded along output channels ([N/g, C/g·K]), has rank exactly
+    min(rank, N/g, C/g·K): exact for the output form (a conv to `rank` channels per group, then a 1x1)."""
+    per_group = out_ch // groups
+    k = int(np.prod(kernel))
+    r = min(rank, per_group, in_per_group * k)
+    w = np.empty((out_ch, in_per_group * k), dtype=np.float64)
+    for g in range(groups):
+        w[g * per_group : (g + 1) * per_group] = (rng.standard_normal((per_group, r))
+                                                  @ rng.standard_normal((r, in_per_group * k)) / np.sqrt(r))
+    w *= np.sqrt(2.0 / (in_per_group * k))
+    return w.reshape((out_ch, in_per_group) + tuple(kernel)).astype(np.float32)
+
+
+def low_rank_spatial_weight(
+    out_ch: int, in_per_group: int, kernel: tuple[int, int], groups: int, rank: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Float32 2D-kernel weight whose every group, unfolded as [(c, y), (n, x)] ([C/g·kh, N/g·kw]), has rank exactly
+    min(rank, C/g·kh, N/g·kw): exact for the spatial form (a kh x 1 conv to `rank` channels, then a 1 x kw conv)."""
+    per_group = out_ch // groups
+    kh, kw = kernel
+    r = min(rank, in_per_group * kh, per_group * kw)
+    w = np.empty((out_ch, in_per_group, kh, kw), dtype=np.float64)
+    for g in range(groups):
+        m = rng.standard_normal((in_per_group * kh, r)) @ rng.standard_normal((r, per_group * kw)) / np.sqrt(r)
+        w[g * per_group : (g + 1) * per_group] = m.reshape(in_per_group, kh, per_group, kw).transpose(2, 0, 1, 3)
+    w *= np.sqrt(2.0 / (in_per_group * kh * kw))
     return w.astype(np.float32)

@@ -42,6 +42,10 @@ class ConvInfo:
     has_bias: bool = False
     weight: np.ndarray | None = dataclasses.field(default=None, repr=False)
     svals: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    svals_output: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    svals_spatial: list[np.ndarray] = dataclasses.field(default_factory=list, repr=False)
+    forms: tuple[str, ...] = ()  # the enabled forms that can lower this conv's MACs (candidates only)
+    form_note: str | None = None  # why the other enabled forms cannot (when some cannot)
     skip_reason: str | None = None
 
     @property
@@ -79,6 +83,36 @@ class ConvInfo:
     def matrix_shape(self) -> tuple[int, int]:
         """Shape of each group's unfolded weight matrix."""
         return self.in_channels // self.groups, (self.out_channels // self.groups) * self.kernel_size
+
+    def matrix_shape_of(self, form: str) -> tuple[int, int]:
+        """Shape of each group's matrix unfolded for `form` (output form: N/g x C/g·K)."""
+        if form == "output":
+            return self.out_channels // self.groups, (self.in_channels // self.groups) * self.kernel_size
+        if form == "spatial":
+            return self.in_channels // self.groups * self.kernel[0], self.out_channels // self.groups * self.kernel[1]
+        return self.matrix_shape
+
+    def svals_of(self, form: str) -> list[np.ndarray]:
+        """The weight's per-group singular values unfolded for `form`."""
+        return {"output": self.svals_output, "spatial": self.svals_spatial}.get(form, self.svals)
+
+    def break_even(self, form: str) -> float:
+        """The per-group rank at which `form` costs as much as the conv (ranks below it lower MACs)."""
+        if form in ("input", "pointwise"):
+            return self.break_even_rank
+        per_rank = self.macs_of(form, 1) if self.output_shape else 0
+        return self.macs / per_rank if per_rank else 0.0
+
+    def macs_of(self, form: str, rank: int) -> int:
+        """MACs of `form` at per-group `rank`."""
+        if form == "output":
+            return cost.output_macs(self.spatial_out, self.out_channels, self.in_channels, self.groups,
+                                    self.kernel_size, rank)
+        if form == "spatial":
+            return cost.spatial_macs(self.output_shape[2], self.input_shape[3], self.spatial_out, self.out_channels,
+                                     self.in_channels, self.groups, self.kernel[0], self.kernel[1], rank)
+        return cost.bottleneck_macs(self.spatial_in, self.spatial_out, self.out_channels, self.in_channels,
+                                    self.groups, self.kernel_size, rank)
 
 
 def conv_nodes(model: ir.Model) -> list[ir.Node]:
@@ -151,7 +185,7 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     return array
 
 
-FORMS = ("input", "pointwise")  # the factorization forms onebyone has (see form_of)
+FORMS = ("input", "output", "spatial", "pointwise")  # the factorization forms onebyone has (see forms_for)
 DEFAULT_FORMS = ("input",)
 
 
@@ -166,25 +200,38 @@ def check_forms(forms) -> tuple[str, ...]:
 
 
 def form_of(kernel: tuple[int, ...]) -> str:
-    """The form a conv's rewrite takes: "input" (1x1 bottleneck in front of a kxk conv, k > 1) or "pointwise" (a 1x1
-    conv C->N as 1x1 C->r then 1x1 r->N: the same factorization along the input channels, with a 1x1 kernel)."""
+    """The default form of a conv's rewrite: "input" (1x1 bottleneck in front of a kxk conv, k > 1) or "pointwise" (a
+    1x1 conv C->N as 1x1 C->r then 1x1 r->N: the same factorization along the input channels, with a 1x1 kernel)."""
     return "pointwise" if all(k == 1 for k in kernel) else "input"
 
 
+def forms_for(kernel: tuple[int, ...], forms) -> list[str]:
+    """The enabled forms a conv with this kernel can take: a kxk conv the input form (1x1 then kxk) and the output
+    form (kxk then 1x1), a 2D kernel with both sides > 1 also the spatial form (kh x 1 then 1 x kw); a 1x1 conv the
+    pointwise form (for a 1x1 kernel both sides are the same factorization)."""
+    if all(k == 1 for k in kernel):
+        return ["pointwise"] if "pointwise" in forms else []
+    spatial = ["spatial"] if len(kernel) == 2 and min(kernel) > 1 else []
+    return [f for f in ["input", "output"] + spatial if f in forms]
+
+
 def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_shapes=None,
-            forms: tuple[str, ...] = DEFAULT_FORMS) -> list[ConvInfo]:
+            forms: tuple[str, ...] = DEFAULT_FORMS, with_data: bool = True) -> list[ConvInfo]:
     """A ConvInfo for every Conv of the model, in graph order. The model is unchanged (besides naming
     unnamed convs). `input_shapes` must give a static shape for every model input; `measure_shapes` measures the
-    shapes inference leaves unknown (see shapes.static_shapes); convs whose form (form_of) is not in `forms` are
-    skipped with a reason."""
+    shapes inference leaves unknown (see shapes.static_shapes); convs whose forms (forms_for) are not in `forms` are
+    skipped with a reason. Without data (`with_data` False: weight-only factors) the output form is offered only
+    where it is lossless: its weight-only factors cannot keep the mean of the outputs they discard (on open_nsfw's
+    RGB stem, predicted 0.16 at half the MACs, the model's output moved by 0.8)."""
     nodes = conv_nodes(model)
     wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
     wanted |= {n.outputs[0].name for n in nodes}
     shapes = static_shapes(model, input_shapes, wanted, measure_shapes) if nodes else {}
-    return [_analyze_one(n, model, shapes, forms) for n in nodes]
+    return [_analyze_one(n, model, shapes, forms, with_data) for n in nodes]
 
 
-def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms) -> ConvInfo:
+def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms,
+                 with_data: bool = True) -> ConvInfo:
     info = ConvInfo(name=node.name, node=node)
     weight = _weight_tensor(node, info)
     info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
@@ -211,17 +258,8 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     if node.graph is not model.graph:
         info.skip_reason = "inside a control-flow subgraph (If/Loop/Scan); only the main graph is rewritten"
         return info
-    if form_of(info.kernel) not in forms:
-        info.skip_reason = (
-            "1x1 kernel: the pointwise form is off (--forms input,pointwise turns it on)"
-            if form_of(info.kernel) == "pointwise" else "spatial kernel: the input form is off (see --forms)")
-        return info
-    if info.in_channels // info.groups == 1:
-        info.skip_reason = (
-            "depthwise (one input channel per group): no input channels to reduce"
-            if info.groups > 1
-            else "single input channel: no input channels to reduce"
-        )
+    applicable = _applicable(info, forms)
+    if info.skip_reason is not None:
         return info
     if any(p < 0 for p in info.pads):
         info.skip_reason = f"negative pads {list(info.pads)} (cropping) are not supported"
@@ -231,9 +269,58 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
         return info
     info.weight = weight
     info.svals = factorize.singular_values(weight, info.groups)
-    if cost.max_profitable_rank(info.break_even_rank) < 1:
-        info.skip_reason = f"no rank is below break-even ({info.break_even_rank:.2f}): a bottleneck cannot lower MACs"
+    if "output" in applicable:
+        info.svals_output = factorize.singular_values_output(weight, info.groups)
+    if "spatial" in applicable:
+        info.svals_spatial = factorize.singular_values_spatial(weight, info.groups)
+    _settle_forms(info, applicable, with_data)
     return info
+
+
+def _settle_forms(info: ConvInfo, applicable: list[str], with_data: bool) -> None:
+    """info.forms: the applicable forms that lower MACs (the output form without data only where lossless), with a
+    note on the others; skip_reason when none is left."""
+    info.forms = tuple(f for f in applicable if cost.max_profitable_rank(info.break_even(f)) >= 1)
+    lost = [f for f in applicable if f not in info.forms]
+    notes = ["no rank of the " + ", ".join(f"{f} form (break-even {info.break_even(f):.2f})" for f in lost)
+             + " lowers MACs"] if lost else []
+    if "output" in info.forms and not with_data and not _output_lossless(info):
+        info.forms = tuple(f for f in info.forms if f != "output")
+        notes.append("the output form needs calibration data unless it is lossless")
+    if info.forms and notes:
+        info.form_note = "; ".join(notes)
+    if not info.forms and len(notes) > len(lost):  # the output form paid, but only with data
+        info.skip_reason = (f"only the output form lowers MACs (break-even {info.break_even('output'):.2f}), and "
+                            "without calibration data it is used only where it is lossless (give --calibration)")
+    elif not info.forms:
+        info.skip_reason = "no rank is below break-even " + (
+            f"({info.break_even(applicable[0]):.2f}): a bottleneck cannot lower MACs" if len(applicable) == 1 else
+            "(" + ", ".join(f"{f} form {info.break_even(f):.2f}" for f in applicable) + "): no form lowers MACs")
+
+
+def _output_lossless(info: ConvInfo) -> bool:
+    """Whether the weight's output-side numerical rank is below the output form's break-even."""
+    shape = info.matrix_shape_of("output")
+    rank = max(factorize.numerical_rank(s, shape, info.weight.dtype) for s in info.svals_output)
+    return rank < info.break_even("output")
+
+
+def _applicable(info: ConvInfo, forms) -> list[str]:
+    """The enabled forms that can narrow this conv (channels to reduce on their side); sets skip_reason when none."""
+    applicable = forms_for(info.kernel, forms)
+    if not applicable:
+        info.skip_reason = (
+            "1x1 kernel: the pointwise form is off (--forms input,pointwise turns it on)"
+            if form_of(info.kernel) == "pointwise" else "spatial kernel: its forms are off (see --forms)")
+        return applicable
+    if info.in_channels // info.groups == 1:
+        applicable = [f for f in applicable if f in ("output", "spatial")]
+    if info.out_channels // info.groups == 1:
+        applicable = [f for f in applicable if f != "output"]
+    if not applicable:
+        info.skip_reason = ("depthwise (one input channel per group): no input channels to reduce" if info.groups > 1
+                            else "single input channel: no input channels to reduce")
+    return applicable
 
 
 def _check_valid(info: ConvInfo, node: ir.Node) -> None:

@@ -17,6 +17,7 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
+from onebyone.passes import forms as form_choice
 from onebyone.passes import plan, rewrite
 from onebyone.passes.analysis import DEFAULT_FORMS, analyze, check_forms
 from onebyone.passes.input_shapes import resolve_input_shapes
@@ -59,7 +60,8 @@ class BottleneckPass(ir.passes.InPlacePass):
             onebyone.latency.LatencyModel: measure, pair_time, runtime, shares_kernels, share_kernel_shapes);
             needed by policies that spend measured time (budget with `time`).
         keep: conv names to leave alone whatever the policy says, with the reason given (name -> reason).
-        forms: the factorization forms to use (analysis.FORMS: "input" for kxk convs, "pointwise" for 1x1 convs);
+        forms: the factorization forms to use (analysis.FORMS: "input" and "output" for kxk convs, "pointwise" for 1x1
+            convs; a conv with several gets the one passes.forms.choose picks);
             convs of other forms are skipped with a reason.
         progress: called as progress(stage, done, total) during long work.
     """
@@ -117,11 +119,14 @@ class BottleneckPass(ir.passes.InPlacePass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         shapes = resolve_input_shapes(model, self.input_shapes)
         params_before = count_params(model)
-        infos = analyze(model, shapes, self.measure_shapes, self.forms)
+        infos = analyze(model, shapes, self.measure_shapes, self.forms, with_data=self.method == "data")
         candidates = [i for i in infos if i.skip_reason is None]
         self.source.prepare(model, candidates, self.progress)
         self.decisions = [plan.start(i, *self.source.statistics(i)) if i.skip_reason is None else plan.start(i)
                           for i in infos]
+        for d in self.decisions:
+            if d.candidate:
+                form_choice.choose(d, lossless_first=self.policy.kind == "exact")
         if self.latency is not None:
             self.latency.measure(self.decisions, self._tick("timing"))
         gains = self.source.gains(model, self.decisions, self.policy.round_to) if self.policy.uses_gains else None
@@ -165,14 +170,11 @@ class BottleneckPass(ir.passes.InPlacePass):
         applied: list[Applied] = []
         tick = self._tick("fitting")
         for k, d in enumerate(chosen):
-            node = d.info.node
-            old_inputs = list(node.inputs)
             factors, d.fit = self.source.factors(d, model, bool(applied))
             d.weight_rel_error = factors.rel_error
             if factors.predicted_error is not None:
                 d.predicted_error = factors.predicted_error
-            squeeze = rewrite.insert_bottleneck(model.graph, node, factors, names, shared)
-            applied.append(Applied(d, old_inputs, squeeze))
+            applied.append(Applied(d, rewrite.insert(model.graph, d.info.node, factors, names, shared)))
             if tick:
                 tick(k + 1, len(chosen))
         return applied

@@ -42,3 +42,22 @@ def break_even_rank(
 def max_profitable_rank(break_even: float) -> int:
     """The largest integer rank strictly below the break-even rank (0 when none)."""
     return max(0, math.ceil(break_even) - 1)
+
+
+def output_macs(spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int, rank: int) -> int:
+    """MACs of the output form: Conv(R: groups*rank x in_channels/groups x kernel) then Conv1x1(E: out_channels x
+    rank), both at the output resolution. `rank` is per group."""
+    return spatial_out * (groups * rank * (in_channels // groups) * kernel + out_channels * rank)
+
+
+def output_break_even_rank(spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int) -> float:
+    """The per-group rank at which the output form costs as much as the original conv."""
+    per_rank = output_macs(spatial_out, out_channels, in_channels, groups, kernel, 1)
+    return conv_macs(spatial_out, out_channels, in_channels, groups, kernel) / per_rank if per_rank else 0.0
+
+
+def spatial_macs(rows_out: int, width_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int,
+                 kh: int, kw: int, rank: int) -> int:
+    """MACs of the spatial form of a 2D conv: Conv(kh x 1 to groups*rank channels) at rows_out x width_in (the vertical
+    stride applied, the width untouched), then Conv(1 x kw) at the output resolution. `rank` is per group."""
+    return rows_out * width_in * groups * rank * (in_channels // groups) * kh + spatial_out * out_channels * rank * kw

@@ -1,8 +1,16 @@
-"""Factorizations of a conv weight along its input channels: plain numpy, no graph.
+"""Factorizations of a conv weight: plain numpy, no graph.
 
-For a weight W[N, C/g, *kernel] with g groups, group i's unfolded matrix is
+Input form (along the input channels): for a weight W[N, C/g, *kernel] with g groups, group i's unfolded matrix is
 M_i = W[i*N/g:(i+1)*N/g].swapaxes(0, 1).reshape(C/g, -1). A rank-r factorization M_i = B_i^T A_i gives the
 1x1 bottleneck B[g*r, C/g, 1..] (group i's rows i*r..(i+1)*r) and the new weight W'[N, r, *kernel].
+
+Spatial form (2D kernels): group i's matrix is S_i[(c, y), (n, x)] = W[n, c, y, x] ([C/g·kh, N/g·kw]); a rank-r
+factorization S_i = F_i G_i gives a kh x 1 conv F[g*r, C/g, kh, 1] (the vertical strides, dilations and pads, no bias)
+then a 1 x kw conv G[N, r, 1, kw] (the horizontal ones, the bias).
+
+Output form (along the output channels): group i's matrix is O_i = W[i*N/g:(i+1)*N/g].reshape(N/g, -1); a rank-r
+factorization O_i = E_i R_i gives the reduced conv R[g*r, C/g, *kernel] (the conv's own attributes, no bias) and the
+1x1 expansion E[N, r, 1..] (grouped like the conv, carrying the bias).
 """
 
 from __future__ import annotations
@@ -72,16 +80,25 @@ def error_curve(svals: list[np.ndarray], energy: list[float]) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Factors:
-    """B[g*r, C/g, 1, ...] and W'[N, r, *kernel] with W ≈ W' ∘ B; `rel_error` = ‖W - W'∘B‖_F / ‖W‖_F.
+    """The two convs that replace one, applied in order: `bottleneck` first, then `weight` (which carries the bias).
 
-    Data-aware factors also carry `bias_delta` (added to the conv's bias; None: unchanged) and `predicted_error`
-    (the relative output error the fit predicts on the calibration statistics; None without data)."""
+    Input form: B[g*r, C/g, 1, ...] then W'[N, r, *kernel]. Output form: R[g*r, C/g, *kernel] then E[N, r, 1, ...].
+    Spatial form: F[g*r, C/g, kh, 1] then G[N, r, 1, kw].
+    `rel_error` = ‖W - composed‖_F / ‖W‖_F. Data-aware factors also carry `bias_delta` (added to the bias; None:
+    unchanged) and `predicted_error` (the relative output error the fit predicts on the calibration statistics;
+    None without data)."""
 
     bottleneck: np.ndarray
     weight: np.ndarray
     rel_error: float
     bias_delta: np.ndarray | None = None
     predicted_error: float | None = None
+    form: str = "input"
+
+    @property
+    def rank(self) -> int:
+        """Channels per group between the two convs."""
+        return self.weight.shape[1]
 
 
 def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -98,10 +115,12 @@ def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarr
     return out
 
 
-def weight_rel_error(weight: np.ndarray, bottleneck: np.ndarray, new_weight: np.ndarray, groups: int) -> float:
-    """‖W − W'∘B‖_F / ‖W‖_F (0 for an all-zero weight)."""
+def weight_rel_error(weight: np.ndarray, bottleneck: np.ndarray, new_weight: np.ndarray, groups: int,
+                     form: str = "input") -> float:
+    """‖W − composed‖_F / ‖W‖_F (0 for an all-zero weight), for factors of `form`."""
     ref = weight.astype(np.float64)
-    return float(np.linalg.norm(ref - compose(bottleneck, new_weight, groups)) / max(np.linalg.norm(ref), 1e-30))
+    both = {"output": compose_output, "spatial": compose_spatial}.get(form, compose)(bottleneck, new_weight, groups)
+    return float(np.linalg.norm(ref - both) / max(np.linalg.norm(ref), 1e-30))
 
 
 def assemble(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.ndarray, np.ndarray]]) -> Factors:
@@ -134,3 +153,115 @@ def factorize_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
         k = min(rank, len(s))
         parts.append((u[:, :k].T, s[:k, None] * vt[:k]))
     return assemble(weight, groups, rank, parts)
+
+
+def unfold_output(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """The per-group matrices O_i of shape (N/g, C/g * prod(kernel)), in float64 (output-form unfolding)."""
+    per_group = weight.shape[0] // groups
+    w = weight.astype(np.float64).reshape(weight.shape[0], -1)
+    return [w[i * per_group : (i + 1) * per_group] for i in range(groups)]
+
+
+def singular_values_output(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """Singular values (descending) of each group's output-form matrix."""
+    return [np.linalg.svd(m, compute_uv=False) for m in unfold_output(weight, groups)]
+
+
+def compose_output(reduced: np.ndarray, expand: np.ndarray, groups: int) -> np.ndarray:
+    """The single conv weight equal to applying `reduced` (the kxk conv to g*r channels) then `expand` (1x1)."""
+    n, r = expand.shape[:2]
+    per_group = n // groups
+    e = expand.reshape(n, r).astype(np.float64)
+    red = reduced.reshape(groups, r, -1).astype(np.float64)
+    out = np.concatenate([e[i * per_group : (i + 1) * per_group] @ red[i] for i in range(groups)])
+    return out.reshape((n,) + reduced.shape[1:])
+
+
+def assemble_output(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.ndarray, np.ndarray]],
+                    bias_delta: np.ndarray | None = None, predicted_error: float | None = None) -> Factors:
+    """Output-form Factors from each group's (E_g [N/g, k], R_g [k, C/g·prod(kernel)]), k <= rank (missing channels
+    stay zero). Both in the dtype of `weight`."""
+    n, cpg, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
+    per_group = n // groups
+    reduced = np.zeros((groups * rank, cpg * int(np.prod(kernel))))
+    expand = np.zeros((n, rank))
+    for g, (e, red) in enumerate(parts):
+        k = e.shape[1]
+        reduced[g * rank : g * rank + k] = red
+        expand[g * per_group : (g + 1) * per_group, :k] = e
+    reduced = reduced.reshape((groups * rank, cpg) + kernel).astype(weight.dtype)
+    expand = expand.reshape((n, rank) + (1,) * len(kernel)).astype(weight.dtype)
+    rel = weight_rel_error(weight, reduced, expand, groups, "output")
+    return Factors(reduced, expand, rel, bias_delta, predicted_error, form="output")
+
+
+def factorize_output_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
+    """Best rank-`rank` output-form factorization of each group in the Frobenius norm (truncated SVD): E has
+    orthonormal columns per group, R = Eᵀ W carries the singular values."""
+    parts = []
+    for m in unfold_output(weight, groups):
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        k = min(rank, len(s))
+        parts.append((u[:, :k], s[:k, None] * vt[:k]))
+    return assemble_output(weight, groups, rank, parts)
+
+
+def unfold_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """The per-group matrices S_i of shape (C/g * kh, N/g * kw), in float64 (spatial-form unfolding, 2D kernels)."""
+    n, cpg, kh, kw = weight.shape
+    per_group = n // groups
+    w = weight.astype(np.float64)
+    return [w[i * per_group:(i + 1) * per_group].transpose(1, 2, 0, 3).reshape(cpg * kh, per_group * kw)
+            for i in range(groups)]
+
+
+def singular_values_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
+    """Singular values (descending) of each group's spatial-form matrix."""
+    return [np.linalg.svd(m, compute_uv=False) for m in unfold_spatial(weight, groups)]
+
+
+def compose_spatial(first: np.ndarray, second: np.ndarray, groups: int) -> np.ndarray:
+    """The single conv weight equal to applying `first` (kh x 1, to g*r channels) then `second` (1 x kw)."""
+    n, r = second.shape[:2]
+    per_group = n // groups
+    f = first[..., 0].reshape(groups, r, first.shape[1], first.shape[2]).astype(np.float64)  # [g, r, C/g, kh]
+    g2 = second[:, :, 0, :].astype(np.float64)  # [N, r, kw]
+    return np.concatenate([np.einsum("ntx,tcy->ncyx", g2[i * per_group:(i + 1) * per_group], f[i])
+                           for i in range(groups)])
+
+
+def assemble_spatial(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.ndarray, np.ndarray]],
+                     bias_delta: np.ndarray | None = None, predicted_error: float | None = None) -> Factors:
+    """Spatial-form Factors from each group's (F_g [C/g·kh, k], G_g [k, N/g·kw]), k <= rank (missing channels stay
+    zero). Both in the dtype of `weight`."""
+    n, cpg, kh, kw = weight.shape
+    per_group = n // groups
+    first = np.zeros((groups * rank, cpg, kh, 1))
+    second = np.zeros((n, rank, 1, kw))
+    for g, (f, gg) in enumerate(parts):
+        k = f.shape[1]
+        first[g * rank:g * rank + k, :, :, 0] = f.T.reshape(k, cpg, kh)
+        second[g * per_group:(g + 1) * per_group, :k, 0, :] = gg.reshape(k, per_group, kw).transpose(1, 0, 2)
+    first, second = first.astype(weight.dtype), second.astype(weight.dtype)
+    rel = weight_rel_error(weight, first, second, groups, "spatial")
+    return Factors(first, second, rel, bias_delta, predicted_error, form="spatial")
+
+
+def factorize_spatial_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
+    """Best rank-`rank` spatial-form factorization of each group in the Frobenius norm (truncated SVD): F has
+    orthonormal columns per group, G carries the singular values."""
+    parts = []
+    for m in unfold_spatial(weight, groups):
+        u, s, vt = np.linalg.svd(m, full_matrices=False)
+        k = min(rank, len(s))
+        parts.append((u[:, :k], s[:k, None] * vt[:k]))
+    return assemble_spatial(weight, groups, rank, parts)
+
+
+SPLIT = {"input": factorize_svd, "output": factorize_output_svd, "spatial": factorize_spatial_svd,
+         "pointwise": factorize_svd}  # each form's weight-only factorization
+
+
+def svd_factors(weight: np.ndarray, groups: int, rank: int, form: str) -> Factors:
+    """Weight-only factors of `form` at `rank`: the truncated SVD of the form's unfolding."""
+    return SPLIT[form](weight, groups, rank)

@@ -7,7 +7,6 @@ measured error, or backs it off); the report's layer is written from it once, at
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Any
 
 import numpy as np
@@ -36,32 +35,53 @@ class Decision:
     output_error_curve: list[float] | None = None
     moments: Any = None  # the factor source's statistics of this conv's input (calibration moments), if any
     latency: dict | None = None  # measured on the target runtime: {"before": Timing, "after": {rank: Timing}}
-    data_svals: list[np.ndarray] | None = None
-    data_energy: list[float] | None = None
+    form: str = "input"  # the factorization form (analysis.FORMS) the rank is of
+    form_choice: str | None = None  # why this form, when several applied (see passes.forms)
+    spectra: dict = dataclasses.field(default_factory=dict, repr=False)  # form -> (svals, energies) from data
+    _numerical: dict = dataclasses.field(default_factory=dict, repr=False)
 
     @property
     def candidate(self) -> bool:
         return self.info.skip_reason is None
 
     @property
-    def svals(self) -> list[np.ndarray]:
-        """The spectrum ranks are read from: whitened by data when there is calibration, else the weight's."""
-        return self.data_svals if self.data_svals is not None else self.info.svals
+    def data_svals(self) -> list[np.ndarray] | None:
+        """The spectrum of the current form whitened by calibration data (None without data)."""
+        return self.spectra[self.form][0] if self.form in self.spectra else None
 
-    @functools.cached_property
+    @property
+    def data_energy(self) -> list[float] | None:
+        return self.spectra[self.form][1] if self.form in self.spectra else None
+
+    @property
+    def svals(self) -> list[np.ndarray]:
+        """The spectrum ranks are read from: whitened by data when there is calibration, else the weight's (both
+        unfolded for the current form)."""
+        return self.data_svals if self.data_svals is not None else self.info.svals_of(self.form)
+
+    @property
     def numerical(self) -> int:
         """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data)."""
-        return max(factorize.numerical_rank(s, self.info.matrix_shape, self.info.weight.dtype) for s in self.svals)
+        if self.form not in self._numerical:
+            shape = self.info.matrix_shape_of(self.form)
+            self._numerical[self.form] = max(factorize.numerical_rank(s, shape, self.info.weight.dtype)
+                                             for s in self.svals)
+        return self._numerical[self.form]
+
+    @property
+    def break_even(self) -> float:
+        """The current form's break-even rank."""
+        return self.info.break_even(self.form)
 
     def error_curve(self) -> np.ndarray:
-        """Predicted relative output error for ranks 0..C/g (weight-energy based without calibration data)."""
+        """Predicted relative output error for ranks 0..max (weight-energy based without calibration data)."""
         if self.data_svals is not None:
             return factorize.error_curve(self.data_svals, self.data_energy)
-        return factorize.error_curve(self.info.svals, [float((s**2).sum()) for s in self.info.svals])
+        svals = self.info.svals_of(self.form)
+        return factorize.error_curve(svals, [float((s**2).sum()) for s in svals])
 
     def macs_at(self, rank: int) -> int:
-        i = self.info
-        return cost.bottleneck_macs(i.spatial_in, i.spatial_out, i.out_channels, i.in_channels, i.groups, i.kernel_size, rank)
+        return self.info.macs_of(self.form, rank)
 
     def paying_ranks(self) -> list[int]:
         """Measured ranks whose rewritten pair beats the original conv by more than the noise (none unmeasured)."""
@@ -72,23 +92,31 @@ class Decision:
 
     def params_at(self, rank: int) -> int:
         i = self.info
-        return int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size
-                   + (i.out_channels if i.has_bias or self.moments is not None else 0))
+        bias = i.out_channels if i.has_bias or self.moments is not None else 0
+        if self.form == "output":
+            return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel_size + i.out_channels * rank + bias)
+        if self.form == "spatial":
+            return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel[0] + i.out_channels * rank * i.kernel[1]
+                       + bias)
+        return int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size + bias)
 
 
-def start(info: ConvInfo, spectrum: tuple[list[np.ndarray], list[float]] | None = None, moments: Any = None) -> Decision:
-    """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given. `spectrum`
-    (per-group singular values and energies, e.g. of the weight whitened by input statistics) replaces the weight's
-    own spectrum for choosing ranks; `moments` are the statistics it came from."""
-    d = Decision(info, reason=info.skip_reason or "", moments=moments)
+def start(info: ConvInfo, spectrum: tuple | dict | None = None, moments: Any = None) -> Decision:
+    """A Decision with the facts of `info`, skipped (with the analysis's reason) until a rank is given, in the conv's
+    first applicable form (passes.forms.choose may change it). `spectrum` (per-group singular values and energies,
+    e.g. of the weight whitened by input statistics; a dict form -> spectrum for several forms, a bare one is the
+    input form's) replaces the weight's own spectrum for choosing ranks; `moments` are the statistics it came from."""
+    d = Decision(info, reason=info.skip_reason or "", moments=moments, form_choice=info.form_note)
+    if info.forms:
+        d.form = info.forms[0]
     if info.skip_reason is None and spectrum is not None:
-        d.data_svals, d.data_energy = spectrum
+        d.spectra = dict(spectrum) if isinstance(spectrum, dict) else {form_of(info.kernel): spectrum}
     return d
 
 
 def candidate_ranks(d: Decision, round_to: int) -> np.ndarray:
-    """Ranks below break-even that a budget may choose (multiples of round_to)."""
-    top = cost.max_profitable_rank(d.info.break_even_rank)
+    """Ranks below the current form's break-even that a budget may choose (multiples of round_to)."""
+    top = cost.max_profitable_rank(d.break_even)
     step = max(1, round_to)
     return np.arange(step, top + 1, step)
 
@@ -101,13 +129,14 @@ def accept(d: Decision, rank: int) -> None:
     d.energy_kept = _energy_kept(d.svals, rank)
     curve = d.error_curve()
     d.predicted_error = float(curve[min(rank, len(curve) - 1)])
-    be = d.info.break_even_rank
+    be = d.break_even
     on = " on calibration data" if d.data_svals is not None else ""
+    of = f" ({d.form} form)" if d.form in ("output", "spatial") else ""
     if d.lossless:
-        d.reason = f"lossless{on}: numerical rank {d.numerical} < break-even {be:.1f}"
+        d.reason = f"lossless{on}{of}: numerical rank {d.numerical} < break-even {be:.1f}"
     else:
-        d.reason = (f"approximate: rank {rank} of {d.info.matrix_shape[0]} keeps {d.energy_kept:.4f} of the "
-                    + ("output energy" if on else "weight energy"))
+        d.reason = (f"approximate{of}: rank {rank} of {d.info.matrix_shape_of(d.form)[0]} keeps {d.energy_kept:.4f} "
+                    "of the " + ("output energy" if on else "weight energy"))
 
 
 def reject(d: Decision, reason: str, asked_rank: int | None = None) -> None:
@@ -127,7 +156,8 @@ def layer_report(d: Decision) -> LayerReport:
         action="rewritten" if rewritten else "skipped",
         reason=d.reason,
         kernel=list(info.kernel),
-        form=form_of(info.kernel),
+        form=d.form if d.candidate else form_of(info.kernel),
+        form_choice=d.form_choice,
         in_channels=info.in_channels,
         out_channels=info.out_channels,
         groups=info.groups,
@@ -137,7 +167,7 @@ def layer_report(d: Decision) -> LayerReport:
         weight_source=info.weight_source,
         rank=d.asked_rank,
         numerical_rank=d.numerical if d.candidate else None,
-        break_even_rank=round(info.break_even_rank, 3),
+        break_even_rank=round(d.break_even if d.candidate else info.break_even_rank, 3),
         lossless=d.lossless and rewritten,
         macs_before=info.macs,
         macs_after=d.macs_at(d.rank) if rewritten else info.macs,
@@ -151,7 +181,7 @@ def layer_report(d: Decision) -> LayerReport:
         fit=d.fit,
         error_curve=[round(float(e), 6) for e in d.error_curve()] if d.candidate else None,
         output_error_curve=d.output_error_curve,
-        singular_values=[s.tolist() for s in info.svals] if info.svals else None,
+        singular_values=[s.tolist() for s in info.svals_of(d.form)] if info.svals_of(d.form) else None,
         data_singular_values=[s.tolist() for s in d.data_svals] if d.data_svals is not None else None,
         **_times(d),
     )

@@ -1,6 +1,9 @@
-"""The graph edit for one conv: Conv(x, W, b) becomes Conv(Conv1x1(x, B), W', b)."""
+"""The graph edit for one conv. Input form: Conv(x, W, b) becomes Conv(Conv1x1(x, B), W', b). Output form: it
+becomes Conv1x1(Conv(x, R), E, b). Either way the original node keeps its name and its output value."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import onnx_ir as ir
@@ -41,16 +44,7 @@ def insert_bottleneck(
     x = node.inputs[0]
     groups = node.attributes.get_int("group", 1)
     ndim = factors.weight.ndim - 2
-    key = id(factors)  # the dict keeps `factors` alive, so its id cannot be reused by another object
-    if key not in shared or shared[key][0] is not factors:
-        rank = factors.weight.shape[1]
-        b_val = _initializer(graph, names(f"{node.name}.bottleneck.r{rank}"), factors.bottleneck)
-        w_val = _initializer(graph, names(f"{node.name}.weight.r{rank}"), factors.weight)
-        shared[key] = (factors, b_val, w_val)
-    _, b_val, w_val = shared[key]
-    delta = factors.bias_delta
-    if delta is not None and np.any(delta):
-        _correct_bias(graph, node, delta, names)
+    b_val, w_val = _factor_values(graph, node, factors, names, shared, ("bottleneck", "weight"))
     mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
     if x.shape is not None and x.dtype is not None and len(x.shape) == ndim + 2:
         # Same as the input but with the bottleneck's channels (only when the input's type is known: older IR
@@ -68,6 +62,22 @@ def insert_bottleneck(
     node.replace_input_with(0, mid)
     node.replace_input_with(1, w_val)
     return squeeze
+
+
+def _factor_values(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict,
+                   stems: tuple[str, str]) -> tuple[ir.Value, ir.Value]:
+    """The initializers of both factors (created once per Factors object: `shared` maps id(factors) to (factors,
+    first, second); the dict keeps `factors` alive, so its id cannot be reused), and `node`'s bias corrected by
+    factors.bias_delta."""
+    key = id(factors)
+    if key not in shared or shared[key][0] is not factors:
+        first = _initializer(graph, names(f"{node.name}.{stems[0]}.r{factors.rank}"), factors.bottleneck)
+        second = _initializer(graph, names(f"{node.name}.{stems[1]}.r{factors.rank}"), factors.weight)
+        shared[key] = (factors, first, second)
+    delta = factors.bias_delta
+    if delta is not None and np.any(delta):
+        _correct_bias(graph, node, delta, names)
+    return shared[key][1], shared[key][2]
 
 
 def remove_bottleneck(graph: ir.Graph, node: ir.Node, old_inputs: list[ir.Value | None], squeeze: ir.Node) -> None:
@@ -123,3 +133,84 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
         graph.remove(producer, safe=True)
+
+
+@dataclasses.dataclass
+class Inserted:
+    """One rewrite in the graph, with what `remove` needs to undo it: the rewritten node, its inputs and attributes
+    before, and the node inserted before it."""
+
+    node: ir.Node
+    old_inputs: list
+    added: ir.Node
+    old_attributes: dict | None = None  # output form: the conv's attributes (it became the 1x1)
+
+
+def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> Inserted:
+    """Rewrite `node` in place with `factors` of any form (insert_bottleneck, or insert_first for the output and
+    spatial forms)."""
+    old_inputs = list(node.inputs)
+    if factors.form in ("output", "spatial"):
+        old_attributes = dict(node.attributes)
+        return Inserted(node, old_inputs, insert_first(graph, node, factors, names, shared), old_attributes)
+    return Inserted(node, old_inputs, insert_bottleneck(graph, node, factors, names, shared))
+
+
+def remove(graph: ir.Graph, done: Inserted) -> None:
+    """Undo `insert`: the node as it was, the inserted node and the factors nothing else uses gone."""
+    if done.old_attributes is not None:
+        done.node.attributes.clear()
+        done.node.attributes.update(done.old_attributes)
+    remove_bottleneck(graph, done.node, done.old_inputs, done.added)
+
+
+def _split_attributes(node: ir.Node, factors: Factors) -> tuple[dict, dict]:
+    """(attributes of the inserted first conv, new attributes of `node`): the output form keeps every attribute on
+    the first conv and makes `node` a 1x1; the spatial form gives the first conv (kh x 1) the vertical strides,
+    dilations and pads and `node` (1 x kw) the horizontal ones; auto_pad SAME/VALID stays on both (each axis's padding
+    depends on that axis alone). Both keep the group."""
+    nd = factors.weight.ndim - 2
+    ints = lambda key, default: list(node.attributes[key].as_ints()) if key in node.attributes else default  # noqa: E731
+    keep = {k: v for k, v in node.attributes.items() if k not in ("kernel_shape", "strides", "dilations", "pads")}
+    strides, dilations, pads = ints("strides", [1] * nd), ints("dilations", [1] * nd), ints("pads", [0] * 2 * nd)
+    if factors.form == "output":
+        first = {"kernel_shape": list(factors.bottleneck.shape[2:]), "strides": strides, "dilations": dilations,
+                 **({"pads": pads} if "pads" in node.attributes else {})}
+        second = {"kernel_shape": [1] * nd, "strides": [1] * nd, "dilations": [1] * nd, "pads": [0] * (2 * nd)}
+        return ({**keep, **{k: ir.AttrInt64s(k, v) for k, v in first.items()}},
+                {k: ir.AttrInt64s(k, v) for k, v in second.items()} | {k: v for k, v in keep.items() if k != "auto_pad"})
+    kh, kw = factors.bottleneck.shape[2], factors.weight.shape[3]
+    first = {"kernel_shape": [kh, 1], "strides": [strides[0], 1], "dilations": [dilations[0], 1],
+             "pads": [pads[0], 0, pads[2], 0]}
+    second = {"kernel_shape": [1, kw], "strides": [1, strides[1]], "dilations": [1, dilations[1]],
+              "pads": [0, pads[1], 0, pads[3]]}
+    if "auto_pad" in keep and keep["auto_pad"].as_string() not in ("NOTSET", ""):
+        first.pop("pads")
+        second.pop("pads")
+    return ({**keep, **{k: ir.AttrInt64s(k, v) for k, v in first.items()}},
+            {**keep, **{k: ir.AttrInt64s(k, v) for k, v in second.items()}})
+
+
+def insert_first(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> ir.Node:
+    """Output and spatial forms: a new conv with weight `factors.bottleneck` (no bias) is inserted before `node`,
+    which then applies `factors.weight` to its output, keeping its bias (corrected by bias_delta), group, name and
+    output value (attributes split by _split_attributes). Returns the inserted conv."""
+    x = node.inputs[0]
+    ndim = factors.weight.ndim - 2
+    stems = ("reduced", "expand") if factors.form == "output" else ("vertical", "horizontal")
+    first_val, second_val = _factor_values(graph, node, factors, names, shared, stems)
+    stem = stems[0]
+    mid = ir.Value(name=names(f"{node.name}.{stem}.output"))
+    y = node.outputs[0]
+    if factors.form == "output" and y.shape is not None and y.dtype is not None and len(y.shape) == ndim + 2:
+        mid.dtype = y.dtype
+        mid.shape = ir.Shape([y.shape[0], factors.bottleneck.shape[0], *y.shape[2:]])
+    first_attrs, node_attrs = _split_attributes(node, factors)
+    first = ir.Node("", "Conv", [x, first_val], attributes=list(first_attrs.values()), outputs=[mid],
+                    name=names(f"{node.name}/{stem}"))
+    graph.insert_before(node, first)
+    node.attributes.clear()
+    node.attributes.update(node_attrs)
+    node.replace_input_with(0, mid)
+    node.replace_input_with(1, second_val)
+    return first

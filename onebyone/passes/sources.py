@@ -10,19 +10,22 @@ from typing import Any, Protocol
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.passes import factorize
+from onebyone.passes import factorize, rewrite
 from onebyone.passes.analysis import ConvInfo
 from onebyone.passes.plan import Decision
 
 
 @dataclasses.dataclass
 class Applied:
-    """One rewrite the pass made: its decision, the conv's inputs before it, and the inserted 1x1 conv (what
-    rewrite.remove_bottleneck needs to undo it)."""
+    """One rewrite the pass made: its decision and what rewrite.remove needs to undo it."""
 
     decision: Decision
-    old_inputs: list
-    squeeze: ir.Node
+    inserted: rewrite.Inserted
+
+    @property
+    def old_inputs(self) -> list:
+        """The conv's inputs before the rewrite."""
+        return self.inserted.old_inputs
 
 
 class FactorSource(Protocol):
@@ -71,9 +74,9 @@ class WeightSource:
         return None
 
     def factors(self, d, model, rewritten_so_far):
-        key = (id(d.info.node.inputs[1]), d.rank)
+        key = (id(d.info.node.inputs[1]), d.form, d.rank)
         if key not in self._svd:
-            self._svd[key] = factorize.factorize_svd(d.info.weight, d.info.groups, d.rank)
+            self._svd[key] = factorize.svd_factors(d.info.weight, d.info.groups, d.rank, d.form)
         return self._svd[key], None
 
     def settle(self, model, applied) -> None:

@@ -23,5 +23,5 @@ class Exact(PerConv):
         return d.numerical
 
     def not_below(self, d, rank: int) -> str:
-        return (f"numerical rank {d.numerical} is not below break-even {d.info.break_even_rank:.1f}: "
+        return (f"numerical rank {d.numerical} is not below break-even {d.break_even:.1f}: "
                 "no lossless rewrite lowers MACs")

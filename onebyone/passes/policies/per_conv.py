@@ -17,15 +17,15 @@ class PerConv(Policy):
         raise NotImplementedError
 
     def not_below(self, d: plan.Decision, rank: int) -> str:
-        return (f"rank {rank} ({self.describe()}) is not below break-even {d.info.break_even_rank:.1f}: it would not "
+        return (f"rank {rank} ({self.describe()}) is not below break-even {d.break_even:.1f}: it would not "
                 "lower MACs")
 
     def assign(self, decisions, gains=None) -> None:
         for d in decisions:
             if d.info.skip_reason is not None:
                 continue
-            rank = self.rounded(self.rank_for(d), d.info.matrix_shape[0])
-            if rank >= d.info.break_even_rank:
+            rank = self.rounded(self.rank_for(d), d.info.matrix_shape_of(d.form)[0])
+            if rank >= d.break_even:
                 plan.reject(d, self.not_below(d, rank), asked_rank=rank)
             else:
                 plan.accept(d, rank)

@@ -25,5 +25,5 @@ class Rank(PerConv):
         return f"rank {self.rank}"
 
     def rank_for(self, d) -> int:
-        c = d.info.matrix_shape[0]
+        c = d.info.matrix_shape_of(d.form)[0]
         return int(self.rank) if self.rank >= 1 else math.ceil(self.rank * c)

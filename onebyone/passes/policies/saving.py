@@ -28,7 +28,7 @@ class Saving(PerConv):
 
     def rank_for(self, d) -> int:
         fits = [int(r) for r in plan.candidate_ranks(d, self.round_to) if d.macs_at(int(r)) <= self.macs * d.info.macs]
-        return max(fits) if fits else d.info.matrix_shape[0]
+        return max(fits) if fits else d.info.matrix_shape_of(d.form)[0]
 
     def not_below(self, d, rank: int) -> str:
         return f"no rank keeps it within {self.macs} of its MACs"

@@ -1,0 +1,67 @@
+"""Which form each conv takes when several apply (a kxk conv: the input form, 1x1 then kxk, or the output form, kxk
+then 1x1).
+
+The form is chosen per conv before the policy chooses ranks, from the predicted error curves of both forms (the
+weight's spectra, or the spectra whitened by calibration data) against their MACs: the form whose error is lower
+over the range of costs a policy may ask for (the mean squared error at 0.9, 0.8, ..., 0.1 of the conv's MACs) wins.
+On the trained models here one form is below the other at almost every cost, so a per-conv choice loses little
+against offering both forms' ranks to the budget, and every later step (timing, sensitivity, fitting) serves one
+form per conv. With `lossless_first` (the exact policy), a form that is lossless below its break-even wins over one
+that is not, the cheaper lossless one among several.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onebyone.passes import cost
+from onebyone.passes.plan import Decision
+
+FRACTIONS = np.linspace(0.9, 0.1, 9)  # of the conv's MACs, where the forms' predicted errors are compared
+
+
+def error_at_costs(d: Decision, form: str) -> np.ndarray:
+    """The predicted relative error of `form` at each of FRACTIONS of the conv's MACs: at the largest rank that
+    costs no more (1.0 where no rank is that cheap)."""
+    keep = d.form
+    d.form = form
+    try:
+        curve = d.error_curve()
+        ranks = np.arange(1, cost.max_profitable_rank(d.break_even) + 1)
+        macs = np.array([d.macs_at(int(r)) for r in ranks], dtype=float)
+        out = []
+        for f in FRACTIONS:
+            fits = ranks[macs <= f * d.info.macs]
+            out.append(float(curve[min(int(fits[-1]), len(curve) - 1)]) if len(fits) else 1.0)
+        return np.array(out)
+    finally:
+        d.form = keep
+
+
+def _lossless_macs(d: Decision, form: str) -> int | None:
+    keep = d.form
+    d.form = form
+    try:
+        return d.macs_at(max(d.numerical, 1)) if d.numerical < d.break_even else None
+    finally:
+        d.form = keep
+
+
+def choose(d: Decision, lossless_first: bool = False) -> None:
+    """Set `d.form` (and `d.form_choice`, the reason) among the conv's forms (`d.info.forms`); nothing to choose when
+    only one applies."""
+    forms = list(d.info.forms)
+    if len(forms) < 2:
+        return
+    if lossless_first:
+        exact = {f: m for f in forms if (m := _lossless_macs(d, f)) is not None}
+        if exact:
+            d.form = min(exact, key=lambda f: (exact[f], forms.index(f)))
+            d.form_choice = "lossless at the fewest MACs: " + ", ".join(f"{f} {m:,}" for f, m in exact.items())
+            return
+    errors = {f: error_at_costs(d, f) for f in forms}
+    scores = {f: float(np.mean(e**2)) for f, e in errors.items()}
+    d.form = min(forms, key=lambda f: (scores[f], forms.index(f)))
+    half = int(np.argmin(np.abs(FRACTIONS - 0.5)))
+    d.form_choice = ("lower predicted error at equal MACs (at half the MACs: "
+                     + ", ".join(f"{f} {errors[f][half]:.3f}" for f in forms) + ")")
