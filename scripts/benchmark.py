@@ -72,6 +72,7 @@ POLICIES = {
     "budget0.67/data/sp": RankPolicy("budget", macs=0.67),
     "budget0.5/data/sp/time": RankPolicy("budget", time=0.5),
     "error0.03/data/sp/time": RankPolicy("error", max_error=0.03),
+    "error0.02/data/sp/time": RankPolicy("error", max_error=0.02),
     "error0.03/data/all/time": RankPolicy("error", max_error=0.03),
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
