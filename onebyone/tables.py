@@ -38,7 +38,8 @@ def layer_table(report: Report, planned: bool = False) -> Table:
             if l.input_shape and l.output_shape
             else "?"
         )
-        rank = f"{l.rank if l.rank is not None else '-'}{' out' if l.form == 'output' else ''} / {l.break_even_rank:.1f}"
+        form = {"output": " out", "spatial": " sp"}.get(l.form, "")  # the rank's form, when not the input side
+        rank = f"{l.rank if l.rank is not None else '-'}{form} / {l.break_even_rank:.1f}"
         macs = _macs(l.macs_before) if l.action == "skipped" else f"{_macs(l.macs_before)}→{_macs(l.macs_after)}"
         style = "green" if l.action == "rewritten" else "dim"
         action = ("lossless" if l.lossless else "rewritten") if l.action == "rewritten" else "skipped"
