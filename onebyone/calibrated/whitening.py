@@ -59,9 +59,10 @@ def spatial_spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple
     """The spatial form's spectrum: per group, singular values of (S^½ ⊗ I_kh) S_i (the [C/g·kh, N/g·kw] unfolding
     whitened by the channel statistics, vertical taps treated as uncorrelated, as the input form treats all taps),
     and the output energy under the same approximation."""
-    kh = weight.shape[2]
+    cpg, kh = weight.shape[1], weight.shape[2]
     svals, energy = [], []
-    for m, (_, sl) in zip(factorize.unfold_spatial(weight, groups), _groups(weight, groups, s_xx)):
+    for g, m in enumerate(factorize.unfold_spatial(weight, groups)):
+        sl = slice(g * cpg, (g + 1) * cpg)
         s = np.kron(s_xx[sl, sl], np.eye(kh))
         svals.append(np.linalg.svd(psd_sqrt(s) @ m, compute_uv=False))
         energy.append(quad(m, s))

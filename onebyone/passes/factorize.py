@@ -141,18 +141,21 @@ def assemble(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.nd
     return Factors(bottleneck, w_new, weight_rel_error(weight, bottleneck, w_new, groups))
 
 
+def truncated(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best rank-`rank` factorization m ≈ U A in the Frobenius norm (truncated SVD): U with orthonormal columns
+    [rows, k], A = S_k V_kᵀ [k, cols], k = min(rank, min(m.shape))."""
+    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    k = min(rank, len(s))
+    return u[:, :k], s[:k, None] * vt[:k]
+
+
 def factorize_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
     """Best rank-`rank` factorization of each group in the Frobenius norm (truncated SVD).
 
     B has orthonormal rows per group (activations keep their scale); W' carries the singular values.
     Both factors have the dtype of `weight`.
     """
-    parts = []
-    for m in unfold(weight, groups):
-        u, s, vt = np.linalg.svd(m, full_matrices=False)
-        k = min(rank, len(s))
-        parts.append((u[:, :k].T, s[:k, None] * vt[:k]))
-    return assemble(weight, groups, rank, parts)
+    return assemble(weight, groups, rank, [(u.T, a) for u, a in (truncated(m, rank) for m in unfold(weight, groups))])
 
 
 def unfold_output(weight: np.ndarray, groups: int) -> list[np.ndarray]:
@@ -198,12 +201,7 @@ def assemble_output(weight: np.ndarray, groups: int, rank: int, parts: list[tupl
 def factorize_output_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
     """Best rank-`rank` output-form factorization of each group in the Frobenius norm (truncated SVD): E has
     orthonormal columns per group, R = Eᵀ W carries the singular values."""
-    parts = []
-    for m in unfold_output(weight, groups):
-        u, s, vt = np.linalg.svd(m, full_matrices=False)
-        k = min(rank, len(s))
-        parts.append((u[:, :k], s[:k, None] * vt[:k]))
-    return assemble_output(weight, groups, rank, parts)
+    return assemble_output(weight, groups, rank, [truncated(m, rank) for m in unfold_output(weight, groups)])
 
 
 def unfold_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
@@ -250,12 +248,7 @@ def assemble_spatial(weight: np.ndarray, groups: int, rank: int, parts: list[tup
 def factorize_spatial_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
     """Best rank-`rank` spatial-form factorization of each group in the Frobenius norm (truncated SVD): F has
     orthonormal columns per group, G carries the singular values."""
-    parts = []
-    for m in unfold_spatial(weight, groups):
-        u, s, vt = np.linalg.svd(m, full_matrices=False)
-        k = min(rank, len(s))
-        parts.append((u[:, :k], s[:k, None] * vt[:k]))
-    return assemble_spatial(weight, groups, rank, parts)
+    return assemble_spatial(weight, groups, rank, [truncated(m, rank) for m in unfold_spatial(weight, groups)])
 
 
 SPLIT = {"input": factorize_svd, "output": factorize_output_svd, "spatial": factorize_spatial_svd,

@@ -1,7 +1,7 @@
-"""Which form each conv takes when several apply (a kxk conv: the input form, 1x1 then kxk, or the output form, kxk
-then 1x1).
+"""Which form each conv takes when several apply (a kxk conv: the input form, 1x1 then kxk, the output form, kxk then
+1x1, and for a 2D kernel the spatial form, kh x 1 then 1 x kw).
 
-The form is chosen per conv before the policy chooses ranks, from the predicted error curves of both forms (the
+The form is chosen per conv before the policy chooses ranks, from the predicted error curves of its forms (the
 weight's spectra, or the spectra whitened by calibration data) against their MACs: the form whose error is lower
 over the range of costs a policy may ask for (the mean squared error at 0.9, 0.8, ..., 0.1 of the conv's MACs) wins.
 On the trained models here one form is below the other at almost every cost, so a per-conv choice loses little
@@ -12,6 +12,8 @@ that is not, the cheaper lossless one among several.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 from onebyone.passes import cost
@@ -20,31 +22,34 @@ from onebyone.passes.plan import Decision
 FRACTIONS = np.linspace(0.9, 0.1, 9)  # of the conv's MACs, where the forms' predicted errors are compared
 
 
+@contextlib.contextmanager
+def _in_form(d: Decision, form: str):
+    """`d` read as if it had `form` (its spectrum, ranks and MACs), its own form back afterwards."""
+    keep, d.form = d.form, form
+    try:
+        yield d
+    finally:
+        d.form = keep
+
+
 def error_at_costs(d: Decision, form: str) -> np.ndarray:
     """The predicted relative error of `form` at each of FRACTIONS of the conv's MACs: at the largest rank that
     costs no more (1.0 where no rank is that cheap)."""
-    keep = d.form
-    d.form = form
-    try:
+    with _in_form(d, form):
         curve = d.error_curve()
         ranks = np.arange(1, cost.max_profitable_rank(d.break_even) + 1)
         macs = np.array([d.macs_at(int(r)) for r in ranks], dtype=float)
-        out = []
-        for f in FRACTIONS:
-            fits = ranks[macs <= f * d.info.macs]
-            out.append(float(curve[min(int(fits[-1]), len(curve) - 1)]) if len(fits) else 1.0)
-        return np.array(out)
-    finally:
-        d.form = keep
+    out = []
+    for f in FRACTIONS:
+        fits = ranks[macs <= f * d.info.macs]
+        out.append(float(curve[min(int(fits[-1]), len(curve) - 1)]) if len(fits) else 1.0)
+    return np.array(out)
 
 
 def _lossless_macs(d: Decision, form: str) -> int | None:
-    keep = d.form
-    d.form = form
-    try:
+    """The MACs of `form` at its numerical rank when that is below its break-even (lossless), else None."""
+    with _in_form(d, form):
         return d.macs_at(max(d.numerical, 1)) if d.numerical < d.break_even else None
-    finally:
-        d.form = keep
 
 
 def choose(d: Decision, lossless_first: bool = False) -> None:

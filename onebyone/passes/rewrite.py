@@ -164,37 +164,48 @@ def remove(graph: ir.Graph, done: Inserted) -> None:
     remove_bottleneck(graph, done.node, done.old_inputs, done.added)
 
 
-def _split_attributes(node: ir.Node, factors: Factors) -> tuple[dict, dict]:
-    """(attributes of the inserted first conv, new attributes of `node`): the output form keeps every attribute on
-    the first conv and makes `node` a 1x1; the spatial form gives the first conv (kh x 1) the vertical strides,
-    dilations and pads and `node` (1 x kw) the horizontal ones; auto_pad SAME/VALID stays on both (each axis's padding
-    depends on that axis alone). Both keep the group."""
+def split_attributes(form: str, kernel, strides, dilations, pads, auto_pad: str, group: int) -> tuple[dict, dict]:
+    """The attributes of the two convs that replace a conv with these, in the output or spatial form, as plain values
+    (int lists, the auto_pad string, the group): the output form keeps the conv's geometry on the first conv and makes
+    the second a 1x1; the spatial form gives the first conv (kh x 1) the vertical strides, dilations and pads and the
+    second (1 x kw) the horizontal ones. auto_pad SAME/VALID stays on both (each axis's padding depends on that axis
+    alone), in place of pads. Both keep the group."""
+    nd = len(kernel)
+    auto = auto_pad not in ("NOTSET", "")
+    if form == "output":
+        first = {"kernel_shape": list(kernel), "strides": list(strides), "dilations": list(dilations), "pads": list(pads)}
+        second = {"kernel_shape": [1] * nd, "strides": [1] * nd, "dilations": [1] * nd, "pads": [0] * (2 * nd)}
+        if auto:
+            del first["pads"]
+            first["auto_pad"] = auto_pad
+    else:
+        first = {"kernel_shape": [kernel[0], 1], "strides": [strides[0], 1], "dilations": [dilations[0], 1],
+                 "pads": [pads[0], 0, pads[2], 0]}
+        second = {"kernel_shape": [1, kernel[1]], "strides": [1, strides[1]], "dilations": [1, dilations[1]],
+                  "pads": [0, pads[1], 0, pads[3]]}
+        if auto:
+            del first["pads"], second["pads"]
+            first["auto_pad"] = second["auto_pad"] = auto_pad
+    return {**first, "group": group}, {**second, "group": group}
+
+
+def _node_split(node: ir.Node, factors: Factors) -> tuple[list[ir.Attr], list[ir.Attr]]:
+    """split_attributes for `node` (its attributes, with the ONNX defaults where absent), as onnx-ir attributes."""
     nd = factors.weight.ndim - 2
     ints = lambda key, default: list(node.attributes[key].as_ints()) if key in node.attributes else default  # noqa: E731
-    keep = {k: v for k, v in node.attributes.items() if k not in ("kernel_shape", "strides", "dilations", "pads")}
-    strides, dilations, pads = ints("strides", [1] * nd), ints("dilations", [1] * nd), ints("pads", [0] * 2 * nd)
-    if factors.form == "output":
-        first = {"kernel_shape": list(factors.bottleneck.shape[2:]), "strides": strides, "dilations": dilations,
-                 **({"pads": pads} if "pads" in node.attributes else {})}
-        second = {"kernel_shape": [1] * nd, "strides": [1] * nd, "dilations": [1] * nd, "pads": [0] * (2 * nd)}
-        return ({**keep, **{k: ir.AttrInt64s(k, v) for k, v in first.items()}},
-                {k: ir.AttrInt64s(k, v) for k, v in second.items()} | {k: v for k, v in keep.items() if k != "auto_pad"})
-    kh, kw = factors.bottleneck.shape[2], factors.weight.shape[3]
-    first = {"kernel_shape": [kh, 1], "strides": [strides[0], 1], "dilations": [dilations[0], 1],
-             "pads": [pads[0], 0, pads[2], 0]}
-    second = {"kernel_shape": [1, kw], "strides": [1, strides[1]], "dilations": [1, dilations[1]],
-              "pads": [0, pads[1], 0, pads[3]]}
-    if "auto_pad" in keep and keep["auto_pad"].as_string() not in ("NOTSET", ""):
-        first.pop("pads")
-        second.pop("pads")
-    return ({**keep, **{k: ir.AttrInt64s(k, v) for k, v in first.items()}},
-            {**keep, **{k: ir.AttrInt64s(k, v) for k, v in second.items()}})
+    kernel = list(factors.bottleneck.shape[2:]) if factors.form == "output" else [factors.bottleneck.shape[2],
+                                                                                  factors.weight.shape[3]]
+    split = split_attributes(factors.form, kernel, ints("strides", [1] * nd), ints("dilations", [1] * nd),
+                             ints("pads", [0] * (2 * nd)), node.attributes.get_string("auto_pad", "NOTSET"),
+                             node.attributes.get_int("group", 1))
+    convert = {list: ir.AttrInt64s, str: ir.AttrString, int: ir.AttrInt64}
+    return tuple([convert[type(v)](k, v) for k, v in attrs.items()] for attrs in split)
 
 
 def insert_first(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> ir.Node:
     """Output and spatial forms: a new conv with weight `factors.bottleneck` (no bias) is inserted before `node`,
     which then applies `factors.weight` to its output, keeping its bias (corrected by bias_delta), group, name and
-    output value (attributes split by _split_attributes). Returns the inserted conv."""
+    output value (attributes split by split_attributes). Returns the inserted conv."""
     x = node.inputs[0]
     ndim = factors.weight.ndim - 2
     stems = ("reduced", "expand") if factors.form == "output" else ("vertical", "horizontal")
@@ -205,12 +216,11 @@ def insert_first(graph: ir.Graph, node: ir.Node, factors: Factors, names: Unique
     if factors.form == "output" and y.shape is not None and y.dtype is not None and len(y.shape) == ndim + 2:
         mid.dtype = y.dtype
         mid.shape = ir.Shape([y.shape[0], factors.bottleneck.shape[0], *y.shape[2:]])
-    first_attrs, node_attrs = _split_attributes(node, factors)
-    first = ir.Node("", "Conv", [x, first_val], attributes=list(first_attrs.values()), outputs=[mid],
-                    name=names(f"{node.name}/{stem}"))
+    first_attrs, node_attrs = _node_split(node, factors)
+    first = ir.Node("", "Conv", [x, first_val], attributes=first_attrs, outputs=[mid], name=names(f"{node.name}/{stem}"))
     graph.insert_before(node, first)
     node.attributes.clear()
-    node.attributes.update(node_attrs)
+    node.attributes.update({a.name: a for a in node_attrs})
     node.replace_input_with(0, mid)
     node.replace_input_with(1, second_val)
     return first
