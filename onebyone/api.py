@@ -69,8 +69,8 @@ def optimize(
     int8: bool = False,
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
-    factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output" too: each kxk conv in the form
-    passes.forms.choose picks; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost
+    factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output", "spatial", "tucker2" too: each
+    kxk conv in the form passes.forms.choose picks; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost
     time") every candidate conv and its rewritten pairs are timed on that
     runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends measured
     milliseconds), and the whole model is timed end to end against the original: rewrites are backed off until it is

@@ -18,7 +18,8 @@ class LayerReport:
     action: str  # "rewritten" or "skipped"
     reason: str
     kernel: list[int]
-    form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs)
+    form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1), "spatial" (kh x 1 then 1 x kw), "tucker2" (1x1, kxk,
+    # 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs)
     in_channels: int
     out_channels: int
     groups: int
@@ -48,6 +49,7 @@ class LayerReport:
     time_after_ms: float | None = None  # the rewritten pair at the chosen rank (= before when not rewritten)
     measured_ranks: dict[int, float] | None = None  # rank -> ms of the rewritten pair
     form_choice: str | None = None  # why this form won, when several forms applied (predicted errors compared)
+    ranks: list[int] | None = None  # Tucker-2: the per-group ranks [input side, output side] of its rank knob `rank`
 
 
 @dataclasses.dataclass

@@ -38,7 +38,9 @@ def layer_table(report: Report, planned: bool = False) -> Table:
             if l.input_shape and l.output_shape
             else "?"
         )
-        form = {"output": " out", "spatial": " sp"}.get(l.form, "")  # the rank's form, when not the input side
+        form = {"output": " out", "spatial": " sp", "tucker2": " t2"}.get(l.form, "")  # the rank's form, when not the input side
+        if l.ranks:  # Tucker-2: its two ranks behind the rank knob
+            form += f" ({l.ranks[0]},{l.ranks[1]})"
         rank = f"{l.rank if l.rank is not None else '-'}{form} / {l.break_even_rank:.1f}"
         macs = _macs(l.macs_before) if l.action == "skipped" else f"{_macs(l.macs_before)}→{_macs(l.macs_after)}"
         style = "green" if l.action == "rewritten" else "dim"

@@ -74,6 +74,10 @@ POLICIES = {
     "error0.03/data/sp/time": RankPolicy("error", max_error=0.03),
     "error0.02/data/sp/time": RankPolicy("error", max_error=0.02),
     "error0.03/data/all/time": RankPolicy("error", max_error=0.03),
+    # /t2/: the Tucker-2 form too (1x1, kxk, 1x1; --forms input,tucker2)
+    "budget0.67/data/t2": RankPolicy("budget", macs=0.67),
+    "budget0.5/data/t2/time": RankPolicy("budget", time=0.5),
+    "error0.03/data/t2/time": RankPolicy("error", max_error=0.03),
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
@@ -93,9 +97,11 @@ POLICIES = {
 
 
 def forms_of(policy_name: str) -> tuple[str, ...]:
-    """The forms a benchmark policy uses (see POLICIES)."""
+    """The forms a benchmark policy uses (see POLICIES): its tag anywhere in the name, the last part included."""
+    policy_name += "/"
     for tag, forms in (("/pw/", ("input", "pointwise")), ("/out/", ("input", "output")),
-                       ("/sp/", ("input", "output", "spatial")), ("/all/", ("input", "output", "spatial", "pointwise"))):
+                       ("/sp/", ("input", "output", "spatial")), ("/all/", ("input", "output", "spatial", "pointwise")),
+                       ("/t2/", ("input", "tucker2"))):
         if tag in policy_name:
             return forms
     return ("input",)

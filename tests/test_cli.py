@@ -267,3 +267,23 @@ def test_output_form_on_the_command_line_says_why_and_is_checked_against_input_o
             assert "input" in l["form_choice"] and "output" in l["form_choice"], l
         else:  # input form alone, or weight-only (whose output form would need data: none is lossless here)
             assert l["form"] == "input", l
+
+
+def test_tucker2_form_on_the_command_line_is_lossless_and_shows_both_ranks(tmp_path):
+    """--forms input,output,tucker2 --policy exact on a conv low-rank on both channel sides: the cheapest lossless
+    form is Tucker-2, the table marks it with its two ranks, the report has them, and the model is verified."""
+    from onebyone.models.single_conv import single_conv_model
+    from onebyone.models.weights import low_rank_tucker2_weight
+
+    rng = np.random.default_rng(5)
+    model = tmp_path / "t.onnx"
+    onnx.save(single_conv_model((1, 32, 16, 16), low_rank_tucker2_weight(32, 32, (3, 3), 1, 6, rng),
+                                rng.standard_normal(32).astype(np.float32), pads=(1, 1, 1, 1)), model)
+    rep, out = tmp_path / "t.json", tmp_path / "o.onnx"
+    done = cli("optimize", model, "-o", out, "--policy", "exact", "--forms", "input,output,tucker2", "--report", rep,
+               check_rc=0)
+    assert "6 t2 (6,6)" in done.stdout
+    (layer,) = json.loads(rep.read_text())["layers"]
+    assert (layer["form"], layer["ranks"], layer["lossless"]) == ("tucker2", [6, 6], True), layer
+    x = rng.standard_normal((1, 32, 16, 16)).astype(np.float32)
+    assert rel_err(run_ort(onnx.load(model), {"x": x})[0], run_ort(onnx.load(out), {"x": x})[0]) <= 1e-5

@@ -270,25 +270,28 @@ def test_tuning_from_another_models_database_spends_trials_on_the_new_kernels(tm
     assert tc["reused_kernels"] == 0 and tc["tuned_kernels"] == 1 and tc["records"] > tb["records"]
 
 
-def test_the_output_and_spatial_forms_compile_with_tvm_and_match_onnxruntime(tmp_path, rng):
-    """Two convs exactly low-rank for the output and for the spatial form (one strided with SAME_UPPER, one grouped
-    and dilated), rewritten losslessly in those forms, compile for this CPU with TVM and give the original's outputs."""
-    from onebyone.models.weights import low_rank_output_weight, low_rank_spatial_weight
+def test_the_output_spatial_and_tucker2_forms_compile_with_tvm_and_match_onnxruntime(tmp_path, rng):
+    """Three convs exactly low-rank for the output, the spatial and the Tucker-2 form (one strided with SAME_UPPER,
+    one grouped and dilated), rewritten losslessly in those forms, compile for this CPU with TVM and give the
+    original's outputs."""
+    from onebyone.models.weights import low_rank_output_weight, low_rank_spatial_weight, low_rank_tucker2_weight
 
     w1 = low_rank_output_weight(32, 8, (3, 3), 1, 3, rng)
     w2 = low_rank_spatial_weight(16, 16, (3, 5), 2, 2, rng)
     inits = [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2"),
-             onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b2")]
+             onnx.numpy_helper.from_array(rng.standard_normal(16).astype(np.float32), "b2"),
+             onnx.numpy_helper.from_array(low_rank_tucker2_weight(32, 16, (3, 3), 1, 6, rng), "w3")]
     nodes = [helper.make_node("Conv", ["x", "w1"], ["h"], strides=[2, 2], auto_pad="SAME_UPPER", name="c1"),
              helper.make_node("Relu", ["h"], ["r"]),
-             helper.make_node("Conv", ["r", "w2", "b2"], ["y"], group=2, dilations=[1, 2], pads=[1, 4, 1, 4], name="c2")]
+             helper.make_node("Conv", ["r", "w2", "b2"], ["h2"], group=2, dilations=[1, 2], pads=[1, 4, 1, 4], name="c2"),
+             helper.make_node("Conv", ["h2", "w3"], ["y"], pads=[1, 1, 1, 1], name="c3")]
     graph = helper.make_graph(nodes, "forms", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 20, 20])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"),
-                                 forms=("input", "output", "spatial"))
-    assert [(l.form, l.lossless) for l in report.layers] == [("output", True), ("spatial", True)]
+                                 forms=("input", "output", "spatial", "tucker2"))
+    assert [(l.form, l.lossless) for l in report.layers] == [("output", True), ("spatial", True), ("tucker2", True)]
     pkg_dir = package.compile_model(optimized, targets.resolve("cpu"), tmp_path / "pkg")
     x = rng.standard_normal((1, 8, 20, 20)).astype(np.float32)
     (got,) = package.load_package(pkg_dir).run({"x": x}).values()

@@ -85,19 +85,27 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 INPUT_SIDE = "data without the output form"  # method_check's labels of the data-aware rewrites with fewer forms
 INPUT_ONLY = "data, input form only"
+OUTPUT_SIDE = ("output", "tucker2")  # the forms that reduce the output channels (their fit needs the output moments)
+
+
+def _without(forms: list[str]) -> str:
+    """The label of the data-aware rewrite without `forms` (INPUT_SIDE for the output form alone)."""
+    return "data without the " + " and ".join(forms) + (" form" if len(forms) == 1 else " forms")
 
 
 def _narrower(forms: tuple[str, ...], report: Report) -> list[tuple[str, tuple[str, ...]]]:
     """The data-aware rewrites with fewer forms that a budget's rewrite with `forms` is checked against: without the
-    output form when the rewrite used it, and with the input-side forms only (input, pointwise) when it used the
-    spatial form too (or the output form and no other); none when it used neither."""
+    output-side forms (output, tucker2) when the rewrite used one, and with the input-side forms only (input,
+    pointwise) when it used the spatial form too (or an output-side form and no other); none when it used none."""
     used = {l.form for l in report.layers if l.action == "rewritten"}
     base = tuple(f for f in forms if f in ("input", "pointwise"))
+    no_output_side = tuple(f for f in forms if f not in OUTPUT_SIDE)
+    out_used = [f for f in OUTPUT_SIDE if f in used]
     out = []
-    if "output" in used and tuple(f for f in forms if f != "output") != base:
-        out.append((INPUT_SIDE, tuple(f for f in forms if f != "output")))
-    if used & {"output", "spatial"} and base:
-        out.append((INPUT_ONLY if "output" not in used or out else INPUT_SIDE, base))
+    if out_used and no_output_side != base:
+        out.append((_without(out_used), no_output_side))
+    if used & {"output", "spatial", "tucker2"} and base:
+        out.append((_without(out_used) if out_used and not out else INPUT_ONLY, base))
     return out
 
 

@@ -128,9 +128,9 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
             m = d.moments
             conv_out = node.outputs[0].name
             svd = (whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
-                   if d.form not in ("output", "spatial") else None)
+                   if d.form not in ("output", "spatial", "tucker2") else None)
             for rank in ranks:
-                if d.form in ("output", "spatial"):  # the gain is a measured ratio: weight SVD factors probe it
+                if d.form in ("output", "spatial", "tucker2"):  # the gain is a measured ratio: weight SVD factors probe it
                     factors = factorize.svd_factors(d.info.weight, d.info.groups, rank, d.form)
                 else:
                     factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,

@@ -16,7 +16,8 @@ import os
 
 import numpy as np
 
-from onebyone.calibrated import fitting, moments, output_fitting, sensitivity, spatial_fitting, whitening
+from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, spatial_fitting, tucker2_fitting,
+                                 whitening)
 from onebyone.calibrated.stream import Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.sources import Applied
@@ -55,7 +56,7 @@ class DataSource:
         self.original = model.clone()
         self._index = {id(n): i for i, n in enumerate(model.graph)}  # node of `model` -> position in the original
         names = sorted({i.node.inputs[0].name for i in candidates}
-                       | {i.node.outputs[0].name for i in candidates if "output" in i.forms})
+                       | {i.node.outputs[0].name for i in candidates if {"output", "tucker2"} & set(i.forms)})
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
             return
@@ -67,12 +68,16 @@ class DataSource:
         m = self.moments.get(info.node.inputs[0].name)
         if m is None:
             return None, None
-        spectra = {form: whitening.spectrum(info.weight, info.groups, m.second_moment)
-                   for form in info.forms if form in ("input", "pointwise")}
+        spectra = {}
+        if {"input", "pointwise", "tucker2"} & set(info.forms):  # Tucker-2 reads the input side's spectrum too
+            whitened = whitening.spectrum(info.weight, info.groups, m.second_moment)
+            spectra = {form: whitened for form in info.forms if form in ("input", "pointwise")}
+            if "tucker2" in info.forms:
+                spectra["input"] = whitened
         if "spatial" in info.forms:
             spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
         y = self.moments.get(info.node.outputs[0].name)
-        if "output" in info.forms and y is not None:
+        if {"output", "tucker2"} & set(info.forms) and y is not None:
             spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, fitting.bias_of(info), info.groups)
         return spectra, m
 
@@ -90,7 +95,8 @@ class DataSource:
             self._close_walk()
             self._walk = _Walk(self.original, model, self.samples)
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
-        fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit}.get(d.form, fitting.fit)
+        fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
+            d.form, fitting.fit)
         return fit(d, self._walk.data_at(d.info.node, original_node))
 
     def settle(self, model, applied: list[Applied]) -> None:

@@ -42,23 +42,36 @@ def original(info, seed: int = 0) -> onnx.ModelProto:
 
 def pair(info, rank: int, seed: int = 0, form: str = "input") -> onnx.ModelProto:
     """Input form: x -> Conv1x1(B: C -> g·rank, grouped) -> Conv(W': g·rank -> N, the conv's attributes, bias) -> y.
-    Output and spatial forms: the two convs of passes.rewrite.split_attributes (C -> g·rank, then -> N with the bias)."""
+    Output and spatial forms: the two convs of passes.rewrite.split_attributes (C -> g·rank, then -> N with the bias).
+    Tucker-2: a 1x1 squeeze to g·r1, the conv's attributes to g·r2, a 1x1 to N with the bias ((r1, r2) of knob `rank`)."""
     rng = np.random.default_rng(seed)
     g, nd = info.groups, len(info.kernel)
-    if form in ("output", "spatial"):
+    if form == "tucker2":
+        r1, r2 = info.tucker2_ranks(rank)
+        ones = dict(kernel_shape=[1] * nd, strides=[1] * nd, pads=[0] * (2 * nd), group=g)
+        f = rng.standard_normal((g * r1, info.in_channels // g, *([1] * nd))).astype(np.float32)
+        core = rng.standard_normal((g * r2, r1, *info.kernel)).astype(np.float32)
+        w = rng.standard_normal((info.out_channels, r2, *([1] * nd))).astype(np.float32)
+        nodes = [helper.make_node("Conv", ["x", "F"], ["mid"], **ones),
+                 helper.make_node("Conv", ["mid", "K"], ["core"], **conv_attributes(info)),
+                 helper.make_node("Conv", ["core", "W", "B"], ["y"], **ones)]
+        extra = [numpy_helper.from_array(core, "K")]
+    elif form in ("output", "spatial"):
         first, second = split_attributes(form, info.kernel, info.strides, info.dilations, info.pads, info.auto_pad, g)
         f = rng.standard_normal((g * rank, info.in_channels // g, *first["kernel_shape"])).astype(np.float32)
         w = rng.standard_normal((info.out_channels, rank, *second["kernel_shape"])).astype(np.float32)
         nodes = [helper.make_node("Conv", ["x", "F"], ["mid"], **first),
                  helper.make_node("Conv", ["mid", "W", "B"], ["y"], **second)]
+        extra = []
     else:
+        extra = []
         f = rng.standard_normal((g * rank, info.in_channels // g, *([1] * nd))).astype(np.float32)
         w = rng.standard_normal((info.out_channels, rank, *info.kernel)).astype(np.float32)
         nodes = [helper.make_node("Conv", ["x", "F"], ["mid"], kernel_shape=[1] * nd, strides=[1] * nd,
                                   pads=[0] * (2 * nd), group=g),
                  helper.make_node("Conv", ["mid", "W", "B"], ["y"], **conv_attributes(info))]
     bias = rng.standard_normal(info.out_channels).astype(np.float32)
-    inits = [numpy_helper.from_array(f, "F"), numpy_helper.from_array(w, "W"), numpy_helper.from_array(bias, "B")]
+    inits = [numpy_helper.from_array(f, "F"), numpy_helper.from_array(w, "W"), numpy_helper.from_array(bias, "B"), *extra]
     return _model(nodes, inits, (1, *info.input_shape[1:]))
 
 

@@ -59,3 +59,24 @@ def low_rank_spatial_weight(
         w[g * per_group : (g + 1) * per_group] = m.reshape(in_per_group, kh, per_group, kw).transpose(2, 0, 1, 3)
     w *= np.sqrt(2.0 / (in_per_group * kh * kw))
     return w.astype(np.float32)
+
+
+def low_rank_tucker2_weight(
+    out_ch: int, in_per_group: int, kernel: tuple[int, ...], groups: int, rank: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Float32 weight whose every group has multilinear ranks exactly the Tucker-2 ranks (r1, r2) of rank knob `rank`
+    (passes.factorize.tucker2_ranks: both channel sides reduced in proportion): a random core [r2, r1, *kernel]
+    between random channel factors. Exact for the Tucker-2 form (1x1 to r1, the kernel to r2, 1x1 to N)."""
+    from onebyone.passes.factorize import tucker2_ranks
+
+    per_group = out_ch // groups
+    k = int(np.prod(kernel))
+    r1, r2 = tucker2_ranks(in_per_group, per_group, rank)
+    r1, r2 = min(r1, r2 * k), min(r2, r1 * k)
+    w = np.empty((out_ch, in_per_group, k), dtype=np.float64)
+    for g in range(groups):
+        core = rng.standard_normal((r2, r1, k))
+        w[g * per_group:(g + 1) * per_group] = np.einsum("srk,ns,cr->nck", core, rng.standard_normal((per_group, r2)),
+                                                         rng.standard_normal((in_per_group, r1))) / np.sqrt(r1 * r2)
+    w *= np.sqrt(2.0 / (in_per_group * k))
+    return w.reshape((out_ch, in_per_group) + tuple(kernel)).astype(np.float32)

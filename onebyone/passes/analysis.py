@@ -85,7 +85,11 @@ class ConvInfo:
         return self.in_channels // self.groups, (self.out_channels // self.groups) * self.kernel_size
 
     def matrix_shape_of(self, form: str) -> tuple[int, int]:
-        """Shape of each group's matrix unfolded for `form` (output form: N/g x C/g·K)."""
+        """Shape of each group's matrix unfolded for `form` (output form: N/g x C/g·K; Tucker-2: the rank knob's
+        range, the larger channel side, by the other side times the kernel)."""
+        if form == "tucker2":
+            cpg, npg = self.in_channels // self.groups, self.out_channels // self.groups
+            return max(cpg, npg), min(cpg, npg) * self.kernel_size
         if form == "output":
             return self.out_channels // self.groups, (self.in_channels // self.groups) * self.kernel_size
         if form == "spatial":
@@ -96,15 +100,28 @@ class ConvInfo:
         """The weight's per-group singular values unfolded for `form`."""
         return {"output": self.svals_output, "spatial": self.svals_spatial}.get(form, self.svals)
 
+    def tucker2_ranks(self, rank: int) -> tuple[int, int]:
+        """The per-group (input-side, output-side) ranks of the Tucker-2 form at rank knob `rank`."""
+        return factorize.tucker2_ranks(self.in_channels // self.groups, self.out_channels // self.groups, rank)
+
     def break_even(self, form: str) -> float:
-        """The per-group rank at which `form` costs as much as the conv (ranks below it lower MACs)."""
+        """The per-group rank at which `form` costs as much as the conv (ranks below it lower MACs; Tucker-2: the
+        smallest rank knob that does not, its MACs growing with both ranks)."""
         if form in ("input", "pointwise"):
             return self.break_even_rank
+        if form == "tucker2":
+            top = self.matrix_shape_of(form)[0]
+            if not self.output_shape:
+                return 0.0
+            return float(next((r for r in range(1, top + 1) if self.macs_of(form, r) >= self.macs), top + 1))
         per_rank = self.macs_of(form, 1) if self.output_shape else 0
         return self.macs / per_rank if per_rank else 0.0
 
     def macs_of(self, form: str, rank: int) -> int:
-        """MACs of `form` at per-group `rank`."""
+        """MACs of `form` at per-group `rank` (Tucker-2: at rank knob `rank`)."""
+        if form == "tucker2":
+            return cost.tucker2_macs(self.spatial_in, self.spatial_out, self.out_channels, self.in_channels,
+                                     self.groups, self.kernel_size, *self.tucker2_ranks(rank))
         if form == "output":
             return cost.output_macs(self.spatial_out, self.out_channels, self.in_channels, self.groups,
                                     self.kernel_size, rank)
@@ -185,8 +202,9 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     return array
 
 
-FORMS = ("input", "output", "spatial", "pointwise")  # the factorization forms onebyone has (see forms_for)
+FORMS = ("input", "output", "spatial", "tucker2", "pointwise")  # the factorization forms onebyone has (see forms_for)
 DEFAULT_FORMS = ("input",)
+TUCKER2_MIN_CHANNELS = 8  # per group, on each side (an RGB stem's 3 inputs: the output form does that conv's work)
 
 
 def check_forms(forms) -> tuple[str, ...]:
@@ -206,13 +224,13 @@ def form_of(kernel: tuple[int, ...]) -> str:
 
 
 def forms_for(kernel: tuple[int, ...], forms) -> list[str]:
-    """The enabled forms a conv with this kernel can take: a kxk conv the input form (1x1 then kxk) and the output
-    form (kxk then 1x1), a 2D kernel with both sides > 1 also the spatial form (kh x 1 then 1 x kw); a 1x1 conv the
-    pointwise form (for a 1x1 kernel both sides are the same factorization)."""
+    """The enabled forms a conv with this kernel can take: a kxk conv the input form (1x1 then kxk), the output
+    form (kxk then 1x1) and the Tucker-2 form (1x1, kxk, 1x1), a 2D kernel with both sides > 1 also the spatial form
+    (kh x 1 then 1 x kw); a 1x1 conv the pointwise form (for a 1x1 kernel both sides are the same factorization)."""
     if all(k == 1 for k in kernel):
         return ["pointwise"] if "pointwise" in forms else []
     spatial = ["spatial"] if len(kernel) == 2 and min(kernel) > 1 else []
-    return [f for f in ["input", "output"] + spatial if f in forms]
+    return [f for f in ["input", "output"] + spatial + ["tucker2"] if f in forms]
 
 
 def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_shapes=None,
@@ -269,7 +287,7 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
         return info
     info.weight = weight
     info.svals = factorize.singular_values(weight, info.groups)
-    if "output" in applicable:
+    if "output" in applicable or "tucker2" in applicable:
         info.svals_output = factorize.singular_values_output(weight, info.groups)
     if "spatial" in applicable:
         info.svals_spatial = factorize.singular_values_spatial(weight, info.groups)
@@ -284,25 +302,41 @@ def _settle_forms(info: ConvInfo, applicable: list[str], with_data: bool) -> Non
     lost = [f for f in applicable if f not in info.forms]
     notes = ["no rank of the " + ", ".join(f"{f} form (break-even {info.break_even(f):.2f})" for f in lost)
              + " lowers MACs"] if lost else []
-    if "output" in info.forms and not with_data and not _output_lossless(info):
-        info.forms = tuple(f for f in info.forms if f != "output")
-        notes.append("the output form needs calibration data unless it is lossless")
+    needy = [f for f in ("output", "tucker2") if f in info.forms and not with_data and not _lossless_on_weights(info, f)]
+    if needy:
+        info.forms = tuple(f for f in info.forms if f not in needy)
+        notes.append(f"the {' and '.join(needy)} form{'s' if len(needy) > 1 else ''} need{'' if len(needy) > 1 else 's'}"
+                     " calibration data unless lossless")
     if info.forms and notes:
-        info.form_note = "; ".join(notes)
-    if not info.forms and len(notes) > len(lost):  # the output form paid, but only with data
-        info.skip_reason = (f"only the output form lowers MACs (break-even {info.break_even('output'):.2f}), and "
-                            "without calibration data it is used only where it is lossless (give --calibration)")
+        info.form_note = "; ".join(([info.form_note] if info.form_note else []) + notes)
+    if not info.forms and len(notes) > len(lost):  # the output-side forms paid, but only with data
+        info.skip_reason = ("only the " + " and ".join(f"{f} form (break-even {info.break_even(f):.2f})" for f in needy)
+                            + " lower MACs, and without calibration data they are used only where lossless "
+                            "(give --calibration)")
     elif not info.forms:
         info.skip_reason = "no rank is below break-even " + (
             f"({info.break_even(applicable[0]):.2f}): a bottleneck cannot lower MACs" if len(applicable) == 1 else
             "(" + ", ".join(f"{f} form {info.break_even(f):.2f}" for f in applicable) + "): no form lowers MACs")
 
 
-def _output_lossless(info: ConvInfo) -> bool:
-    """Whether the weight's output-side numerical rank is below the output form's break-even."""
-    shape = info.matrix_shape_of("output")
-    rank = max(factorize.numerical_rank(s, shape, info.weight.dtype) for s in info.svals_output)
-    return rank < info.break_even("output")
+def numerical_ranks(info: ConvInfo, input_side: list[np.ndarray], output_side: list[np.ndarray]) -> tuple[int, int]:
+    """The numerical ranks (at the weight dtype's precision) of the input-side and output-side spectra."""
+    dtype = info.weight.dtype
+    return (max(factorize.numerical_rank(s, info.matrix_shape, dtype) for s in input_side),
+            max(factorize.numerical_rank(s, info.matrix_shape_of("output"), dtype) for s in output_side))
+
+
+def tucker2_knob(info: ConvInfo, ranks: tuple[int, int]) -> int:
+    """The smallest Tucker-2 rank knob whose ranks reach `ranks` on both sides."""
+    top = info.matrix_shape_of("tucker2")[0]
+    return next((r for r in range(1, top + 1) if all(a >= b for a, b in zip(info.tucker2_ranks(r), ranks))), top)
+
+
+def _lossless_on_weights(info: ConvInfo, form: str) -> bool:
+    """Whether `form` (output or Tucker-2) is lossless for the weight below its break-even."""
+    rank_in, rank_out = numerical_ranks(info, info.svals, info.svals_output)
+    rank = rank_out if form == "output" else tucker2_knob(info, (rank_in, rank_out))
+    return rank < info.break_even(form)
 
 
 def _applicable(info: ConvInfo, forms) -> list[str]:
@@ -316,7 +350,15 @@ def _applicable(info: ConvInfo, forms) -> list[str]:
     if info.in_channels // info.groups == 1:
         applicable = [f for f in applicable if f in ("output", "spatial")]
     if info.out_channels // info.groups == 1:
-        applicable = [f for f in applicable if f != "output"]
+        applicable = [f for f in applicable if f not in ("output", "tucker2")]
+    if "tucker2" in applicable and min(info.in_channels, info.out_channels) // info.groups < TUCKER2_MIN_CHANNELS:
+        applicable.remove("tucker2")
+        note = (f"the tucker2 form needs {TUCKER2_MIN_CHANNELS} channels per group on both sides (reducing a narrow "
+                "side saves little; the one-sided forms reduce the other)")
+        info.form_note = note if applicable else None
+        if not applicable:
+            info.skip_reason = note
+            return applicable
     if not applicable:
         info.skip_reason = ("depthwise (one input channel per group): no input channels to reduce" if info.groups > 1
                             else "single input channel: no input channels to reduce")

@@ -60,8 +60,8 @@ class BottleneckPass(ir.passes.InPlacePass):
             onebyone.latency.LatencyModel: measure, pair_time, runtime, shares_kernels, share_kernel_shapes);
             needed by policies that spend measured time (budget with `time`).
         keep: conv names to leave alone whatever the policy says, with the reason given (name -> reason).
-        forms: the factorization forms to use (analysis.FORMS: "input" and "output" for kxk convs, "pointwise" for 1x1
-            convs; a conv with several gets the one passes.forms.choose picks);
+        forms: the factorization forms to use (analysis.FORMS: "input", "output", "spatial" and "tucker2" for kxk
+            convs, "pointwise" for 1x1 convs; a conv with several gets the one passes.forms.choose picks);
             convs of other forms are skipped with a reason.
         progress: called as progress(stage, done, total) during long work.
     """

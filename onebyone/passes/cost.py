@@ -61,3 +61,12 @@ def spatial_macs(rows_out: int, width_in: int, spatial_out: int, out_channels: i
     """MACs of the spatial form of a 2D conv: Conv(kh x 1 to groups*rank channels) at rows_out x width_in (the vertical
     stride applied, the width untouched), then Conv(1 x kw) at the output resolution. `rank` is per group."""
     return rows_out * width_in * groups * rank * (in_channels // groups) * kh + spatial_out * out_channels * rank * kw
+
+
+def tucker2_macs(spatial_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int,
+                 rank_in: int, rank_out: int) -> int:
+    """MACs of the Tucker-2 form: Conv1x1(C -> groups*rank_in) at the input resolution, Conv(groups*rank_in ->
+    groups*rank_out, the kernel) and Conv1x1(groups*rank_out -> N) at the output resolution. Ranks are per group."""
+    squeeze = spatial_in * groups * rank_in * (in_channels // groups)
+    core = spatial_out * groups * rank_out * rank_in * kernel
+    return squeeze + core + spatial_out * out_channels * rank_out

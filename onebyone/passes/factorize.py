@@ -11,6 +11,11 @@ then a 1 x kw conv G[N, r, 1, kw] (the horizontal ones, the bias).
 Output form (along the output channels): group i's matrix is O_i = W[i*N/g:(i+1)*N/g].reshape(N/g, -1); a rank-r
 factorization O_i = E_i R_i gives the reduced conv R[g*r, C/g, *kernel] (the conv's own attributes, no bias) and the
 1x1 expansion E[N, r, 1..] (grouped like the conv, carrying the bias).
+
+Tucker-2 form (both channel sides): per group W_i ≈ core_i ×_N U_i ×_C V_i with V_i [C/g, r1], U_i [N/g, r2] and
+core_i [r2, r1, *kernel]: a 1x1 squeeze Vᵀ (C -> g·r1), the kernel on the core (g·r1 -> g·r2, the conv's attributes)
+and a 1x1 expansion U (g·r2 -> N, the bias). One rank knob r sets both sides in proportion to their channels
+(tucker2_ranks), so that every policy reads one rank per conv.
 """
 
 from __future__ import annotations
@@ -94,11 +99,23 @@ class Factors:
     bias_delta: np.ndarray | None = None
     predicted_error: float | None = None
     form: str = "input"
+    expand: np.ndarray | None = None  # Tucker-2 only: the third conv, the 1x1 expansion U [N, r2, 1..] (bias)
 
     @property
     def rank(self) -> int:
-        """Channels per group between the two convs."""
+        """Channels per group between the first two convs."""
         return self.weight.shape[1]
+
+    @property
+    def ranks(self) -> tuple[int, ...]:
+        """Channels per group between consecutive convs ((r1, r2) for Tucker-2)."""
+        return (self.weight.shape[1], self.expand.shape[1]) if self.expand is not None else (self.rank,)
+
+    def output_part(self, groups: int) -> "Factors":
+        """Tucker-2: its last two convs as output-form Factors of the conv they replace after the squeeze, whose
+        first factor is the composed kxk conv C -> g·r2 (squeeze then core) and whose second is the expansion."""
+        reduced = compose(self.bottleneck, self.weight, groups).astype(self.weight.dtype)
+        return Factors(reduced, self.expand, self.rel_error, self.bias_delta, self.predicted_error, form="output")
 
 
 def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarray:
@@ -116,10 +133,13 @@ def compose(bottleneck: np.ndarray, weight: np.ndarray, groups: int) -> np.ndarr
 
 
 def weight_rel_error(weight: np.ndarray, bottleneck: np.ndarray, new_weight: np.ndarray, groups: int,
-                     form: str = "input") -> float:
-    """‖W − composed‖_F / ‖W‖_F (0 for an all-zero weight), for factors of `form`."""
+                     form: str = "input", expand: np.ndarray | None = None) -> float:
+    """‖W − composed‖_F / ‖W‖_F (0 for an all-zero weight), for factors of `form` (Tucker-2: squeeze, core and
+    `expand`)."""
     ref = weight.astype(np.float64)
     both = {"output": compose_output, "spatial": compose_spatial}.get(form, compose)(bottleneck, new_weight, groups)
+    if expand is not None:
+        both = compose_output(both, expand, groups)
     return float(np.linalg.norm(ref - both) / max(np.linalg.norm(ref), 1e-30))
 
 
@@ -251,8 +271,67 @@ def factorize_spatial_svd(weight: np.ndarray, groups: int, rank: int) -> Factors
     return assemble_spatial(weight, groups, rank, [truncated(m, rank) for m in unfold_spatial(weight, groups)])
 
 
+def tucker2_ranks(in_per_group: int, out_per_group: int, rank: int) -> tuple[int, int]:
+    """The per-group Tucker-2 ranks (r1 on the input side, r2 on the output side) of rank knob `rank` (1 to the
+    larger side): both sides reduced in proportion to their channels (r1 = r2 = rank when C = N)."""
+    top = max(in_per_group, out_per_group)
+    rank = min(max(rank, 1), top)
+    return max(1, min(in_per_group, -(-rank * in_per_group // top))), max(1, min(out_per_group, -(-rank * out_per_group // top)))
+
+
+def _leading(m: np.ndarray, k: int) -> np.ndarray:
+    """The `k` leading left singular vectors of m (from the eigenvectors of m mᵀ: m is wide here)."""
+    vals, vecs = np.linalg.eigh(m @ m.T)
+    return vecs[:, np.argsort(vals)[::-1][:k]]
+
+
+def hooi(w: np.ndarray, r1: int, r2: int, iterations: int = 8) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tucker-2 of one group's weight w [N/g, C/g, *kernel] by higher-order orthogonal iteration started from the
+    truncated HOSVD: (V [C/g, r1], core [r2, r1, *kernel], U [N/g, r2]), V and U with orthonormal columns; exact when
+    w has multilinear ranks at most (r1, r2)."""
+    n, c = w.shape[:2]
+    w3 = w.reshape(n, c, -1).astype(np.float64)
+    r1, r2 = min(r1, c), min(r2, n)
+    v = _leading(w3.swapaxes(0, 1).reshape(c, -1), r1)
+    u = _leading(w3.reshape(n, -1), r2)
+    for _ in range(iterations if r1 < c or r2 < n else 0):
+        u = _leading(np.tensordot(w3, v, axes=(1, 0)).reshape(n, -1), r2)  # [N/g, K·r1]
+        v = _leading(np.tensordot(u, w3, axes=(0, 0)).swapaxes(0, 1).reshape(c, -1), r1)  # [C/g, r2·K]
+    core = np.tensordot(np.tensordot(u, w3, axes=(0, 0)), v, axes=(1, 0)).swapaxes(1, 2)  # [r2, r1, K]
+    return v, core.reshape((r2, r1) + w.shape[2:]), u
+
+
+def assemble_tucker2(weight: np.ndarray, groups: int, ranks: tuple[int, int], parts: list[tuple], bias_delta=None,
+                     predicted_error: float | None = None) -> Factors:
+    """Tucker-2 Factors from each group's (V_g [C/g, k1], core_g [k2, k1, *kernel], U_g [N/g, k2]), k1 <= r1 and
+    k2 <= r2 (missing channels stay zero): squeeze [g·r1, C/g, 1..], core [g·r2, r1, *kernel], expand [N, r2, 1..], in
+    the dtype of `weight`."""
+    r1, r2 = ranks
+    n, cpg, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
+    per_group, ones = n // groups, (1,) * len(kernel)
+    squeeze = np.zeros((groups * r1, cpg) + ones)
+    core = np.zeros((groups * r2, r1) + kernel)
+    expand = np.zeros((n, r2) + ones)
+    for g, (v, c, u) in enumerate(parts):
+        k1, k2 = v.shape[1], u.shape[1]
+        squeeze[g * r1:g * r1 + k1] = v.T.reshape((k1, cpg) + ones)
+        core[g * r2:g * r2 + k2, :k1] = c
+        expand[g * per_group:(g + 1) * per_group, :k2] = u.reshape((per_group, k2) + ones)
+    squeeze, core, expand = (a.astype(weight.dtype) for a in (squeeze, core, expand))
+    rel = weight_rel_error(weight, squeeze, core, groups, expand=expand)
+    return Factors(squeeze, core, rel, bias_delta, predicted_error, form="tucker2", expand=expand)
+
+
+def factorize_tucker2(weight: np.ndarray, groups: int, rank: int) -> Factors:
+    """Weight-only Tucker-2 factors of each group at rank knob `rank` (tucker2_ranks), by HOOI (hooi)."""
+    per_group = weight.shape[0] // groups
+    r1, r2 = tucker2_ranks(weight.shape[1], per_group, rank)
+    parts = [hooi(weight[g * per_group:(g + 1) * per_group], r1, r2) for g in range(groups)]
+    return assemble_tucker2(weight, groups, (r1, r2), parts)
+
+
 SPLIT = {"input": factorize_svd, "output": factorize_output_svd, "spatial": factorize_spatial_svd,
-         "pointwise": factorize_svd}  # each form's weight-only factorization
+         "pointwise": factorize_svd, "tucker2": factorize_tucker2}  # each form's weight-only factorization
 
 
 def svd_factors(weight: np.ndarray, groups: int, rank: int, form: str) -> Factors:

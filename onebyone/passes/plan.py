@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from onebyone.passes import cost, factorize
-from onebyone.passes.analysis import ConvInfo, form_of
+from onebyone.passes.analysis import ConvInfo, form_of, numerical_ranks, tucker2_knob
 from onebyone.report import LayerReport
 
 
@@ -44,14 +44,23 @@ class Decision:
     def candidate(self) -> bool:
         return self.info.skip_reason is None
 
+    def _spectrum_key(self) -> str | None:
+        """Where the current form's data spectrum is kept (Tucker-2: its input side, present with both sides')."""
+        if self.form == "tucker2":
+            return "input" if "input" in self.spectra and "output" in self.spectra else None
+        return self.form if self.form in self.spectra else None
+
     @property
     def data_svals(self) -> list[np.ndarray] | None:
-        """The spectrum of the current form whitened by calibration data (None without data)."""
-        return self.spectra[self.form][0] if self.form in self.spectra else None
+        """The spectrum of the current form whitened by calibration data (None without data; Tucker-2: its input
+        side's, the output side's being spectra["output"])."""
+        key = self._spectrum_key()
+        return self.spectra[key][0] if key else None
 
     @property
     def data_energy(self) -> list[float] | None:
-        return self.spectra[self.form][1] if self.form in self.spectra else None
+        key = self._spectrum_key()
+        return self.spectra[key][1] if key else None
 
     @property
     def svals(self) -> list[np.ndarray]:
@@ -59,13 +68,25 @@ class Decision:
         unfolded for the current form)."""
         return self.data_svals if self.data_svals is not None else self.info.svals_of(self.form)
 
+    def _side(self, side: str) -> tuple[list[np.ndarray], list[float]]:
+        """The input- or output-side spectrum and energies in use (data's when the decision has both sides')."""
+        if self._spectrum_key() is not None:
+            return self.spectra[side]
+        svals = self.info.svals_of(side)
+        return svals, [float((s**2).sum()) for s in svals]
+
     @property
     def numerical(self) -> int:
-        """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data)."""
+        """Rank at the weight dtype's precision of the spectrum in use (weight, or weight whitened by data;
+        Tucker-2: the smallest rank knob reaching both sides' numerical ranks)."""
         if self.form not in self._numerical:
-            shape = self.info.matrix_shape_of(self.form)
-            self._numerical[self.form] = max(factorize.numerical_rank(s, shape, self.info.weight.dtype)
-                                             for s in self.svals)
+            if self.form == "tucker2":
+                ranks = numerical_ranks(self.info, self._side("input")[0], self._side("output")[0])
+                self._numerical[self.form] = tucker2_knob(self.info, ranks)
+            else:
+                shape = self.info.matrix_shape_of(self.form)
+                self._numerical[self.form] = max(factorize.numerical_rank(s, shape, self.info.weight.dtype)
+                                                 for s in self.svals)
         return self._numerical[self.form]
 
     @property
@@ -74,7 +95,14 @@ class Decision:
         return self.info.break_even(self.form)
 
     def error_curve(self) -> np.ndarray:
-        """Predicted relative output error for ranks 0..max (weight-energy based without calibration data)."""
+        """Predicted relative output error for ranks 0..max (weight-energy based without calibration data; Tucker-2:
+        √(e_in(r1)² + e_out(r2)²) over its rank knob, the bound of the truncated HOSVD, with each side's curve)."""
+        if self.form == "tucker2":
+            e_in, e_out = (factorize.error_curve(*self._side(side)) for side in ("input", "output"))
+            top = self.info.matrix_shape_of("tucker2")[0]
+            pairs = [self.info.tucker2_ranks(r) for r in range(1, top + 1)]
+            both = [np.hypot(e_in[min(a, len(e_in) - 1)], e_out[min(b, len(e_out) - 1)]) for a, b in pairs]
+            return np.minimum(np.array([1.0] + both), 1.0)
         if self.data_svals is not None:
             return factorize.error_curve(self.data_svals, self.data_energy)
         svals = self.info.svals_of(self.form)
@@ -93,6 +121,9 @@ class Decision:
     def params_at(self, rank: int) -> int:
         i = self.info
         bias = i.out_channels if i.has_bias or self.moments is not None else 0
+        if self.form == "tucker2":
+            r1, r2 = i.tucker2_ranks(rank)
+            return int(i.groups * r1 * (i.in_channels // i.groups + r2 * i.kernel_size) + i.out_channels * r2 + bias)
         if self.form == "output":
             return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel_size + i.out_channels * rank + bias)
         if self.form == "spatial":
@@ -126,17 +157,19 @@ def accept(d: Decision, rank: int) -> None:
     d.rank = d.asked_rank = rank
     d.lossless = rank >= d.numerical
     d.lossless_on = ("calibration data" if d.data_svals is not None else "all inputs") if d.lossless else None
-    d.energy_kept = _energy_kept(d.svals, rank)
     curve = d.error_curve()
     d.predicted_error = float(curve[min(rank, len(curve) - 1)])
+    # Tucker-2: the energy its predicted error leaves (each side's truncation counted)
+    d.energy_kept = 1.0 - d.predicted_error**2 if d.form == "tucker2" else _energy_kept(d.svals, rank)
     be = d.break_even
     on = " on calibration data" if d.data_svals is not None else ""
-    of = f" ({d.form} form)" if d.form in ("output", "spatial") else ""
+    of = f" ({d.form} form)" if d.form in ("output", "spatial", "tucker2") else ""
+    pair = lambda r: " (ranks {}, {})".format(*d.info.tucker2_ranks(r)) if d.form == "tucker2" else ""  # noqa: E731
     if d.lossless:
-        d.reason = f"lossless{on}{of}: numerical rank {d.numerical} < break-even {be:.1f}"
+        d.reason = f"lossless{on}{of}: numerical rank {d.numerical}{pair(d.numerical)} < break-even {be:.1f}"
     else:
-        d.reason = (f"approximate{of}: rank {rank} of {d.info.matrix_shape_of(d.form)[0]} keeps {d.energy_kept:.4f} "
-                    "of the " + ("output energy" if on else "weight energy"))
+        d.reason = (f"approximate{of}: rank {rank}{pair(rank)} of {d.info.matrix_shape_of(d.form)[0]} keeps "
+                    f"{d.energy_kept:.4f} of the " + ("output energy" if on else "weight energy"))
 
 
 def reject(d: Decision, reason: str, asked_rank: int | None = None) -> None:
@@ -166,6 +199,7 @@ def layer_report(d: Decision) -> LayerReport:
         output_shape=list(info.output_shape) if info.output_shape else None,
         weight_source=info.weight_source,
         rank=d.asked_rank,
+        ranks=list(info.tucker2_ranks(d.asked_rank)) if d.form == "tucker2" and d.asked_rank else None,
         numerical_rank=d.numerical if d.candidate else None,
         break_even_rank=round(d.break_even if d.candidate else info.break_even_rank, 3),
         lossless=d.lossless and rewritten,

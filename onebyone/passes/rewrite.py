@@ -1,5 +1,6 @@
 """The graph edit for one conv. Input form: Conv(x, W, b) becomes Conv(Conv1x1(x, B), W', b). Output form: it
-becomes Conv1x1(Conv(x, R), E, b). Either way the original node keeps its name and its output value."""
+becomes Conv1x1(Conv(x, R), E, b). Tucker-2: Conv1x1(Conv(Conv1x1(x, V), core), U, b). The original node keeps its
+name and its output value."""
 
 from __future__ import annotations
 
@@ -41,26 +42,32 @@ def insert_bottleneck(
     and outputs; only its data input and weight change. The 1x1 conv has no bias, so zero padding of its output
     equals padding of the original input. `shared` maps id(Factors) to (Factors, B, W') initializers already created for it.
     """
-    x = node.inputs[0]
-    groups = node.attributes.get_int("group", 1)
-    ndim = factors.weight.ndim - 2
     b_val, w_val = _factor_values(graph, node, factors, names, shared, ("bottleneck", "weight"))
-    mid = ir.Value(name=names(f"{node.name}.bottleneck.output"))
+    squeeze = _insert_squeeze(graph, node, b_val, names, "bottleneck")
+    node.replace_input_with(1, w_val)
+    return squeeze
+
+
+def _insert_squeeze(graph: ir.Graph, node: ir.Node, weight: ir.Value, names: UniqueNames, stem: str) -> ir.Node:
+    """A 1x1 conv with `weight` (no bias, `node`'s group) inserted before `node`, which then reads its output."""
+    x = node.inputs[0]
+    ndim = len(weight.shape) - 2
+    mid = ir.Value(name=names(f"{node.name}.{stem}.output"))
     if x.shape is not None and x.dtype is not None and len(x.shape) == ndim + 2:
-        # Same as the input but with the bottleneck's channels (only when the input's type is known: older IR
+        # Same as the input but with the squeeze's channels (only when the input's type is known: older IR
         # versions require a shape for every typed value).
         mid.dtype = x.dtype
-        mid.shape = ir.Shape([x.shape[0], factors.bottleneck.shape[0], *x.shape[2:]])
+        mid.shape = ir.Shape([x.shape[0], weight.shape[0], *x.shape[2:]])
     squeeze = ir.node(
         "Conv",
-        [x, b_val],
-        {"kernel_shape": [1] * ndim, "strides": [1] * ndim, "pads": [0] * (2 * ndim), "group": groups},
+        [x, weight],
+        {"kernel_shape": [1] * ndim, "strides": [1] * ndim, "pads": [0] * (2 * ndim),
+         "group": node.attributes.get_int("group", 1)},
         outputs=[mid],
-        name=names(f"{node.name}/bottleneck"),
+        name=names(f"{node.name}/{stem}"),
     )
     graph.insert_before(node, squeeze)
     node.replace_input_with(0, mid)
-    node.replace_input_with(1, w_val)
     return squeeze
 
 
@@ -144,12 +151,25 @@ class Inserted:
     old_inputs: list
     added: ir.Node
     old_attributes: dict | None = None  # output form: the conv's attributes (it became the 1x1)
+    squeeze: ir.Node | None = None  # Tucker-2: the 1x1 squeeze inserted before `added` (the core conv)
 
 
 def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> Inserted:
     """Rewrite `node` in place with `factors` of any form (insert_bottleneck, or insert_first for the output and
-    spatial forms)."""
+    spatial forms; Tucker-2: a squeeze, then insert_first of its core and expansion)."""
     old_inputs = list(node.inputs)
+    if factors.form == "tucker2":
+        old_attributes = dict(node.attributes)
+        key = ("tucker2", id(factors))
+        if key not in shared or shared[key][0] is not factors:  # one squeeze and one inner Factors per Factors
+            inner = Factors(factors.weight, factors.expand, factors.rel_error, factors.bias_delta,
+                            factors.predicted_error, form="output")
+            shared[key] = (factors, inner, _initializer(graph, names(f"{node.name}.squeeze.r{factors.rank}"),
+                                                        factors.bottleneck))
+        _, inner, squeeze_weight = shared[key]
+        squeeze = _insert_squeeze(graph, node, squeeze_weight, names, "squeeze")
+        core = insert_first(graph, node, inner, names, shared)
+        return Inserted(node, old_inputs, core, old_attributes, squeeze)
     if factors.form in ("output", "spatial"):
         old_attributes = dict(node.attributes)
         return Inserted(node, old_inputs, insert_first(graph, node, factors, names, shared), old_attributes)
@@ -162,6 +182,10 @@ def remove(graph: ir.Graph, done: Inserted) -> None:
         done.node.attributes.clear()
         done.node.attributes.update(done.old_attributes)
     remove_bottleneck(graph, done.node, done.old_inputs, done.added)
+    if done.squeeze is not None:
+        weight = done.squeeze.inputs[1]
+        graph.remove(done.squeeze, safe=True)
+        remove_if_unused(graph, weight)
 
 
 def split_attributes(form: str, kernel, strides, dilations, pads, auto_pad: str, group: int) -> tuple[dict, dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from onebyone.passes import factorize
 from onebyone.passes.policies.base import register
 from onebyone.passes.policies.per_conv import PerConv
@@ -26,4 +28,8 @@ class Energy(PerConv):
         return f"energy {self.energy}"
 
     def rank_for(self, d) -> int:
+        if d.form == "tucker2":  # the smallest rank knob whose predicted (both sides') loss is within 1 - energy
+            curve = d.error_curve()
+            return int(np.argmax(curve**2 <= 1 - self.energy + 1e-12)) if np.any(curve**2 <= 1 - self.energy + 1e-12) \
+                else len(curve) - 1
         return max(factorize.energy_rank(s, self.energy) for s in d.svals)
