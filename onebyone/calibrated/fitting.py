@@ -144,10 +144,11 @@ def feature_equations(d: Decision, bottleneck: np.ndarray, data: ConvData,
 FEATURE_ROWS = 8192  # positions whose full patches are taken at once (output form: C/g·K values each)
 
 
-def reduced_equations(d: Decision, reduced: np.ndarray, data: ConvData,
-                      bias: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+def reduced_equations(d: Decision, reduced: np.ndarray, data: ConvData, bias: np.ndarray,
+                      full_held: bool = False) -> tuple[list[tuple], list[tuple]]:
     """feature_equations for the output form: the features are the reduced conv's outputs R x̂ (r per group, at the
-    output positions), the targets the original outputs, so that the 1x1 expansion and the bias can be refitted."""
+    output positions), the targets the original outputs, so that the 1x1 expansion and the bias can be refitted
+    (`full_held`: see equations)."""
     info = d.info
     groups = info.groups
     cpg = info.in_channels // groups
@@ -162,18 +163,21 @@ def reduced_equations(d: Decision, reduced: np.ndarray, data: ConvData,
                  for i in range(0, len(keep), FEATURE_ROWS)]
         return np.concatenate(parts) if parts else np.zeros((0, r), np.float32)
 
-    return equations(d, features, r + 1, data, bias)
+    return equations(d, features, r + 1, data, bias, full_held)
 
 
-def equations(d: Decision, features, dim: int, data: ConvData, bias: np.ndarray) -> tuple[list[tuple], list[tuple]]:
+def equations(d: Decision, features, dim: int, data: ConvData, bias: np.ndarray,
+              full_held: bool = False) -> tuple[list[tuple], list[tuple]]:
     """The normal equations of y ≈ θ [f; 1] per group, on the fit and on the held-out samples, for features
-    `features(x̂, group, positions, pads)` [positions, dim - 1]: see feature_equations."""
+    `features(x̂, group, positions, pads)` [positions, dim - 1]: see feature_equations. With `full_held` the held-out
+    equations carry E[y yᵀ] (a matrix) in place of E‖y‖², so that output_error can weigh the error by a metric."""
     info = d.info
     groups, n = info.groups, info.out_channels
     per_group = n // groups
     pads = patches_mod.explicit_pads(info.input_shape[2:], info.kernel, info.strides, info.dilations, info.pads,
                                      info.auto_pad)
-    sums = {held: [_FeatureSums(dim, per_group) for _ in range(groups)] for held in (False, True)}
+    sums = {held: [_FeatureSums(dim, per_group, full=held and full_held) for _ in range(groups)]
+            for held in (False, True)}
     count = len(data.y)
     x_hat = data.x_hat if data.x_hat is not None else data.x
     for i in range(count):
@@ -196,7 +200,7 @@ def equations(d: Decision, features, dim: int, data: ConvData, bias: np.ndarray)
             rows = slice(g * per_group, (g + 1) * per_group)
             w = info.weight[rows].reshape(per_group, -1)
             c = max(acc.count, 1)
-            eqs.append((rows, w, bias[rows], acc.ff / c, acc.yf / c, acc.yy / c, acc.count))
+            eqs.append((rows, w, bias[rows], acc.ff / c, acc.yf / c, (acc.yyt if acc.full else acc.yy) / c, acc.count))
         out.append(eqs)
     return out[0], out[1]
 
@@ -207,10 +211,12 @@ class _FeatureSums:
 
     CHUNK_ROWS = 4096
 
-    def __init__(self, dim: int, outputs: int) -> None:
+    def __init__(self, dim: int, outputs: int, full: bool = False) -> None:
         self.ff = np.zeros((dim, dim))
         self.yf = np.zeros((outputs, dim))
         self.yy = 0.0
+        self.full = full  # also Σ y yᵀ
+        self.yyt = np.zeros((outputs, outputs)) if full else None
         self.count = 0
         self._f: list[np.ndarray] = []
         self._y: list[np.ndarray] = []
@@ -233,6 +239,8 @@ class _FeatureSums:
         self.ff += f1.T @ f1
         self.yf += t.T @ f1
         self.yy += float(np.sum(np.square(t, dtype=np.float64)))
+        if self.full:
+            self.yyt += t.T @ t
         self.count += self._rows
         self._f, self._y, self._rows = [], [], 0
 
@@ -258,11 +266,20 @@ def refit(equations: list[tuple], start: factorize.Factors, kernel: tuple[int, .
     return w_new, delta
 
 
-def output_error(equations: list[tuple], new_weight: np.ndarray, delta: np.ndarray) -> float:
-    """Relative output error ‖(W p + b) − (W' (B⊗I) p̂ + b + delta)‖ over the positions behind `equations`."""
+def output_error(equations: list[tuple], new_weight: np.ndarray, delta: np.ndarray,
+                 metric: np.ndarray | None = None) -> float:
+    """Relative output error ‖(W p + b) − (W' (B⊗I) p̂ + b + delta)‖ over the positions behind `equations`; with
+    `metric` G [N, N] (and equations carrying E[y yᵀ]: equations(full_held=True)) the error eᵀ G e relative to yᵀ G y."""
     num = den = 0.0
     for rows, w, b, ff, yf, yy, _ in equations:
         theta = np.concatenate([new_weight[rows].reshape(w.shape[0], -1).astype(np.float64), (b + delta[rows])[:, None]], axis=1)
+        if metric is not None and np.ndim(yy) == 2:
+            g = metric[rows, rows]
+            cross = theta @ yf.T
+            num += max(float(np.sum(g * (yy - cross - cross.T + theta @ ff @ theta.T))), 0.0)
+            den += float(np.sum(g * yy))
+            continue
+        yy = float(np.trace(yy)) if np.ndim(yy) == 2 else yy
         num += max(yy - 2 * float(np.sum(yf * theta)) + float(np.sum((theta @ ff) * theta)), 0.0)
         den += yy
     return float(np.sqrt(num / den)) if den > 0 else 0.0
@@ -286,10 +303,11 @@ def measure(original: ir.Model, rewritten: ir.Model, samples: list[dict], names:
 
 
 def best_candidate(d: Decision, starts: list[tuple[str, factorize.Factors]], equations_for, second_kernel,
-                   form: str) -> tuple[factorize.Factors, str]:
+                   form: str, metric: np.ndarray | None = None) -> tuple[factorize.Factors, str]:
     """Of the `starts` (name, Factors of `form`), each as is and, unless the rewrite is lossless, with its second
     conv and the bias refitted (`equations_for(first factor)` gives the fit and held-out equations), the one with the
-    smallest held-out output error, as Factors (predicted_error: that error) and its name."""
+    smallest held-out output error (weighed by `metric` when given: calibrated.consumer), as Factors
+    (predicted_error: its plain relative output error there) and its name."""
     info = d.info
     best = None
     for label, start in starts:
@@ -299,10 +317,11 @@ def best_candidate(d: Decision, starts: list[tuple[str, factorize.Factors]], equ
         if not d.lossless:
             options.append((label + "+refit", *refit(fit_eq, start, second_kernel)))
         for name, second, delta in options:
-            err = output_error(held_eq, second, delta)
+            err = output_error(held_eq, second, delta, metric)
             if best is None or err < best[4]:
-                best = (name, start.bottleneck, second, delta, err)
-    name, first, second, delta, err = best
+                best = (name, start.bottleneck, second, delta, err, held_eq)
+    name, first, second, delta, err, held_eq = best
+    err = output_error(held_eq, second, delta) if metric is not None else err
     second = second.astype(info.weight.dtype)
     rel = factorize.weight_rel_error(info.weight, first, second, info.groups, form)
     return factorize.Factors(first, second, rel, delta.astype(info.weight.dtype), err, form=form), name

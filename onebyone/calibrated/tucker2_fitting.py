@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from onebyone.calibrated import fitting, whitening
+from onebyone.calibrated import consumer, fitting, whitening
 from onebyone.passes import factorize
 from onebyone.passes.plan import Decision
 
 
-def one_sided(d: Decision, data: fitting.ConvData, bias: np.ndarray) -> dict[str, factorize.Factors]:
+def one_sided(d: Decision, data: fitting.ConvData, bias: np.ndarray,
+              metric: np.ndarray | None = None) -> dict[str, factorize.Factors]:
     """Tucker-2 factors at d.rank with the squeeze B of the input form's whitened fit, the kxk weight and bias θ
     (W' and the mean shift of that fit, "whitened+pca"; or the least-squares refit of the original outputs on the
     patches of B x̂, "whitened+rrr": a reduced-rank regression) projected on the principal r2-dimensional subspace U of
@@ -35,15 +36,19 @@ def one_sided(d: Decision, data: fitting.ConvData, bias: np.ndarray) -> dict[str
                                      predict=False)
     fit_eq, _ = fitting.feature_equations(d, inner.bottleneck, data, bias)
     inner_delta = inner.bias_delta.astype(np.float64) if inner.bias_delta is not None else np.zeros(len(bias))
-    return {"whitened+pca": _projected(info, inner.bottleneck, inner.weight, inner_delta, fit_eq, bias, (r1, r2)),
-            "whitened+rrr": _projected(info, inner.bottleneck, *fitting.refit(fit_eq, inner, info.kernel), fit_eq,
-                                       bias, (r1, r2))}
+    refitted = fitting.refit(fit_eq, inner, info.kernel)
+    out = {"whitened+pca": _projected(info, inner.bottleneck, inner.weight, inner_delta, fit_eq, bias, (r1, r2)),
+           "whitened+rrr": _projected(info, inner.bottleneck, *refitted, fit_eq, bias, (r1, r2))}
+    if metric is not None:  # the subspace that matters to the conv reading the output (calibrated.consumer)
+        out["whitened+rrr (consumer)"] = _projected(info, inner.bottleneck, *refitted, fit_eq, bias, (r1, r2), metric)
+    return out
 
 
 def _projected(info, squeeze: np.ndarray, weight: np.ndarray, delta: np.ndarray, fit_eq, bias: np.ndarray,
-               ranks: tuple[int, int]) -> factorize.Factors:
+               ranks: tuple[int, int], metric: np.ndarray | None = None) -> factorize.Factors:
     """The input-form factors (squeeze, weight, bias + delta) with their outputs projected per group on the principal
-    r2-dimensional subspace of what they predict on the fit samples (feature moments `fit_eq`)."""
+    r2-dimensional subspace of what they predict on the fit samples (feature moments `fit_eq`; principal for the
+    error eᵀ G e with `metric` G: expansion G^-½ U, core Uᵀ G^½ θ)."""
     groups, n = info.groups, info.out_channels
     r1, r2 = ranks
     squeeze = squeeze.astype(np.float64).reshape(groups, r1, -1)
@@ -51,11 +56,13 @@ def _projected(info, squeeze: np.ndarray, weight: np.ndarray, delta: np.ndarray,
     for g, (rows, _, b, ff, _, _, _) in enumerate(fit_eq):
         theta = np.concatenate([weight[rows].reshape(len(b), -1), (b + delta[rows])[:, None]], axis=1)
         mean_y = theta @ ff[:, -1]  # E[θ f]: the last feature is the constant 1
-        cov = theta @ ff @ theta.T - np.outer(mean_y, mean_y)
+        half, inv = consumer.root(metric[rows, rows]) if metric is not None else (np.eye(len(b)),) * 2
+        cov = half @ (theta @ ff @ theta.T - np.outer(mean_y, mean_y)) @ half
         vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
         u = vecs[:, np.argsort(vals)[::-1][:min(r2, len(b))]]
-        parts.append((squeeze[g].T, (u.T @ theta[:, :-1]).reshape((u.shape[1], r1) + info.kernel), u))
-        final_bias[rows] = u @ (u.T @ theta[:, -1]) + mean_y - u @ (u.T @ mean_y)
+        expand, project = inv @ u, u.T @ half
+        parts.append((squeeze[g].T, (project @ theta[:, :-1]).reshape((u.shape[1], r1) + info.kernel), expand))
+        final_bias[rows] = expand @ (project @ theta[:, -1]) + mean_y - expand @ (project @ mean_y)
     return factorize.assemble_tucker2(info.weight, groups, ranks, parts,
                                       bias_delta=(final_bias - bias).astype(info.weight.dtype))
 
@@ -64,10 +71,13 @@ def fit(d: Decision, data: fitting.ConvData) -> tuple[factorize.Factors, str]:
     """Data-aware Tucker-2 factors of one conv and the name of the candidate that won on held-out samples."""
     info = d.info
     bias = fitting.bias_of(info)
-    starts = {"hooi": factorize.factorize_tucker2(info.weight, info.groups, d.rank), **one_sided(d, data, bias)}
+    metric = consumer.metric(info.node) if not d.lossless else None
+    starts = {"hooi": factorize.factorize_tucker2(info.weight, info.groups, d.rank),
+              **one_sided(d, data, bias, metric)}
     won, name = fitting.best_candidate(d, [(k, t.output_part(info.groups)) for k, t in starts.items()],
-                                       lambda reduced: fitting.reduced_equations(d, reduced, data, bias),
-                                       (1,) * len(info.kernel), "output")
+                                       lambda reduced: fitting.reduced_equations(d, reduced, data, bias,
+                                                                                 metric is not None),
+                                       (1,) * len(info.kernel), "output", metric)
     t = starts[name.removesuffix("+refit")]
     rel = factorize.weight_rel_error(info.weight, t.bottleneck, t.weight, info.groups, expand=won.weight)
     return factorize.Factors(t.bottleneck, t.weight, rel, won.bias_delta, won.predicted_error, form="tucker2",
