@@ -50,3 +50,15 @@ def root(g: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     vals, vecs = np.linalg.eigh((g + g.T) / 2)
     vals = np.maximum(vals, 1e-12)
     return (vecs * np.sqrt(vals)) @ vecs.T, (vecs / np.sqrt(vals)) @ vecs.T
+
+
+def principal_basis(cov: np.ndarray, rank: int, g: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The best rank-`rank` projection of outputs with covariance `cov` for the error eᵀ G e (G = I when None), as
+    (expand [N, k], project [k, N]) with expand @ project the projection: U principal for G^½ y, expand = G^-½ U,
+    project = Uᵀ G^½ (k = min(rank, N); orthonormal U and its transpose when G is None)."""
+    n = len(cov)
+    half, inv = root(g) if g is not None else (np.eye(n), np.eye(n))
+    weighted = half @ cov @ half
+    vals, vecs = np.linalg.eigh((weighted + weighted.T) / 2)
+    u = vecs[:, np.argsort(vals)[::-1][:min(rank, n)]]
+    return inv @ u, u.T @ half

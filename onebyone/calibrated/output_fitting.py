@@ -44,11 +44,8 @@ def principal(weight: np.ndarray, groups: int, rank: int, s_yy: np.ndarray, mean
     parts, delta = [], np.zeros(weight.shape[0])
     for g, m in enumerate(factorize.unfold_output(weight, groups)):
         sl = slice(g * per_group, (g + 1) * per_group)
-        half, inv = consumer.root(metric[sl, sl]) if metric is not None else (np.eye(per_group),) * 2
-        cov = half @ (s_yy[sl, sl] - np.outer(mean_y[sl], mean_y[sl])) @ half
-        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
-        u = vecs[:, np.argsort(vals)[::-1][: min(rank, per_group)]]
-        expand, project = inv @ u, u.T @ half
+        expand, project = consumer.principal_basis(s_yy[sl, sl] - np.outer(mean_y[sl], mean_y[sl]), rank,
+                                                   metric[sl, sl] if metric is not None else None)
         parts.append((expand, project @ m))
         shift = mean_y[sl] - bias[sl]
         delta[sl] = shift - expand @ (project @ shift)

@@ -7,7 +7,7 @@ import onnx_ir as ir
 
 from onebyone.calibrated.holdout import held_out
 from onebyone.calibrated.source import DataSource
-from onebyone.passes.analysis import DEFAULT_FORMS
+from onebyone.passes.analysis import DEFAULT_FORMS, OUTPUT_SIDE
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
@@ -85,7 +85,6 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 INPUT_SIDE = "data without the output form"  # method_check's labels of the data-aware rewrites with fewer forms
 INPUT_ONLY = "data, input form only"
-OUTPUT_SIDE = ("output", "tucker2")  # the forms that reduce the output channels (their fit needs the output moments)
 
 
 def _without(forms: list[str]) -> str:
@@ -104,7 +103,7 @@ def _narrower(forms: tuple[str, ...], report: Report) -> list[tuple[str, tuple[s
     out = []
     if out_used and no_output_side != base:
         out.append((_without(out_used), no_output_side))
-    if used & {"output", "spatial", "tucker2"} and base:
+    if used - {"input", "pointwise"} and base:
         out.append((_without(out_used) if out_used and not out else INPUT_ONLY, base))
     return out
 

@@ -127,10 +127,11 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
             stream.advance(node)
             m = d.moments
             conv_out = node.outputs[0].name
+            whitened = d.form in ("input", "pointwise")  # other forms: the gain is a measured ratio, weight factors probe it
             svd = (whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
-                   if d.form not in ("output", "spatial", "tucker2") else None)
+                   if whitened else None)
             for rank in ranks:
-                if d.form in ("output", "spatial", "tucker2"):  # the gain is a measured ratio: weight SVD factors probe it
+                if not whitened:
                     factors = factorize.svd_factors(d.info.weight, d.info.groups, rank, d.form)
                 else:
                     factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,

@@ -20,6 +20,7 @@ from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, 
                                  whitening)
 from onebyone.calibrated.stream import Stream
 from onebyone.passes import plan, rewrite
+from onebyone.passes.analysis import OUTPUT_SIDE
 from onebyone.passes.sources import Applied
 
 LOSSLESS_ON_DATA_MAX_ERROR = 1e-4  # a conv called lossless on data must measure at float32 level
@@ -56,7 +57,7 @@ class DataSource:
         self.original = model.clone()
         self._index = {id(n): i for i, n in enumerate(model.graph)}  # node of `model` -> position in the original
         names = sorted({i.node.inputs[0].name for i in candidates}
-                       | {i.node.outputs[0].name for i in candidates if {"output", "tucker2"} & set(i.forms)})
+                       | {i.node.outputs[0].name for i in candidates if set(OUTPUT_SIDE) & set(i.forms)})
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
             return
@@ -77,7 +78,7 @@ class DataSource:
         if "spatial" in info.forms:
             spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
         y = self.moments.get(info.node.outputs[0].name)
-        if {"output", "tucker2"} & set(info.forms) and y is not None:
+        if set(OUTPUT_SIDE) & set(info.forms) and y is not None:
             spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, fitting.bias_of(info), info.groups)
         return spectra, m
 

@@ -56,12 +56,9 @@ def _projected(info, squeeze: np.ndarray, weight: np.ndarray, delta: np.ndarray,
     for g, (rows, _, b, ff, _, _, _) in enumerate(fit_eq):
         theta = np.concatenate([weight[rows].reshape(len(b), -1), (b + delta[rows])[:, None]], axis=1)
         mean_y = theta @ ff[:, -1]  # E[θ f]: the last feature is the constant 1
-        half, inv = consumer.root(metric[rows, rows]) if metric is not None else (np.eye(len(b)),) * 2
-        cov = half @ (theta @ ff @ theta.T - np.outer(mean_y, mean_y)) @ half
-        vals, vecs = np.linalg.eigh((cov + cov.T) / 2)
-        u = vecs[:, np.argsort(vals)[::-1][:min(r2, len(b))]]
-        expand, project = inv @ u, u.T @ half
-        parts.append((squeeze[g].T, (project @ theta[:, :-1]).reshape((u.shape[1], r1) + info.kernel), expand))
+        expand, project = consumer.principal_basis(theta @ ff @ theta.T - np.outer(mean_y, mean_y), r2,
+                                                   metric[rows, rows] if metric is not None else None)
+        parts.append((squeeze[g].T, (project @ theta[:, :-1]).reshape((len(project), r1) + info.kernel), expand))
         final_bias[rows] = expand @ (project @ theta[:, -1]) + mean_y - expand @ (project @ mean_y)
     return factorize.assemble_tucker2(info.weight, groups, ranks, parts,
                                       bias_delta=(final_bias - bias).astype(info.weight.dtype))

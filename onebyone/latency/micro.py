@@ -46,6 +46,7 @@ def pair(info, rank: int, seed: int = 0, form: str = "input") -> onnx.ModelProto
     Tucker-2: a 1x1 squeeze to g·r1, the conv's attributes to g·r2, a 1x1 to N with the bias ((r1, r2) of knob `rank`)."""
     rng = np.random.default_rng(seed)
     g, nd = info.groups, len(info.kernel)
+    extra = []  # initializers beyond F, W and B
     if form == "tucker2":
         r1, r2 = info.tucker2_ranks(rank)
         ones = dict(kernel_shape=[1] * nd, strides=[1] * nd, pads=[0] * (2 * nd), group=g)
@@ -62,9 +63,7 @@ def pair(info, rank: int, seed: int = 0, form: str = "input") -> onnx.ModelProto
         w = rng.standard_normal((info.out_channels, rank, *second["kernel_shape"])).astype(np.float32)
         nodes = [helper.make_node("Conv", ["x", "F"], ["mid"], **first),
                  helper.make_node("Conv", ["mid", "W", "B"], ["y"], **second)]
-        extra = []
     else:
-        extra = []
         f = rng.standard_normal((g * rank, info.in_channels // g, *([1] * nd))).astype(np.float32)
         w = rng.standard_normal((info.out_channels, rank, *info.kernel)).astype(np.float32)
         nodes = [helper.make_node("Conv", ["x", "F"], ["mid"], kernel_shape=[1] * nd, strides=[1] * nd,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from onebyone.passes.factorize import tucker2_ranks
+
 
 def random_weight(out_ch: int, in_per_group: int, kernel: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """He-initialized float32 weight [out_ch, in_per_group, *kernel] (full rank with probability 1)."""
@@ -67,8 +69,6 @@ def low_rank_tucker2_weight(
     """Float32 weight whose every group has multilinear ranks exactly the Tucker-2 ranks (r1, r2) of rank knob `rank`
     (passes.factorize.tucker2_ranks: both channel sides reduced in proportion): a random core [r2, r1, *kernel]
     between random channel factors. Exact for the Tucker-2 form (1x1 to r1, the kernel to r2, 1x1 to N)."""
-    from onebyone.passes.factorize import tucker2_ranks
-
     per_group = out_ch // groups
     k = int(np.prod(kernel))
     r1, r2 = tucker2_ranks(in_per_group, per_group, rank)

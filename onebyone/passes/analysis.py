@@ -204,6 +204,7 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
 
 FORMS = ("input", "output", "spatial", "tucker2", "pointwise")  # the factorization forms onebyone has (see forms_for)
 DEFAULT_FORMS = ("input",)
+OUTPUT_SIDE = ("output", "tucker2")  # the forms that reduce output channels (fitted with the conv's output moments)
 TUCKER2_MIN_CHANNELS = 8  # per group, on each side (an RGB stem's 3 inputs: the output form does that conv's work)
 
 
@@ -302,7 +303,7 @@ def _settle_forms(info: ConvInfo, applicable: list[str], with_data: bool) -> Non
     lost = [f for f in applicable if f not in info.forms]
     notes = ["no rank of the " + ", ".join(f"{f} form (break-even {info.break_even(f):.2f})" for f in lost)
              + " lowers MACs"] if lost else []
-    needy = [f for f in ("output", "tucker2") if f in info.forms and not with_data and not _lossless_on_weights(info, f)]
+    needy = [f for f in OUTPUT_SIDE if f in info.forms and not with_data and not _lossless_on_weights(info, f)]
     if needy:
         info.forms = tuple(f for f in info.forms if f not in needy)
         notes.append(f"the {' and '.join(needy)} form{'s' if len(needy) > 1 else ''} need{'' if len(needy) > 1 else 's'}"
@@ -350,7 +351,7 @@ def _applicable(info: ConvInfo, forms) -> list[str]:
     if info.in_channels // info.groups == 1:
         applicable = [f for f in applicable if f in ("output", "spatial")]
     if info.out_channels // info.groups == 1:
-        applicable = [f for f in applicable if f not in ("output", "tucker2")]
+        applicable = [f for f in applicable if f not in OUTPUT_SIDE]
     if "tucker2" in applicable and min(info.in_channels, info.out_channels) // info.groups < TUCKER2_MIN_CHANNELS:
         applicable.remove("tucker2")
         note = (f"the tucker2 form needs {TUCKER2_MIN_CHANNELS} channels per group on both sides (reducing a narrow "

@@ -163,7 +163,7 @@ def accept(d: Decision, rank: int) -> None:
     d.energy_kept = 1.0 - d.predicted_error**2 if d.form == "tucker2" else _energy_kept(d.svals, rank)
     be = d.break_even
     on = " on calibration data" if d.data_svals is not None else ""
-    of = f" ({d.form} form)" if d.form in ("output", "spatial", "tucker2") else ""
+    of = f" ({d.form} form)" if d.form not in ("input", "pointwise") else ""
     pair = lambda r: " (ranks {}, {})".format(*d.info.tucker2_ranks(r)) if d.form == "tucker2" else ""  # noqa: E731
     if d.lossless:
         d.reason = f"lossless{on}{of}: numerical rank {d.numerical}{pair(d.numerical)} < break-even {be:.1f}"
