@@ -19,7 +19,7 @@ class LayerReport:
     reason: str
     kernel: list[int]
     form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1), "spatial" (kh x 1 then 1 x kw), "tucker2" (1x1, kxk,
-    # 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs)
+    # 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs, a Gemm/MatMul as two matrix products)
     in_channels: int
     out_channels: int
     groups: int
@@ -48,13 +48,16 @@ class LayerReport:
     time_before_ms: float | None = None  # measured on the target runtime (isolated micro-model), --cost time
     time_after_ms: float | None = None  # the rewritten pair at the chosen rank (= before when not rewritten)
     measured_ranks: dict[int, float] | None = None  # rank -> ms of the rewritten pair
+    op: str = "Conv"  # or "Gemm"/"MatMul" (a constant-weight matrix product, read as a pointwise conv: kernel [1...],
+    # shapes in conv layout [batch, channels, positions...])
     form_choice: str | None = None  # why this form won, when several forms applied (predicted errors compared)
     ranks: list[int] | None = None  # Tucker-2: the per-group ranks [input side, output side] of its rank knob `rank`
 
 
 @dataclasses.dataclass
 class Totals:
-    """Sums over all Conv nodes (MACs) and over all constant tensors of the model (params)."""
+    """Sums over all Conv nodes (with the pointwise form, Gemm/MatMul layers too: see passes.matrix) for the MACs, and
+    over all constant tensors of the model (params)."""
 
     convs: int
     rewritten: int

@@ -49,7 +49,7 @@ def layer_table(report: Report, planned: bool = False) -> Table:
             action = {"skipped": "would skip", "rewritten": "would rewrite"}.get(action, f"would rewrite ({action})")
         t.add_row(
             short_name(l.name),
-            "x".join(map(str, l.kernel)),
+            "x".join(map(str, l.kernel)) if l.op == "Conv" else l.op,
             f"{l.in_channels}→{l.out_channels}" + (f" /{l.groups}" if l.groups > 1 else ""),
             "x".join(map(str, l.strides)),
             spatial,

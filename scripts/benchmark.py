@@ -63,6 +63,8 @@ POLICIES = {
     "budget0.4/data/pw/time": RankPolicy("budget", time=0.4),
     # /out/: the output form too (kxk then 1x1, chosen per conv where its predicted error is lower; --forms
     # input,output)
+    "budget0.67/data/pw": RankPolicy("budget", macs=0.67),  # with 1x1 convs, Gemm and MatMul layers (ppocr-rec)
+    "budget0.5/data/pw": RankPolicy("budget", macs=0.5),
     "budget0.67/data/out": RankPolicy("budget", macs=0.67),
     "budget0.5/data/out": RankPolicy("budget", macs=0.5),
     "budget0.67/data/out/time": RankPolicy("budget", time=0.67),

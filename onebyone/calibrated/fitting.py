@@ -104,6 +104,8 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
         fit_eq, held_eq = feature_equations(d, start.bottleneck, data, bias)
         w_new, delta = refit(fit_eq, start, info.kernel)
         for name, w_opt, delta_opt in ((label, start.weight, delta0), (label + "+refit", w_new, delta)):
+            if info.matrix is not None and not info.matrix.has_bias_slot:  # a MatMul with no Add after it
+                delta_opt = np.zeros_like(delta_opt)
             err = output_error(held_eq, w_opt, delta_opt)
             if best is None or err < best[4]:
                 best = (name, start.bottleneck, w_opt, delta_opt, err)
@@ -114,7 +116,10 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
 
 
 def bias_of(info) -> np.ndarray:
-    """The conv's constant bias in float64 (zeros when it has none or it is not constant)."""
+    """The conv's constant bias in float64 (zeros when it has none or it is not constant; a matrix op: its bias
+    vector as passes.matrix reads it)."""
+    if info.matrix is not None:
+        return info.matrix.bias.astype(np.float64)
     node = info.node
     if len(node.inputs) > 2 and node.inputs[2] is not None:
         t = ir.convenience.get_const_tensor(node.inputs[2])

@@ -97,13 +97,16 @@ CHUNK_POSITIONS = 4096  # Moments.update gathers at least this many positions be
 
 
 def collect(
-    model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None
+    model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None, layouts=None,
 ) -> dict[str, Moments]:
-    """Moments of the named values of `model` over `samples` (one onnxruntime run per sample)."""
+    """Moments of the named values of `model` over `samples` (one onnxruntime run per sample), channels on axis 1
+    (`layouts` maps a name to the function that puts its channels there: a matrix op's features, see passes.matrix)."""
     probe = Probe(model, names, "calibration run", only=True)
     stats: dict[str, Moments] = {}
+    layouts = layouts or {}
     for i, feed in enumerate(samples):
         for n, x in probe.run(feed).items():
+            x = layouts[n](x) if n in layouts else x
             if n not in stats:
                 stats[n] = Moments.zeros(x.shape[1])
             stats[n].update(x)
@@ -135,12 +138,12 @@ def cache_key(model: ir.Model, samples: list[dict], names: list[str], data=None)
 
 def collect_cached(
     model: ir.Model, samples: list[dict], names: list[str], cache_dir: str | os.PathLike | None,
-    progress: Progress | None = None, data=None,
+    progress: Progress | None = None, data=None, layouts=None,
 ) -> tuple[dict[str, Moments], bool]:
     """`collect` with an on-disk cache in `cache_dir` (None: no cache; `data`: see cache_key). Returns (moments,
     loaded_from_cache)."""
     if cache_dir is None:
-        return collect(model, samples, names, progress), False
+        return collect(model, samples, names, progress, layouts), False
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"moments-{cache_key(model, samples, names, data)}.npz"
@@ -149,7 +152,7 @@ def collect_cached(
             return {
                 n: Moments(data[f"{i}.outer"], data[f"{i}.total"], int(data[f"{i}.count"])) for i, n in enumerate(names)
             }, True
-    stats = collect(model, samples, names, progress)
+    stats = collect(model, samples, names, progress, layouts)
     arrays = {}
     for i, n in enumerate(names):
         arrays[f"{i}.outer"], arrays[f"{i}.total"], arrays[f"{i}.count"] = stats[n].outer, stats[n].total, stats[n].count

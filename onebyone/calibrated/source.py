@@ -61,8 +61,10 @@ class DataSource:
         if self.info is not None and set(names) <= set(self.moments):
             self.info = {**self.info, "from_cache": True}
             return
+        layouts = {i.node.inputs[0].name: i.matrix.input_first for i in candidates if i.matrix is not None}
+        layouts |= {i.node.outputs[0].name: i.matrix.output_first for i in candidates if i.matrix is not None}
         self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir,
-                                                      self._tick("calibrating"), self._hash(model))
+                                                      self._tick("calibrating"), self._hash(model), layouts)
         self.info = {"samples": len(self.samples), "convs": len(names), "from_cache": cached}
 
     def statistics(self, info):
@@ -98,7 +100,7 @@ class DataSource:
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
         fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
             d.form, fitting.fit)
-        return fit(d, self._walk.data_at(d.info.node, original_node))
+        return fit(d, self._walk.data_at(d.info.node, original_node, d.info.matrix))
 
     def settle(self, model, applied: list[Applied]) -> None:
         """Measure each rewritten conv's output error on the calibration data; a conv called lossless on data that
@@ -139,6 +141,22 @@ class DataSource:
             self._walk = None
 
 
+class Mapped:
+    """A sequence of arrays read through a function (a matrix op's arrays in conv layout), lazily."""
+
+    def __init__(self, arrays, function) -> None:
+        self.arrays, self.function = arrays, function
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.function(self.arrays[i])
+
+    def __len__(self) -> int:
+        return len(self.arrays)
+
+    def __iter__(self):
+        return (self.function(a) for a in self.arrays)
+
+
 class _Walk:
     """The original model and the model being rewritten, streamed over the calibration samples in step, stopping at
     each conv to be fitted. Each fitted conv's output error is measured when the rewritten stream next runs it."""
@@ -150,9 +168,9 @@ class _Walk:
         self.measured: dict[str, float] = {}
         self.diverged = False  # whether the rewritten stream has run a rewritten conv yet
 
-    def data_at(self, node, original_node) -> fitting.ConvData:
+    def data_at(self, node, original_node, op=None) -> fitting.ConvData:
         """The conv's data: its input x (original), x̂ (rewritten so far; None while nothing was rewritten) and
-        its original output."""
+        its original output (a matrix op's `op`: in conv layout, see passes.matrix)."""
         x_name, y_name = original_node.inputs[0].name, original_node.outputs[0].name
         self._measure(self.rewritten.advance(node, capture=list(self.pending)))
         got = self.original.advance(original_node, through=True, capture=[x_name, y_name])
@@ -160,6 +178,9 @@ class _Walk:
         x_hat = self.rewritten.state[node.inputs[0].name] if self.diverged else None
         self.pending[y_name] = y
         self.diverged = True
+        if op is not None:
+            x, y = Mapped(x, op.input_first), Mapped(y, op.output_first)
+            x_hat = None if x_hat is None else Mapped(x_hat, op.input_first)
         return fitting.ConvData(x, x_hat, y)
 
     def finish(self, last) -> dict[str, float]:

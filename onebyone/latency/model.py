@@ -76,7 +76,8 @@ class LatencyModel:
     def _key(self, d: plan.Decision) -> str:
         i = d.info
         sig = [FORMAT, list(i.input_shape), i.out_channels, list(i.kernel), list(i.strides), list(i.dilations), list(i.pads),
-               i.auto_pad, i.groups, self.runtime, self.repeats] + ([d.form] if d.form != "input" else [])
+               i.auto_pad, i.groups, self.runtime, self.repeats] + ([d.form] if d.form != "input" else []) + (
+            [i.matrix.op_type, i.matrix.trans_a, list(micro.input_shape(i))] if i.matrix is not None else [])
         return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:24]
 
     def measure(self, decisions: list[plan.Decision], progress=None) -> None:
@@ -120,7 +121,7 @@ class LatencyModel:
                         "after": {int(r): timer.Timing(**t) for r, t in data["after"].items()}}
         self.misses += 1
         models = [micro.original(d.info)] + [micro.pair(d.info, r, form=d.form) for r in ranks]
-        x = np.random.default_rng(0).standard_normal((1, *d.info.input_shape[1:])).astype(np.float32)
+        x = np.random.default_rng(0).standard_normal(micro.input_shape(d.info)).astype(np.float32)
         if self.int8:
             from onebyone.int8 import quantize
 

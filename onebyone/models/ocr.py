@@ -12,7 +12,7 @@ DB_THRESHOLD = 0.3  # pixels of the probability map above this are text
 MIN_BOX_AREA = 16  # connected components smaller than this (pixels) are noise
 UNCLIP_RATIO = 1.5  # DB shrinks text regions in training; boxes grow back by area * ratio / perimeter
 REC_HEIGHT, REC_MAX_WIDTH = 48, 640
-REC_MODEL = "models/ch_PP-OCRv4_rec_infer.onnx"
+REC_MODEL = "models/ch_PP-OCRv4_rec_infer.onnx"  # also bundled on its own: onebyone.models.real "ppocr-rec"
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1 (exclusive), in detector-input pixels
 
@@ -56,14 +56,12 @@ class Recognizer:
     """The bundled PP-OCRv4 text recognizer in onnxruntime; `read` turns a box of an image into a string."""
 
     def __init__(self) -> None:
-        import onnx
         import onnxruntime as ort
 
         from onebyone.models.real import real_model
 
         path = real_model("ppocr-det").path().parent.parent / REC_MODEL
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        self.characters = ["<blank>"] + meta["character"].splitlines() + [" "]
+        self.characters = characters(path)
         self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
@@ -77,9 +75,28 @@ class Recognizer:
         img = np.asarray(Image.fromarray(crop).resize((width, REC_HEIGHT), Image.Resampling.BILINEAR), np.float32)
         x = ((img / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None]
         (probs,) = self.session.run(None, {self.input: np.ascontiguousarray(x)})
-        ids = probs[0].argmax(-1)
+        return self.decode(probs[0])
+
+    def decode(self, probs: np.ndarray) -> str:
+        """The string of the recognizer's output [T, classes] (CTC greedy: best class per step, repeats and blanks
+        dropped)."""
+        ids = probs.argmax(-1)
         keep = [int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or i != ids[k - 1])]
         return "".join(self.characters[i] for i in keep if i < len(self.characters)).strip()
+
+
+def characters(path) -> list[str]:
+    """The recognizer's classes: CTC blank, the dictionary stored in the model's metadata, space."""
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return ["<blank>"] + meta["character"].splitlines() + [" "]
+
+
+def read_lines(outputs: list[np.ndarray]) -> list[str]:
+    """The strings of recognizer outputs [1, T, classes] (of the original model or a rewritten one)."""
+    rec = recognizer()
+    return [rec.decode(o[0]) for o in outputs]
 
 
 @functools.lru_cache(maxsize=1)

@@ -66,6 +66,7 @@ PPOCR_DET_SIZE = 480
 PPOCR_PREP = ImagePreprocess(
     PPOCR_DET_SIZE, PPOCR_DET_SIZE, layout="NCHW", bgr=True, scale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)
 )
+PPOCR_REC_PREP = ImagePreprocess(48, 320, layout="NCHW", bgr=True, scale=1 / 127.5, mean=(1.0, 1.0, 1.0))
 BASIC_PITCH_SAMPLES = 43844
 BASIC_PITCH_RATE = 22050
 
@@ -116,6 +117,28 @@ def _text_crops(count: int) -> Samples:
     return image_samples(images, "x", PPOCR_PREP)
 
 
+REC_LINES_PER_PHOTO = 2
+
+
+def _text_lines(names: tuple[str, ...]) -> Samples:
+    """Text lines printed on strips of the photos (evaluation fonts), as recognizer inputs: two per photo."""
+    from onebyone.models import text_images
+
+    images = [text_images.text_line(p, 20_000 + i, text_images.EVALUATION_FONTS)[0]
+              for i, p in enumerate(photo for photo in photos.photos(names) for _ in range(REC_LINES_PER_PHOTO))]
+    return image_samples(images, "x", PPOCR_REC_PREP)
+
+
+def _text_line_calibration(count: int) -> Samples:
+    """Text lines on strips of the calibration photos (calibration fonts, other seeds)."""
+    from onebyone.models import text_images
+
+    shots = photos.photos(photos.CALIBRATION)
+    images = [text_images.text_line(shots[i % len(shots)], 30_000 + i, text_images.CALIBRATION_FONTS)[0]
+              for i in range(count)]
+    return image_samples(images, "x", PPOCR_REC_PREP)
+
+
 def tone_samples(midi_notes: tuple[int, ...] = EVALUATION_NOTES) -> Samples:
     """Audio windows for basic-pitch: one sine tone per MIDI note (69 = A4 = 440 Hz) at 22.05 kHz."""
     t = np.arange(BASIC_PITCH_SAMPLES) / BASIC_PITCH_RATE
@@ -152,6 +175,19 @@ REAL_MODELS: dict[str, RealModel] = {
             input_shapes={"x": (1, 3, PPOCR_DET_SIZE, PPOCR_DET_SIZE)},
             make_samples=_text_photos,
             make_calibration=_text_crops,
+            license="Apache-2.0",
+        ),
+        RealModel(
+            name="ppocr-rec",
+            package="rapidocr_onnxruntime",
+            requirement="rapidocr_onnxruntime==1.4.4",
+            relative_path="models/ch_PP-OCRv4_rec_infer.onnx",
+            description="PP-OCRv4 mobile text recognizer (CNN + SVTR transformer, CTC over 6,625 characters; Paddle "
+                        "export, opset 14): 38 convs and 11 MatMuls with constant weights",
+            task="recognizer",
+            input_shapes={"x": (1, 3, 48, 320)},
+            make_samples=_text_lines,
+            make_calibration=_text_line_calibration,
             license="Apache-2.0",
         ),
         RealModel(

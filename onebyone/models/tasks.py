@@ -27,6 +27,15 @@ def detector(inputs: list, ref: dict, got: dict) -> dict:
     return result
 
 
+def recognizer(inputs: list, ref: dict, got: dict) -> dict:
+    """PP-OCR rec on printed text lines: the strings read (CTC greedy) by the original and the optimized model
+    (unchanged: every string identical); summed edit distance."""
+    (name,) = ref
+    a, b = ocr.read_lines(ref[name]), ocr.read_lines(got[name])
+    return {"strings": len(a), "identical_strings": sum(x == y for x, y in zip(a, b)),
+            "edit_distance": sum(ocr.edit_distance(x, y) for x, y in zip(a, b)), "unchanged": a == b}
+
+
 def audio(inputs: list, ref: dict, got: dict) -> dict:
     """basic-pitch: agreement of the note activation map thresholded at 0.5, and the strongest note per tone
     (unchanged: same notes and >= 99.9% of the cells agree)."""
@@ -37,7 +46,7 @@ def audio(inputs: list, ref: dict, got: dict) -> dict:
     return {"note_cell_agreement": agree, "same_notes": same_note, "unchanged": bool(same_note and agree >= 0.999)}
 
 
-METRICS = {"classifier": classifier, "detector": detector, "audio": audio}
+METRICS = {"classifier": classifier, "detector": detector, "recognizer": recognizer, "audio": audio}
 
 
 def outcome(task: str, inputs: list, ref: dict, got: dict) -> dict:

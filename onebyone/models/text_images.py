@@ -78,3 +78,36 @@ def with_text(image: np.ndarray, seed: int, fonts: tuple[str, ...], lines: int =
             draw.rectangle((x - pad, y - pad, x + tw + pad, y + th + pad), fill=paper)
         draw.text((x - left, y - top), text, font=font, fill=ink)
     return np.asarray(img)
+
+
+def text_line(image: np.ndarray, seed: int, fonts: tuple[str, ...], height: int = 48, width: int = 320) -> tuple[np.ndarray, str]:
+    """(a height x width RGB text-line image, its phrase): a strip of the photo `image` as background, one phrase
+    printed across it (dark or light ink, on a plain band half of the time), the font shrunk until the phrase fits:
+    what a text recognizer gets from a detector's box."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    h, w = image.shape[:2]
+    strip_h = max(8, int(h * rng.uniform(0.1, 0.3)))
+    y = int(rng.integers(0, h - strip_h + 1))
+    img = Image.fromarray(image[y:y + strip_h]).convert("RGB").resize((width, height), Image.Resampling.BILINEAR)
+    draw = ImageDraw.Draw(img)
+    text = phrase(rng)
+    name = str(rng.choice(fonts))
+    size = int(height * rng.uniform(0.55, 0.75))
+    while True:
+        font = ImageFont.truetype(str(font_path(name)), size)
+        left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+        if right - left <= width - 8 or size <= 10:
+            break
+        size -= 2
+    tw, th = right - left, bottom - top
+    x = int(rng.integers(2, max(3, width - tw - 2)))
+    y0 = max(0, (height - th) // 2 + int(rng.integers(-2, 3)))
+    dark = rng.random() < 0.5
+    ink = tuple(int(v) for v in (rng.integers(0, 60, 3) if dark else rng.integers(200, 256, 3)))
+    if rng.random() < 0.5:
+        paper = tuple(int(v) for v in (rng.integers(200, 256, 3) if dark else rng.integers(0, 60, 3)))
+        draw.rectangle((max(0, x - 4), max(0, y0 - 4), min(width, x + tw + 4), min(height, y0 + th + 4)), fill=paper)
+    draw.text((x - left, y0 - top), text, font=font, fill=ink)
+    return np.asarray(img), text

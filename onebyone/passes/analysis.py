@@ -11,7 +11,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.passes import cost, factorize
+from onebyone.passes import cost, factorize, matrix
 from onebyone.passes.shapes import static_shapes
 
 QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"}
@@ -19,13 +19,16 @@ QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLin
 
 @dataclasses.dataclass
 class ConvInfo:
-    """What onebyone knows about one Conv node. `skip_reason` is None for rewrite candidates.
+    """What onebyone knows about one Conv node (or a Gemm/MatMul with a constant weight, read as the pointwise conv it
+    is: see passes.matrix). `skip_reason` is None for rewrite candidates.
 
     `svals` holds, per group, the singular values of the weight unfolded along its input channels.
     """
 
     name: str
     node: ir.Node = dataclasses.field(repr=False)
+    op_type: str = "Conv"
+    matrix: matrix.MatrixOp | None = dataclasses.field(default=None, repr=False)  # Gemm/MatMul: how it maps to a conv
     kernel: tuple[int, ...] = ()
     in_channels: int = 0
     out_channels: int = 0
@@ -132,21 +135,33 @@ class ConvInfo:
                                     self.groups, self.kernel_size, rank)
 
 
-def conv_nodes(model: ir.Model) -> list[ir.Node]:
-    """Every default-domain Conv node of the model, main graph first, in graph order, named uniquely.
+def conv_nodes(model: ir.Model, matrices: bool = False) -> list[ir.Node]:
+    """Every default-domain Conv node of the model (with `matrices`, also every Gemm/MatMul whose second operand is a
+    weight: a constant, or one quantized or cast at run time), main graph first, in graph order, named uniquely.
 
-    Unnamed convs get the name 'Conv_<k>' (k counts convs), so reports and rewritten nodes are readable.
+    Unnamed nodes get the name '<op>_<k>' (k counts them), so reports and rewritten nodes are readable.
     """
-    nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.op_type == "Conv" and n.domain in ("", "ai.onnx")]
+    nodes = [n for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.domain in ("", "ai.onnx") and (
+        n.op_type == "Conv" or matrices and n.op_type in matrix.MATRIX_OPS and _has_weight(n))]
     taken = {n.name for n in ir.traversal.RecursiveGraphIterator(model.graph) if n.name}
     for k, n in enumerate(nodes):
         if not n.name:
-            name = f"Conv_{k}"
+            name = f"{n.op_type}_{k}"
             while name in taken:
                 name += "_"
             n.name = name
             taken.add(name)
     return nodes
+
+
+def _has_weight(node: ir.Node) -> bool:
+    """Whether a matrix op's second operand is a weight rather than an activation (attention's products are not)."""
+    b = node.inputs[1] if len(node.inputs) > 1 else None
+    if b is None or b.is_graph_input():
+        return False
+    producer = b.producer()
+    return b.const_value is not None or producer is not None and producer.op_type in (
+        "Constant", "Cast", *QUANTIZED_PRODUCERS)
 
 
 def _ints(node: ir.Node, key: str, default: list[int]) -> tuple[int, ...]:
@@ -241,8 +256,9 @@ def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_s
     shapes inference leaves unknown (see shapes.static_shapes); convs whose forms (forms_for) are not in `forms` are
     skipped with a reason. Without data (`with_data` False: weight-only factors) the output form is offered only
     where it is lossless: its weight-only factors cannot keep the mean of the outputs they discard (on open_nsfw's
-    RGB stem, predicted 0.16 at half the MACs, the model's output moved by 0.8)."""
-    nodes = conv_nodes(model)
+    RGB stem, predicted 0.16 at half the MACs, the model's output moved by 0.8). Gemm/MatMul layers with a constant
+    weight are layers of the pointwise form: analyzed (and counted in the report) only when it is in `forms`."""
+    nodes = conv_nodes(model, matrices="pointwise" in forms)
     wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
     wanted |= {n.outputs[0].name for n in nodes}
     shapes = static_shapes(model, input_shapes, wanted, measure_shapes) if nodes else {}
@@ -251,27 +267,15 @@ def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_s
 
 def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms,
                  with_data: bool = True) -> ConvInfo:
-    info = ConvInfo(name=node.name, node=node)
+    info = ConvInfo(name=node.name, node=node, op_type=node.op_type)
     weight = _weight_tensor(node, info)
-    info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
-    info.groups = node.attributes.get_int("group", 1)
-    wshape = weight.shape if weight is not None else _static_dims(node.inputs[1] if len(node.inputs) > 1 else None)
     info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
     info.output_shape = shapes.get(node.outputs[0].name)
-    if wshape is not None:
-        info.out_channels = int(wshape[0])
-        info.in_channels = int(wshape[1]) * info.groups
-        info.kernel = tuple(int(k) for k in wshape[2:])
+    if node.op_type in matrix.MATRIX_OPS:
+        weight = _matrix_geometry(info, node, weight, model)
     else:
-        info.kernel = _ints(node, "kernel_shape", [])
-        info.in_channels = info.input_shape[1] if info.input_shape else 0
-        info.out_channels = info.output_shape[1] if info.output_shape else 0
-    nd = len(info.kernel)
-    info.strides = _ints(node, "strides", [1] * nd)
-    info.dilations = _ints(node, "dilations", [1] * nd)
-    info.pads = _ints(node, "pads", [0] * 2 * nd)
-    info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
-    _check_valid(info, node)
+        _conv_geometry(info, node, weight)
+        _check_valid(info, node)
     if info.skip_reason is not None:
         return info
     if node.graph is not model.graph:
@@ -294,6 +298,42 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
         info.svals_spatial = factorize.singular_values_spatial(weight, info.groups)
     _settle_forms(info, applicable, with_data)
     return info
+
+
+def _conv_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None) -> None:
+    """The conv's channels, groups, kernel and attributes (from its weight, or its shapes when the weight is not
+    constant)."""
+    info.has_bias = len(node.inputs) > 2 and node.inputs[2] is not None
+    info.groups = node.attributes.get_int("group", 1)
+    wshape = weight.shape if weight is not None else _static_dims(node.inputs[1] if len(node.inputs) > 1 else None)
+    if wshape is not None:
+        info.out_channels = int(wshape[0])
+        info.in_channels = int(wshape[1]) * info.groups
+        info.kernel = tuple(int(k) for k in wshape[2:])
+    else:
+        info.kernel = _ints(node, "kernel_shape", [])
+        info.in_channels = info.input_shape[1] if info.input_shape else 0
+        info.out_channels = info.output_shape[1] if info.output_shape else 0
+    nd = len(info.kernel)
+    info.strides = _ints(node, "strides", [1] * nd)
+    info.dilations = _ints(node, "dilations", [1] * nd)
+    info.pads = _ints(node, "pads", [0] * 2 * nd)
+    info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+
+
+def _matrix_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None, model: ir.Model) -> np.ndarray | None:
+    """A Gemm/MatMul as the pointwise conv it is (passes.matrix): its fields in conv layout; returns the weight in
+    conv layout (None where it is not a pointwise layer, with skip_reason set)."""
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
+    info.matrix, fields, reason = matrix.describe(node, weight, info.input_shape, opset)
+    canonical = fields.pop("weight", None)
+    if "input_shape" not in fields:  # the graph's shapes are not a conv's: none to report
+        info.input_shape = info.output_shape = None
+    for key, value in fields.items():
+        setattr(info, key, value)
+    if info.skip_reason is None and reason:
+        info.skip_reason = reason
+    return canonical
 
 
 def _settle_forms(info: ConvInfo, applicable: list[str], with_data: bool) -> None:
@@ -345,8 +385,8 @@ def _applicable(info: ConvInfo, forms) -> list[str]:
     applicable = forms_for(info.kernel, forms)
     if not applicable:
         info.skip_reason = (
-            "1x1 kernel: the pointwise form is off (--forms input,pointwise turns it on)"
-            if form_of(info.kernel) == "pointwise" else "spatial kernel: its forms are off (see --forms)")
+            f"{info.op_type if info.matrix else '1x1 kernel'}: the pointwise form is off (--forms input,pointwise "
+            "turns it on)" if form_of(info.kernel) == "pointwise" else "spatial kernel: its forms are off (see --forms)")
         return applicable
     if info.in_channels // info.groups == 1:
         applicable = [f for f in applicable if f in ("output", "spatial")]

@@ -217,6 +217,7 @@ def layer_report(d: Decision) -> LayerReport:
         output_error_curve=d.output_error_curve,
         singular_values=[s.tolist() for s in info.svals_of(d.form)] if info.svals_of(d.form) else None,
         data_singular_values=[s.tolist() for s in d.data_svals] if d.data_svals is not None else None,
+        op=info.op_type,
         **_times(d),
     )
 

@@ -4,33 +4,12 @@ name and its output value."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.passes import matrix_rewrite
 from onebyone.passes.factorize import Factors
-
-
-class UniqueNames:
-    """Hands out value/initializer names not yet used in a graph, derived from a readable stem."""
-
-    def __init__(self, graph: ir.Graph) -> None:
-        self.taken = {v.name for v in graph.initializers.values()}
-        self.taken |= {v.name for v in graph.inputs if v.name}
-        for node in ir.traversal.RecursiveGraphIterator(graph):
-            self.taken |= {v.name for v in node.outputs if v is not None and v.name}
-            self.taken |= {v.name for v in node.inputs if v is not None and v.name}
-            if node.name:
-                self.taken.add(node.name)
-
-    def __call__(self, stem: str) -> str:
-        name, k = stem, 1
-        while name in self.taken:
-            name = f"{stem}_{k}"
-            k += 1
-        self.taken.add(name)
-        return name
+from onebyone.passes.graph_edits import Inserted, UniqueNames, initializer
 
 
 def insert_bottleneck(
@@ -78,8 +57,8 @@ def _factor_values(graph: ir.Graph, node: ir.Node, factors: Factors, names: Uniq
     factors.bias_delta."""
     key = id(factors)
     if key not in shared or shared[key][0] is not factors:
-        first = _initializer(graph, names(f"{node.name}.{stems[0]}.r{factors.rank}"), factors.bottleneck)
-        second = _initializer(graph, names(f"{node.name}.{stems[1]}.r{factors.rank}"), factors.weight)
+        first = initializer(graph, names(f"{node.name}.{stems[0]}.r{factors.rank}"), factors.bottleneck)
+        second = initializer(graph, names(f"{node.name}.{stems[1]}.r{factors.rank}"), factors.weight)
         shared[key] = (factors, first, second)
     delta = factors.bias_delta
     if delta is not None and np.any(delta):
@@ -116,18 +95,10 @@ def _correct_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: Uniq
         base = tensor.numpy().astype(np.float64)
     else:
         base = np.zeros(delta.shape, np.float64)
-    value = _initializer(graph, names(f"{node.name}.bias.corrected"), (base + delta).astype(delta.dtype))
+    value = initializer(graph, names(f"{node.name}.bias.corrected"), (base + delta).astype(delta.dtype))
     if old is None:
         node.resize_inputs(3)
     node.replace_input_with(2, value)
-
-
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
-    value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))
-    value.shape = ir.Shape(array.shape)
-    value.dtype = ir.DataType.from_numpy(array.dtype)
-    graph.register_initializer(value)
-    return value
 
 
 def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
@@ -142,21 +113,12 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
         graph.remove(producer, safe=True)
 
 
-@dataclasses.dataclass
-class Inserted:
-    """One rewrite in the graph, with what `remove` needs to undo it: the rewritten node, its inputs and attributes
-    before, and the node inserted before it."""
-
-    node: ir.Node
-    old_inputs: list
-    added: ir.Node
-    old_attributes: dict | None = None  # output form: the conv's attributes (it became the 1x1)
-    squeeze: ir.Node | None = None  # Tucker-2: the 1x1 squeeze inserted before `added` (the core conv)
-
-
 def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> Inserted:
     """Rewrite `node` in place with `factors` of any form (insert_bottleneck, or insert_first for the output and
-    spatial forms; Tucker-2: a squeeze, then insert_first of its core and expansion)."""
+    spatial forms; Tucker-2: a squeeze, then insert_first of its core and expansion; a Gemm or MatMul: two matrix
+    products, see passes.matrix_rewrite)."""
+    if node.op_type != "Conv":
+        return matrix_rewrite.insert(graph, node, factors, names, shared)
     old_inputs = list(node.inputs)
     if factors.form == "tucker2":
         old_attributes = dict(node.attributes)
@@ -164,7 +126,7 @@ def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames,
         if key not in shared or shared[key][0] is not factors:  # one squeeze and one inner Factors per Factors
             inner = Factors(factors.weight, factors.expand, factors.rel_error, factors.bias_delta,
                             factors.predicted_error, form="output")
-            shared[key] = (factors, inner, _initializer(graph, names(f"{node.name}.squeeze.r{factors.rank}"),
+            shared[key] = (factors, inner, initializer(graph, names(f"{node.name}.squeeze.r{factors.rank}"),
                                                         factors.bottleneck))
         _, inner, squeeze_weight = shared[key]
         squeeze = _insert_squeeze(graph, node, squeeze_weight, names, "squeeze")
@@ -186,6 +148,10 @@ def remove(graph: ir.Graph, done: Inserted) -> None:
         weight = done.squeeze.inputs[1]
         graph.remove(done.squeeze, safe=True)
         remove_if_unused(graph, weight)
+    for node, index, old in done.restored:
+        new = node.inputs[index]
+        node.replace_input_with(index, old)
+        remove_if_unused(graph, new)
 
 
 def split_attributes(form: str, kernel, strides, dilations, pads, auto_pad: str, group: int) -> tuple[dict, dict]:

@@ -62,7 +62,7 @@ class WeightSource:
     method = "weight"
 
     def __init__(self) -> None:
-        self._svd: dict[tuple[int, int], factorize.Factors] = {}
+        self._svd: dict[tuple, factorize.Factors] = {}
 
     def prepare(self, model, candidates, progress=None) -> None:
         self._svd.clear()
@@ -74,7 +74,9 @@ class WeightSource:
         return None
 
     def factors(self, d, model, rewritten_so_far):
-        key = (id(d.info.node.inputs[1]), d.form, d.rank)
+        # matrix ops read a shared weight each in their own orientation and scale (transB, alpha): factored per node
+        owner = id(d.info.node) if d.info.matrix is not None else None
+        key = (id(d.info.node.inputs[1]), d.form, d.rank, owner)
         if key not in self._svd:
             self._svd[key] = factorize.svd_factors(d.info.weight, d.info.groups, d.rank, d.form)
         return self._svd[key], None
