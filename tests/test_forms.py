@@ -255,3 +255,26 @@ def test_the_narrower_rewrites_follow_the_forms_used():
     assert _narrower(("input", "output"), used("output")) == [(INPUT_SIDE, ("input",))]
     assert _narrower(every, used("input")) == []
     assert _narrower(("output",), used("output")) == []
+
+
+def test_a_budget_that_used_the_pointwise_form_is_checked_against_the_input_form_at_the_same_cost():
+    """A budget whose rewrite used the pointwise form is checked against the input form alone; that rewrite keeps the
+    1x1 convs whole, so its budget fraction over the remaining (kxk) convs spends the same total: 0.5 of 100 MACs with
+    60 of them in 1x1 convs leaves the kxk convs 1 - 0.5·100/40 < 0, impossible (None); 0.8 leaves them 0.5."""
+    from types import SimpleNamespace
+
+    from onebyone.calibrated.search import INPUT_ONLY, _narrower, equal_cost
+
+    def report(*layers):
+        return SimpleNamespace(layers=[SimpleNamespace(form=f, action="rewritten", numerical_rank=1, macs_before=m,
+                                                       time_before_ms=m / 10) for f, m in layers])
+
+    used = report(("input", 40), ("pointwise", 60))
+    assert _narrower(("input", "pointwise"), used) == [(INPUT_ONLY, ("input",))]
+    assert _narrower(("pointwise",), report(("pointwise", 60))) == []
+    assert equal_cost(RankPolicy("budget", macs=0.5), used, ("input",)) is None
+    assert equal_cost(RankPolicy("budget", macs=0.8), used, ("input",)).macs == pytest.approx(0.5)
+    assert equal_cost(RankPolicy("budget", time=0.8), used, ("input",)).time == pytest.approx(0.5)
+    same = RankPolicy("budget", macs=0.5)
+    assert equal_cost(same, used, ("input", "pointwise")) is same
+    assert equal_cost(same, report(("input", 40), ("output", 60)), ("input",)) is same

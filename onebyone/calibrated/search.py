@@ -3,6 +3,8 @@ weight-only SVD at the same budget, and the smallest MAC budget that meets an ou
 
 from __future__ import annotations
 
+import dataclasses
+
 import onnx_ir as ir
 
 from onebyone.calibrated.holdout import held_out
@@ -63,17 +65,19 @@ class Reference:
 def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,
                    progress=None, **pass_options) -> tuple[ir.Model, Report]:
     """The data-aware rewrite under a budget, kept only when its model-output error on the held-out calibration
-    samples is at most that of weight-only SVD under the same budget and, when it used the output or spatial form, of
-    the data-aware rewrites with fewer forms (_narrower: the form choice per conv reads predicted errors; this checks
-    the model); else the best of those. The report's `method_check` holds every error and what was kept."""
+    samples is at most that of weight-only SVD under the same budget and, when it used the output, spatial, tucker2 or
+    pointwise form, of the data-aware rewrites with fewer forms at the same cost (_narrower, equal_cost: the form
+    choice per conv and the budget read predicted errors; this checks the model); else the best of those. The report's `method_check` holds every error and what was kept."""
     data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress, **pass_options)
     if not data_report.totals.rewritten:
         return data_model, data_report
     tried = [("data", data_model, data_report),
              ("weight", *rewrite(original, name, policy, input_shapes, **pass_options))]
     for label, forms in _narrower(tuple(pass_options.get("forms", DEFAULT_FORMS)), data_report):
-        tried.append((label, *rewrite(original, name, policy, input_shapes, source, progress,
-                                      **{**pass_options, "forms": forms})))
+        narrower = equal_cost(policy, data_report, forms)
+        if narrower is not None:
+            tried.append((label, *rewrite(original, name, narrower, input_shapes, source, progress,
+                                          **{**pass_options, "forms": forms})))
     errors = [reference.error(m, held=True) for _, m, _ in tried]
     best = min(range(len(tried)), key=lambda i: (errors[i], i))
     label, model, report = tried[best]
@@ -85,6 +89,26 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
 
 INPUT_SIDE = "data without the output form"  # method_check's labels of the data-aware rewrites with fewer forms
 INPUT_ONLY = "data, input form only"
+INPUT_SIDE_ONLY = "data, input and pointwise forms only"
+
+
+def equal_cost(policy: Policy, report: Report, forms: tuple[str, ...]) -> Policy | None:
+    """The policy for a rewrite with `forms` that spends what `policy` spent in `report`'s rewrite: the same policy,
+    unless the pointwise form is dropped from a budget whose rewrite targeted pointwise layers; those then stay whole
+    and the budget's fraction of the remaining targeted convs is lowered to keep the same total cost (MACs, or measured
+    time); None when the remaining convs cannot reach it (the rewrite without the pointwise form cannot cost as
+    little)."""
+    targeted = [l for l in report.layers if l.numerical_rank is not None]
+    if "pointwise" in forms or policy.kind != "budget" or not any(l.form == "pointwise" for l in targeted):
+        return policy
+    timed = policy.time is not None
+    cost = lambda l: (l.time_before_ms or 0.0) if timed else l.macs_before  # noqa: E731
+    total = sum(cost(l) for l in targeted)
+    rest = total - sum(cost(l) for l in targeted if l.form == "pointwise")
+    fraction = 1 - (1 - (policy.time if timed else policy.macs)) * total / rest if rest > 0 else 0.0
+    if fraction <= 0:
+        return None
+    return dataclasses.replace(policy, **{"time" if timed else "macs": min(fraction, 1.0)})
 
 
 def _without(forms: list[str]) -> str:
@@ -94,8 +118,9 @@ def _without(forms: list[str]) -> str:
 
 def _narrower(forms: tuple[str, ...], report: Report) -> list[tuple[str, tuple[str, ...]]]:
     """The data-aware rewrites with fewer forms that a budget's rewrite with `forms` is checked against: without the
-    output-side forms (output, tucker2) when the rewrite used one, and with the input-side forms only (input,
-    pointwise) when it used the spatial form too (or an output-side form and no other); none when it used none."""
+    output-side forms (output, tucker2) when the rewrite used one; with the input-side forms only (input, pointwise)
+    when it used the spatial form too (or an output-side form and no other); with the input form alone when it used
+    the pointwise form (at the same total cost: see equal_cost); none when it used none of these."""
     used = {l.form for l in report.layers if l.action == "rewritten"}
     base = tuple(f for f in forms if f in ("input", "pointwise"))
     no_output_side = tuple(f for f in forms if f not in OUTPUT_SIDE)
@@ -104,7 +129,10 @@ def _narrower(forms: tuple[str, ...], report: Report) -> list[tuple[str, tuple[s
     if out_used and no_output_side != base:
         out.append((_without(out_used), no_output_side))
     if used - {"input", "pointwise"} and base:
-        out.append((_without(out_used) if out_used and not out else INPUT_ONLY, base))
+        out.append((_without(out_used) if out_used and not out else INPUT_ONLY if base == ("input",)
+                    else INPUT_SIDE_ONLY, base))
+    if "pointwise" in used and "input" in forms and ("input",) not in [f for _, f in out]:
+        out.append((INPUT_ONLY, ("input",)))
     return out
 
 
@@ -115,6 +143,28 @@ GIVE_UP = 2.0  # the scan stops after two budgets in a row whose error exceeds t
 def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
                     steps: int = 3, reference: Reference | None = None, finish=None,
                     **pass_options) -> tuple[ir.Model, Report]:
+    """_search over budgets with the given forms; when they include the pointwise form and its search ends on a
+    rewrite without pointwise layers (the fewer-forms check preferred the input form at every budget it met the
+    target), the search without the pointwise form too, and of the two results the one that saves more (MACs, or the
+    predicted time with a latency model): that search's budgets are fractions of the kxk convs alone, a finer grid
+    for them."""
+    reference = reference or Reference(original, source.samples)
+    found = _search(original, name, policy, input_shapes, source, progress, steps, reference, finish, **pass_options)
+    forms = tuple(pass_options.get("forms", DEFAULT_FORMS))
+    if "pointwise" not in forms or "input" not in forms or any(
+            l.form == "pointwise" and l.action == "rewritten" for l in found[1].layers):
+        return found
+    other = _search(original, name, policy, input_shapes, source, progress, steps, reference, finish,
+                    **{**pass_options, "forms": tuple(f for f in forms if f != "pointwise")})
+    timed = pass_options.get("latency") is not None
+    saved = lambda report: sum((l.time_before_ms or 0.0) - (l.time_after_ms or 0.0) if timed  # noqa: E731
+                               else l.macs_before - l.macs_after for l in report.layers)
+    return other if saved(other[1]) > saved(found[1]) else found
+
+
+def _search(original, name, policy: Policy, input_shapes, source: DataSource, progress=None,
+            steps: int = 3, reference: Reference | None = None, finish=None,
+            **pass_options) -> tuple[ir.Model, Report]:
     """The smallest budget fraction (of MACs, or of measured time with a latency model) whose calibration output
     error (worst output part) is at most policy.max_error, measured on the rewrite as `finish(rewrite)` deploys it
     (e.g. quantized; None: as it is); the model unchanged when no budget below 1 meets it. The error need not fall as
