@@ -239,3 +239,38 @@ def test_cli_rewrites_a_gemm_with_the_pointwise_form(rng, tmp_path):
     (layer,) = json.loads(rep.read_text())["layers"]
     assert (layer["op"], layer["form"], layer["lossless"]) == ("Gemm", "pointwise", True)
     assert out.is_file()
+
+
+def test_odd_matrix_layers_work_or_are_skipped_or_rejected(rng):
+    """A float16 Gemm and a MatMul whose weight is a Constant node behind a dynamic batch are rewritten losslessly
+    (verified; the written model keeps the dynamic dim); a QDQ-quantized weight is skipped with the reason; a weight
+    that contradicts the input's features is an invalid model (OneByOneError naming the layer)."""
+    from onebyone.errors import OneByOneError
+
+    w16 = _low_rank(40, 48, 5, rng).astype(np.float16)
+    nodes = [helper.make_node("Gemm", ["x", "W", "C"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "fp16", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [3, 48])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT16, [3, 40])],
+                              [numpy_helper.from_array(w16, "W"), numpy_helper.from_array(np.ones(40, np.float16), "C")])
+    fp16 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    fp16.ir_version = 8
+    _, report = optimize(ir.serde.deserialize_model(fp16), RankPolicy("exact"), forms=("pointwise",))
+    assert report.layers[0].lossless and report.verification["passed"]
+
+    const = helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(_low_rank(48, 40, 4, rng).T, "W"))
+    dynamic = _model([const, helper.make_node("MatMul", ["x", "W"], ["y"])], ("B", 7, 40), {})
+    optimized, report = optimize(ir.serde.deserialize_model(dynamic), RankPolicy("exact"), {"x": (1, 7, 40)},
+                                 forms=("pointwise",))
+    assert (report.layers[0].weight_source, report.layers[0].lossless) == ("Constant node", True)
+    assert report.verification["passed"]
+    assert ir.serde.serialize_model(optimized).graph.input[0].type.tensor_type.shape.dim[0].dim_param == "B"
+
+    qdq = _model([helper.make_node("DequantizeLinear", ["Wq", "s"], ["W"]), helper.make_node("MatMul", ["x", "W"], ["y"])],
+                 (2, 40), {"s": np.float32(0.01)})
+    qdq.graph.initializer.append(numpy_helper.from_array(rng.integers(-100, 100, (40, 48)).astype(np.int8), "Wq"))
+    (info,) = analyze(ir.serde.deserialize_model(qdq), {"x": (2, 40)}, forms=("pointwise",))
+    assert "quantized weight" in info.skip_reason
+
+    bad = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], (2, 40), {"W": np.ones((30, 8))})
+    with pytest.raises(OneByOneError, match="'fc' is invalid: its input has 40 features, the weight expects 30"):
+        analyze(ir.serde.deserialize_model(bad), {"x": (2, 40)}, forms=("pointwise",))
