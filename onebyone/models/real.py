@@ -130,12 +130,14 @@ def _text_lines(names: tuple[str, ...]) -> Samples:
 
 
 def _text_line_calibration(count: int) -> Samples:
-    """Text lines on strips of the calibration photos (calibration fonts, other seeds)."""
+    """Text lines on strips of the calibration photos (calibration fonts, other seeds), each photo drawn at random
+    per line (cycling through them would align photos with the every-4th held-out rule)."""
     from onebyone.models import text_images
 
     shots = photos.photos(photos.CALIBRATION)
-    images = [text_images.text_line(shots[i % len(shots)], 30_000 + i, text_images.CALIBRATION_FONTS)[0]
-              for i in range(count)]
+    picks = np.random.default_rng(30_000).integers(len(shots), size=count)
+    images = [text_images.text_line(shots[p], 30_000 + i, text_images.CALIBRATION_FONTS)[0]
+              for i, p in enumerate(picks)]
     return image_samples(images, "x", PPOCR_REC_PREP)
 
 
