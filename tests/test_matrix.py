@@ -274,3 +274,20 @@ def test_odd_matrix_layers_work_or_are_skipped_or_rejected(rng):
     bad = _model([helper.make_node("MatMul", ["x", "W"], ["y"], name="fc")], (2, 40), {"W": np.ones((30, 8))})
     with pytest.raises(OneByOneError, match="'fc' is invalid: its input has 40 features, the weight expects 30"):
         analyze(ir.serde.deserialize_model(bad), {"x": (2, 40)}, forms=("pointwise",))
+
+
+def test_a_matmul_inside_an_if_branch_is_skipped_for_being_there():
+    """A MatMul in a control-flow body (shapes unknown there) is skipped with the subgraph reason, like a conv."""
+    body = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["z"], name="inner")], "then", [],
+                             [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                             [numpy_helper.from_array(np.ones((4, 3), np.float32), "W")])
+    other = helper.make_graph([helper.make_node("Identity", ["x"], ["z2"])], "else", [],
+                              [helper.make_tensor_value_info("z2", TensorProto.FLOAT, None)])
+    graph = helper.make_graph([helper.make_node("If", ["c"], ["y"], then_branch=body, else_branch=other)], "m",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+                               helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    (info,) = analyze(ir.serde.deserialize_model(model), {"x": (2, 4), "c": ()}, forms=("pointwise",))
+    assert info.name == "inner" and "control-flow subgraph" in info.skip_reason

@@ -220,6 +220,7 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
 FORMS = ("input", "output", "spatial", "tucker2", "pointwise")  # the factorization forms onebyone has (see forms_for)
 DEFAULT_FORMS = ("input",)
 OUTPUT_SIDE = ("output", "tucker2")  # the forms that reduce output channels (fitted with the conv's output moments)
+SUBGRAPH = "inside a control-flow subgraph (If/Loop/Scan); only the main graph is rewritten"
 TUCKER2_MIN_CHANNELS = 8  # per group, on each side (an RGB stem's 3 inputs: the output form does that conv's work)
 
 
@@ -279,7 +280,7 @@ def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ..
     if info.skip_reason is not None:
         return info
     if node.graph is not model.graph:
-        info.skip_reason = "inside a control-flow subgraph (If/Loop/Scan); only the main graph is rewritten"
+        info.skip_reason = SUBGRAPH
         return info
     applicable = _applicable(info, forms)
     if info.skip_reason is not None:
@@ -324,6 +325,10 @@ def _conv_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None) -> 
 def _matrix_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None, model: ir.Model) -> np.ndarray | None:
     """A Gemm/MatMul as the pointwise conv it is (passes.matrix): its fields in conv layout; returns the weight in
     conv layout (None where it is not a pointwise layer, with skip_reason set)."""
+    if node.graph is not model.graph:  # its shapes are not known there: say why it is skipped
+        info.skip_reason = info.skip_reason or SUBGRAPH
+        info.input_shape = info.output_shape = None
+        return None
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
     info.matrix, fields, reason = matrix.describe(node, weight, info.input_shape, opset)
     canonical = fields.pop("weight", None)
