@@ -67,7 +67,8 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
     """The data-aware rewrite under a budget, kept only when its model-output error on the held-out calibration
     samples is at most that of weight-only SVD under the same budget and, when it used the output, spatial, tucker2 or
     pointwise form, of the data-aware rewrites with fewer forms at the same cost (_narrower, equal_cost: the form
-    choice per conv and the budget read predicted errors; this checks the model); else the best of those. The report's `method_check` holds every error and what was kept."""
+    choice per conv and the budget read predicted errors; this checks the model); else the best of those. The report's
+    `method_check` holds every error and what was kept."""
     data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress, **pass_options)
     if not data_report.totals.rewritten:
         return data_model, data_report
@@ -102,13 +103,19 @@ def equal_cost(policy: Policy, report: Report, forms: tuple[str, ...]) -> Policy
     if "pointwise" in forms or policy.kind != "budget" or not any(l.form == "pointwise" for l in targeted):
         return policy
     timed = policy.time is not None
-    cost = lambda l: (l.time_before_ms or 0.0) if timed else l.macs_before  # noqa: E731
-    total = sum(cost(l) for l in targeted)
-    rest = total - sum(cost(l) for l in targeted if l.form == "pointwise")
+    total = sum(_cost(l, timed) for l in targeted)
+    rest = total - sum(_cost(l, timed) for l in targeted if l.form == "pointwise")
     fraction = 1 - (1 - (policy.time if timed else policy.macs)) * total / rest if rest > 0 else 0.0
     if fraction <= 0:
         return None
     return dataclasses.replace(policy, **{"time" if timed else "macs": min(fraction, 1.0)})
+
+
+def _cost(layer, timed: bool, after: bool = False) -> float:
+    """A report layer's cost before (or `after`) the rewrite: measured ms with a latency model, else MACs."""
+    if timed:
+        return (layer.time_after_ms if after else layer.time_before_ms) or 0.0
+    return layer.macs_after if after else layer.macs_before
 
 
 def _without(forms: list[str]) -> str:
@@ -157,8 +164,7 @@ def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSo
     other = _search(original, name, policy, input_shapes, source, progress, steps, reference, finish,
                     **{**pass_options, "forms": tuple(f for f in forms if f != "pointwise")})
     timed = pass_options.get("latency") is not None
-    saved = lambda report: sum((l.time_before_ms or 0.0) - (l.time_after_ms or 0.0) if timed  # noqa: E731
-                               else l.macs_before - l.macs_after for l in report.layers)
+    saved = lambda report: sum(_cost(l, timed) - _cost(l, timed, after=True) for l in report.layers)  # noqa: E731
     return other if saved(other[1]) > saved(found[1]) else found
 
 

@@ -58,11 +58,7 @@ class Recognizer:
     def __init__(self) -> None:
         import onnxruntime as ort
 
-        from onebyone.models.real import real_model
-
-        path = real_model("ppocr-det").path().parent.parent / REC_MODEL
-        self.characters = characters(path)
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(rec_model_path()), providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0].name
 
     def read(self, bgr: np.ndarray, box: Box) -> str:
@@ -75,28 +71,37 @@ class Recognizer:
         img = np.asarray(Image.fromarray(crop).resize((width, REC_HEIGHT), Image.Resampling.BILINEAR), np.float32)
         x = ((img / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)[None]
         (probs,) = self.session.run(None, {self.input: np.ascontiguousarray(x)})
-        return self.decode(probs[0])
-
-    def decode(self, probs: np.ndarray) -> str:
-        """The string of the recognizer's output [T, classes] (CTC greedy: best class per step, repeats and blanks
-        dropped)."""
-        ids = probs.argmax(-1)
-        keep = [int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or i != ids[k - 1])]
-        return "".join(self.characters[i] for i in keep if i < len(self.characters)).strip()
+        return decode(probs[0])
 
 
-def characters(path) -> list[str]:
+def rec_model_path():
+    """The recognizer's file, shipped in the detector's wheel."""
+    from onebyone.models.real import real_model
+
+    return real_model("ppocr-det").path().parent.parent / REC_MODEL
+
+
+@functools.lru_cache(maxsize=1)
+def characters() -> tuple[str, ...]:
     """The recognizer's classes: CTC blank, the dictionary stored in the model's metadata, space."""
     import onnx
 
-    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-    return ["<blank>"] + meta["character"].splitlines() + [" "]
+    meta = {p.key: p.value for p in onnx.load(str(rec_model_path()), load_external_data=False).metadata_props}
+    return ("<blank>", *meta["character"].splitlines(), " ")
+
+
+def decode(probs: np.ndarray) -> str:
+    """The string of a recognizer output [T, classes] (CTC greedy: best class per step, repeats and blanks
+    dropped)."""
+    chars = characters()
+    ids = probs.argmax(-1)
+    keep = [int(i) for k, i in enumerate(ids) if i != 0 and (k == 0 or i != ids[k - 1])]
+    return "".join(chars[i] for i in keep if i < len(chars)).strip()
 
 
 def read_lines(outputs: list[np.ndarray]) -> list[str]:
     """The strings of recognizer outputs [1, T, classes] (of the original model or a rewritten one)."""
-    rec = recognizer()
-    return [rec.decode(o[0]) for o in outputs]
+    return [decode(o[0]) for o in outputs]
 
 
 @functools.lru_cache(maxsize=1)

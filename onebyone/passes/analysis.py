@@ -27,7 +27,6 @@ class ConvInfo:
 
     name: str
     node: ir.Node = dataclasses.field(repr=False)
-    op_type: str = "Conv"
     matrix: matrix.MatrixOp | None = dataclasses.field(default=None, repr=False)  # Gemm/MatMul: how it maps to a conv
     kernel: tuple[int, ...] = ()
     in_channels: int = 0
@@ -50,6 +49,11 @@ class ConvInfo:
     forms: tuple[str, ...] = ()  # the enabled forms that can lower this conv's MACs (candidates only)
     form_note: str | None = None  # why the other enabled forms cannot (when some cannot)
     skip_reason: str | None = None
+
+    @property
+    def op_type(self) -> str:
+        """The node's op: "Conv", or "Gemm"/"MatMul" (read as a pointwise conv)."""
+        return self.node.op_type
 
     @property
     def spatial_in(self) -> int:
@@ -268,7 +272,7 @@ def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_s
 
 def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms,
                  with_data: bool = True) -> ConvInfo:
-    info = ConvInfo(name=node.name, node=node, op_type=node.op_type)
+    info = ConvInfo(name=node.name, node=node)
     weight = _weight_tensor(node, info)
     info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
     info.output_shape = shapes.get(node.outputs[0].name)

@@ -3,8 +3,8 @@ the input channels), analysis, fitting and budget as a 1x1 conv, with the graph 
 
 The rest of onebyone reads a matrix op in conv layout: its weight as W[N, K, 1...], its input and output as
 [batch, channels, positions...] (`MatrixOp.input_first` / `output_first` move a graph array there), its bias as a
-vector [N]. `insert` writes the rewrite with matrix ops again: `A @ B` becomes `(A @ U) @ V` (Gemm: two Gemms, the
-second keeping the bias).
+vector [N]. passes.matrix_rewrite writes the rewrite with matrix ops again: `A @ B` becomes `(A @ U) @ V` (Gemm: two
+Gemms, the second keeping the bias).
 """
 
 from __future__ import annotations
@@ -89,8 +89,7 @@ def describe(node: ir.Node, weight: np.ndarray | None, x_shape, opset: int) -> t
     nd = len(canonical_shape(shape_in)) - 2
     fields.update(kernel=(1,) * nd, strides=(1,) * nd, dilations=(1,) * nd, pads=(0,) * (2 * nd),
                   input_shape=canonical_shape(shape_in), output_shape=canonical_shape(out_shape),
-                  has_bias=op.has_bias_slot and (gemm and len(node.inputs) > 2 and node.inputs[2] is not None
-                                                 or op.bias_add is not None),
+                  has_bias=gemm and len(node.inputs) > 2 and node.inputs[2] is not None or op.bias_add is not None,
                   weight=(op.alpha * w).astype(weight.dtype).reshape(w.shape[0], w.shape[1], *([1] * nd)))
     return op, fields, None
 
