@@ -4,7 +4,8 @@ original vs the optimized model measured side by side (interleaved runs, medians
 MAC ratio. Prints a table and writes JSON.
 
     python scripts/benchmark.py [--repeats 30] [--threads 1 [2 ...]] [--json benchmark.json] [--models opennsfw ...] [--policies exact ...] [--no-tvm]
-                                (policies ending in /time choose ranks by time measured on onnxruntime with --threads;
+                                (policies ending in /time choose ranks by time measured on onnxruntime with --threads,
+                                 /tvmtime by time measured on TVM for --target;
                                  with /pw/ 1x1 convs are factored too: --forms input,pointwise; with /out/ the
                                  output form too: --forms input,output; /sp/: and the spatial form,
                                  --forms input,output,spatial; /all/: every form;
@@ -24,6 +25,7 @@ import argparse
 import itertools
 import shutil
 import statistics
+import tempfile
 import time
 
 import numpy as np
@@ -83,6 +85,8 @@ POLICIES = {
     # equal output error: the smallest budget (of MACs, or of measured time) whose calibration output error <= 0.03
     "error0.03/data": RankPolicy("error", max_error=0.03),
     "error0.03/data/time": RankPolicy("error", max_error=0.03),
+    # ranks by time measured on TVM (--runtime tvm: the target's default code, identical convs sharing kernel shapes)
+    "error0.03/data/tvmtime": RankPolicy("error", max_error=0.03),
     "error0.02/data/time": RankPolicy("error", max_error=0.02),
     "error0.02/data/pw/time": RankPolicy("error", max_error=0.02),
     "error0.03/data/pw/time": RankPolicy("error", max_error=0.03),
@@ -96,6 +100,17 @@ POLICIES = {
     "error0.01/data/int8/time": RankPolicy("error", max_error=0.01),
     "error0.005/data/int8/time": RankPolicy("error", max_error=0.005),
 }
+
+
+def latency_model(policy_name: str, threads: int, int8: bool, target: str) -> LatencyModel | None:
+    """The latency model of a benchmark policy: onnxruntime with `threads` for /time, TVM on `target` for /tvmtime
+    (its default code), none for MAC-cost policies."""
+    if policy_name.endswith("/tvmtime"):
+        from onebyone.latency.tvm_runtime import TvmRuntime
+        from onebyone.runtime import targets
+
+        return LatencyModel(runtime=TvmRuntime(targets.resolve(target)))
+    return LatencyModel(threads=threads, int8=int8) if policy_name.endswith("/time") else None
 
 
 def forms_of(policy_name: str) -> tuple[str, ...]:
@@ -171,30 +186,49 @@ def side_by_side(*sessions_and_rest) -> list[float]:
     return [statistics.median(t) for t in times]
 
 
-def tvm_latencies(original, optimized, shapes, feed, target: str = "cpu", repeat: int = 3,
-                  trials: int = 0) -> tuple[float, float, list]:
-    """Median ms of original and optimized compiled by TVM for `target` (run on this machine: its CPU or its GPU),
-    timed alternately; untuned, or each tuned with the same MetaSchedule trial budget (the optimized model starting
-    from the original's database, as `onebyone compile --tuning-db` does with a copy of it). Third: the two packages'
-    manifest `tuning` entries (None untuned)."""
-    import tempfile
+class TvmColumns:
+    """TVM times of one model's original against each of its optimized versions, compiled for `target` (run on this
+    machine: its CPU or its GPU), untuned (TVM's default pipeline) and, with `trials`, tuned with that MetaSchedule
+    trial budget. The original is compiled and tuned once per model; each optimized model is tuned with the same
+    budget starting from a copy of the original's database (as `onebyone compile --tuning-db` does), so its budget
+    goes to its new kernels. Each pair is timed alternately in this process."""
 
-    from onebyone.runtime import package, targets
+    def __init__(self, original, shapes, target: str, trials: int, workdir: str):
+        from onebyone.runtime import targets
 
-    tgt = targets.resolve(target)
-    number = 20 if targets.device_kind(tgt) == "cuda" else 1
-    with tempfile.TemporaryDirectory() as tmp:
-        a = package.load_package(package.compile_model(original, tgt, f"{tmp}/a", shapes,
-                                                       tune_trials=trials, tuning_db=f"{tmp}/db-a" if trials else None))
-        if trials:  # the rewritten model starts from the original's records: its budget goes to its new kernels
-            shutil.copytree(f"{tmp}/db-a", f"{tmp}/db-b")
-        b = package.load_package(package.compile_model(optimized, tgt, f"{tmp}/b", shapes,
-                                                       tune_trials=trials, tuning_db=f"{tmp}/db-b" if trials else None))
+        self.original, self.shapes, self.trials, self.workdir = original, shapes, trials, workdir
+        self.target = targets.resolve(target)
+        self.number = 20 if targets.device_kind(self.target) == "cuda" else 1
+        self._originals: dict[bool, object] = {}
+        self._count = 0
+
+    def _package(self, model, name: str, tuned: bool, db: str | None):
+        from onebyone.runtime import package
+
+        return package.load_package(package.compile_model(model, self.target, f"{self.workdir}/{name}", self.shapes,
+                                                          tune_trials=self.trials if tuned else 0, tuning_db=db))
+
+    def _original(self, tuned: bool):
+        if tuned not in self._originals:
+            self._originals[tuned] = self._package(self.original, f"original-{int(tuned)}", tuned,
+                                                   f"{self.workdir}/db-original" if tuned else None)
+        return self._originals[tuned]
+
+    def times(self, optimized, feed, tuned: bool, repeat: int = 3) -> tuple[float, float, list]:
+        """Median ms of the original and of `optimized`, timed alternately; third: the two packages' manifest
+        `tuning` entries (None untuned)."""
+        a = self._original(tuned)
+        self._count += 1
+        db = None
+        if tuned:  # the rewritten model starts from the original's records
+            db = f"{self.workdir}/db-{self._count}"
+            shutil.copytree(f"{self.workdir}/db-original", db)
+        b = self._package(optimized, f"optimized-{self._count}-{int(tuned)}", tuned, db)
         ta, tb = [], []
         for _ in range(repeat):
-            ta.append(a.time(feed, number=number, repeat=1)["median_ms"])
-            tb.append(b.time(feed, number=number, repeat=1)["median_ms"])
-    return statistics.median(ta), statistics.median(tb), [a.manifest.get("tuning"), b.manifest.get("tuning")]
+            ta.append(a.time(feed, number=self.number, repeat=1)["median_ms"])
+            tb.append(b.time(feed, number=self.number, repeat=1)["median_ms"])
+        return statistics.median(ta), statistics.median(tb), [a.manifest.get("tuning"), b.manifest.get("tuning")]
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -210,7 +244,7 @@ def plot(rows: list[dict], path: str) -> None:
     fig, axes = plt.subplots(1, len(models), figsize=(4.5 * len(models), 3.8), squeeze=False)
     for ax, model in zip(axes[0], models):
         for r in (r for r in rows if r["model"] == model):
-            timed = r["policy"].endswith("/time")
+            timed = r["policy"].endswith("time")
             color = "tab:orange" if timed else "tab:blue"
             kept = r.get("task") is None or r["task"]["unchanged"]
             ax.scatter(max(r["worst_rel_l2"], 1e-7), r["speedup"], marker="^" if timed else "o",
@@ -244,6 +278,9 @@ def main() -> None:
     rows = []
     for label, model, shapes, samples, calib, task in cases(args.models):
         original = model if isinstance(model, ir.Model) else ir.load(model)
+        workdir = tempfile.TemporaryDirectory()
+        tvm_columns = TvmColumns(original, shapes, args.target, args.tune_trials, workdir.name)
+        measured_tvm: dict[int, tuple] = {}  # TVM columns per optimized model (MAC rows repeat across thread counts)
         int8_alone = None
         counted: dict[str, tuple] = {}  # MAC-cost results do not depend on the thread count: rewritten once
         for (pname, policy), threads in itertools.product(POLICIES.items(), args.threads):
@@ -253,7 +290,9 @@ def main() -> None:
             int8 = "int8" in pname
             if int8 and int8_alone is None:
                 int8_alone = quantize(original, calib(32))
-            latency = LatencyModel(threads=threads, int8=int8) if pname.endswith("/time") else None
+            latency = latency_model(pname, threads, int8, args.target)
+            if latency is not None and latency.runtime["name"] == "tvm" and threads != args.threads[0]:
+                continue  # TVM timings do not depend on onnxruntime's threads: one row
             t0 = time.perf_counter()
             if policy is None:  # INT8 alone
                 optimized, report = int8_alone, unchanged_report(original, shapes, samples, int8_alone)
@@ -271,12 +310,16 @@ def main() -> None:
             feed = samples[0] if samples else {k: np.random.default_rng(0).standard_normal(v).astype(np.float32) for k, v in shapes.items()}
             sessions = [make_session(m, threads) for m in [original, optimized] + ([int8_alone] if int8 else [])]
             t_orig, t_opt, *t_int8 = side_by_side(*sessions, feed, args.repeats)
-            tvm_orig = tvm_opt = tuned_orig = tuned_opt = tuning_info = None
-            if not args.no_tvm and not int8:  # INT8 rows: onnxruntime's QDQ kernels only
-                tvm_orig, tvm_opt, _ = tvm_latencies(original, optimized, shapes, feed, args.target)
-                if args.tune_trials:
-                    tuned_orig, tuned_opt, tuning_info = tvm_latencies(original, optimized, shapes, feed, args.target,
-                                                                       trials=args.tune_trials)
+            tvm_orig = tvm_opt = tuned_orig = tuned_opt = tuning_info = tuning_s = None
+            if not args.no_tvm and not int8 and (threads == args.threads[0] or id(optimized) in measured_tvm):
+                # INT8 rows: onnxruntime's QDQ kernels only; TVM uses every core: measured on the first thread count's
+                # rows (and on the others' when their model is the same one)
+                if id(optimized) not in measured_tvm:
+                    untuned = tvm_columns.times(optimized, feed, tuned=False)
+                    t1 = time.perf_counter()
+                    tuned = tvm_columns.times(optimized, feed, tuned=True) if args.tune_trials else (None, None, None)
+                    measured_tvm[id(optimized)] = untuned, tuned, time.perf_counter() - t1
+                (tvm_orig, tvm_opt, _), (tuned_orig, tuned_opt, tuning_info), tuning_s = measured_tvm[id(optimized)]
             t = report.totals
             v = report.verification
             rows.append(dict(
@@ -291,6 +334,7 @@ def main() -> None:
                 tune_trials=args.tune_trials, tvm_tuned_ms_original=tuned_orig, tvm_tuned_ms_optimized=tuned_opt,
                 tuning_cost_model=resolve_cost_model("auto") if args.tune_trials else None,
                 tuning_original=tuning_info and tuning_info[0], tuning_optimized=tuning_info and tuning_info[1],
+                tuning_seconds=tuning_s if args.tune_trials else None,
                 tvm_tuned_speedup=(tuned_orig / tuned_opt) if tuned_opt else None,
                 predicted_speedup=report.timing and report.timing["predicted_speedup"],
                 ceiling_speedup=report.timing and report.timing["ceiling_speedup"],
@@ -302,7 +346,8 @@ def main() -> None:
             console.print(f"{label} / {pname}: done", style="dim")
             # written after every row, so a long (tuned) run that is stopped keeps what it measured
             write_json_atomic(args.json, {"threads": args.threads, "repeats": args.repeats, "tvm_target": args.target,
-                                          "rows": rows})
+                                          "tune_trials": args.tune_trials, "rows": rows})
+        workdir.cleanup()
     table = Table(title=f"onebyone benchmark (onnxruntime CPU, {args.threads} thread(s), median of {args.repeats} alternating runs; "
                         f"TVM target {args.target})")
     for col in ("model", "policy", "threads", "rewritten", "conv MACs", "MAC ratio", "params", "pass s", "ORT ms orig → opt", "speedup", "vs INT8 alone", "predicted / ceiling", "TVM ms orig → opt", "TVM speedup", "tuned TVM ms", "tuned speedup", "verified", "worst rel / cos", "task unchanged"):
@@ -323,8 +368,8 @@ def main() -> None:
             "-" if r["task"] is None else ("yes" if r["task"]["unchanged"] else "NO") + f" ({tasks.summary(r['task'])})",
         )
     console.print(table)
-    kinds = {"MACs": lambda p: not p.endswith("/time") and p != "int8", "measured time": lambda p: p.endswith("/time")
-             and "int8" not in p, "INT8 alone": lambda p: p == "int8", "onebyone then INT8": lambda p: "/int8/" in p}
+    kinds = {"MACs": lambda p: not p.endswith("time") and p != "int8", "measured time": lambda p: p.endswith("/time")
+             and "int8" not in p, "TVM-measured time": lambda p: p.endswith("/tvmtime"), "INT8 alone": lambda p: p == "int8", "onebyone then INT8": lambda p: "/int8/" in p}
     for model, threads in itertools.product(dict.fromkeys(r["model"] for r in rows), args.threads):
         for kind, member in kinds.items():
             kept = [r for r in rows if r["model"] == model and r["threads"] == threads and member(r["policy"])
@@ -333,6 +378,13 @@ def main() -> None:
                 best = max(kept, key=lambda r: r["speedup"])
                 console.print(f"{model}, {threads} thread(s): fastest with the task unchanged, {kind}: {best['speedup']:.2f}x "
                               f"({best['policy']}, error {best['worst_rel_l2']:.2g})")
+    for model in dict.fromkeys(r["model"] for r in rows):
+        tuned = [r for r in rows if r["model"] == model and r["tvm_tuned_speedup"]
+                 and (r["task"]["unchanged"] if r["task"] is not None else r["verified"])]
+        if tuned:
+            best = max(tuned, key=lambda r: r["tvm_tuned_speedup"])
+            console.print(f"{model}, TVM tuned ({args.tune_trials} trials each): fastest with the task unchanged "
+                          f"{best['tvm_tuned_speedup']:.2f}x ({best['policy']})")
     console.print(f"wrote {args.json}")
     if args.plot:
         plot(rows, args.plot)

@@ -278,3 +278,30 @@ def test_a_budget_that_used_the_pointwise_form_is_checked_against_the_input_form
     same = RankPolicy("budget", macs=0.5)
     assert equal_cost(same, used, ("input", "pointwise")) is same
     assert equal_cost(same, report(("input", 40), ("output", 60)), ("input",)) is same
+
+
+def test_a_mac_budget_chooses_form_and_rank_together(rng):
+    """The budget is offered every form's ranks, not only the form preferred before it: a conv whose weight has input
+    rank 2 (lossless in the input form at 2·(C + 9N) MACs per pixel, within 0.2 of its MACs) but was preferred in the
+    spatial form (which needs rank 6, more than 0.2 of its MACs, to be lossless) gets the input form at rank 2 and
+    says why; with only the spatial form's ranks the same budget gives a lossy rewrite."""
+    from onebyone.passes.policies import budget
+
+    c = n = 16
+    w = np.einsum("rc,rnhw->nchw", rng.standard_normal((2, c)), rng.standard_normal((2, n, 3, 3))).astype(np.float32)
+    model = ir.serde.deserialize_model(single_conv_model((1, c, 10, 10), w, pads=(1, 1, 1, 1)))
+    info = analyze(model, {"x": (1, c, 10, 10)}, forms=("input", "spatial"), with_data=False)[0]
+    policy = RankPolicy("budget", macs=0.2)
+    d = start(info)
+    d.form = "spatial"
+    policy.assign([d])
+    assert (d.form, d.rank, d.lossless) == ("input", 2, True)
+    assert d.macs_at(2) <= 0.2 * info.macs
+    assert d.form_choice.startswith("chosen by the MAC budget 0.2 over spatial")
+
+    only_spatial = start(info)
+    only_spatial.form = "spatial"
+    keys, errors, costs = policy._options(only_spatial, None)
+    spatial = [k for k, (f, _) in enumerate(keys) if f == "spatial" and costs[k] <= 0.2 * info.macs]
+    assert spatial and min(errors[spatial]) > 0.1
+    assert budget._gain_at(np.array([1.0, 0.5, 0.0]), np.array([1.0, 2.0, 3.0]), np.array([0.25])) == pytest.approx([2.5])

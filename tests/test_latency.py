@@ -233,3 +233,33 @@ def test_kernel_sharing_follows_the_runtime_unless_told():
     tvm_rt = TvmRuntime(targets.resolve("cpu"))
     assert LatencyModel(runtime=tvm_rt).shares_kernels and not LatencyModel(runtime=tvm_rt, share_kernels=False).shares_kernels
     assert not LatencyModel(threads=1).shares_kernels and LatencyModel(threads=1, share_kernels=True).shares_kernels
+
+
+def test_a_time_budget_times_every_form_and_takes_the_one_that_pays(monkeypatch):
+    """With two forms, each conv is timed in its preferred form and in the other; when only the other form's pairs
+    are faster than the conv (a stub: the preferred form's pairs 1.5 ms, the other's rank/16 ms), the time budget
+    rewrites the convs in the other form and says why."""
+    monkeypatch.setattr(end_to_end, "time_pair", lambda *a, **k: (Timing(1.0, 0.01), Timing(0.5, 0.01)))
+
+    class FormStub(StubLatency):
+        def __init__(self):
+            super().__init__(lambda r: r / 16)
+            self.preferred = {}
+
+        def measure(self, decisions, progress=None):
+            for d in decisions:
+                if d.candidate:
+                    self.preferred.setdefault(d.info.name, d.form)  # the first measurement is of the preferred form
+                    slow = self.preferred[d.info.name] == d.form
+                    d.latency = {"before": Timing(1.0, 0.01),
+                                 "after": {r: Timing(1.5 if slow else r / 16, 0.01) for r in ranks_to_measure(d)}}
+
+    stub = FormStub()
+    _, report = optimize(_ir(_model()), RankPolicy("budget", time=0.6), latency=stub, verify=False,
+                         raise_on_failure=False, forms=("input", "spatial"))
+    rewritten = [l for l in report.layers if l.action == "rewritten"]
+    assert rewritten
+    for l in rewritten:
+        assert l.form != stub.preferred[l.name], l
+        assert l.form_choice.startswith("chosen by the time budget 0.6"), l.form_choice
+        assert l.time_after_ms == pytest.approx(l.rank / 16, abs=1e-4)

@@ -128,7 +128,7 @@ class BottleneckPass(ir.passes.InPlacePass):
             if d.candidate:
                 form_choice.choose(d, lossless_first=self.policy.kind == "exact")
         if self.latency is not None:
-            self.latency.measure(self.decisions, self._tick("timing"))
+            self._measure_times()
         gains = self.source.gains(model, self.decisions, self.policy.round_to) if self.policy.uses_gains else None
         self.policy.assign(self.decisions, gains)
         for d in self.decisions:
@@ -154,6 +154,17 @@ class BottleneckPass(ir.passes.InPlacePass):
             totals=_totals(layers, params_before, count_params(model)), calibration=self.source.describe(),
         )
         return ir.passes.PassResult(model, modified=bool(rewritten))
+
+    def _measure_times(self) -> None:
+        """Each candidate's times in its form, and in its other forms when the policy chooses forms with the ranks
+        (a budget)."""
+        self.latency.measure(self.decisions, self._tick("timing"))
+        if self.policy.kind != "budget":
+            return
+        for form in dict.fromkeys(f for d in self.decisions if d.candidate for f in d.info.forms):
+            with form_choice.switched_to(self.decisions, form) as switched:
+                if switched:
+                    self.latency.measure(switched, self._tick(f"timing ({form} form)"))
 
     def _reject_if_not_faster(self, d: Decision) -> None:
         """A rewrite pays only when its measured pair beats the conv by more than the noise."""

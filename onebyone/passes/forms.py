@@ -1,13 +1,14 @@
 """Which form each conv takes when several apply (a kxk conv: the input form, 1x1 then kxk, the output form, kxk then
 1x1, the Tucker-2 form, 1x1 then kxk then 1x1, and for a 2D kernel the spatial form, kh x 1 then 1 x kw).
 
-The form is chosen per conv before the policy chooses ranks, from the predicted error curves of its forms (the
-weight's spectra, or the spectra whitened by calibration data) against their MACs: the form whose error is lower
+A preferred form is chosen per conv before the policy chooses ranks, from the predicted error curves of its forms
+(the weight's spectra, or the spectra whitened by calibration data) against their MACs: the form whose error is lower
 over the range of costs a policy may ask for (the mean squared error at 0.9, 0.8, ..., 0.1 of the conv's MACs) wins.
-On the trained models here one form is below the other at almost every cost, so a per-conv choice loses little
-against offering both forms' ranks to the budget, and every later step (timing, sensitivity, fitting) serves one
-form per conv. With `lossless_first` (the exact policy), a form that is lossless below its break-even wins over one
-that is not, the cheaper lossless one among several.
+The steps before the ranks serve that form (the sensitivity probes, the timing micro-models). A MAC budget then
+chooses form and rank together among every form's ranks (policies.budget), so a conv whose preferred form loses at
+the cost the budget gives it takes the other; a time budget chooses among the preferred form's measured ranks. With
+`lossless_first` (the exact policy), a form that is lossless below its break-even wins over one that is not, the
+cheaper lossless one among several.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ FRACTIONS = np.linspace(0.9, 0.1, 9)  # of the conv's MACs, where the forms' pre
 
 
 @contextlib.contextmanager
-def _in_form(d: Decision, form: str):
+def in_form(d: Decision, form: str):
     """`d` read as if it had `form` (its spectrum, ranks and MACs), its own form back afterwards."""
     keep, d.form = d.form, form
     try:
@@ -32,10 +33,19 @@ def _in_form(d: Decision, form: str):
         d.form = keep
 
 
+@contextlib.contextmanager
+def switched_to(decisions: list[Decision], form: str):
+    """The candidate decisions that have `form` besides their own, read as if they had it (their forms back
+    afterwards)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(in_form(d, form)) for d in decisions
+               if d.candidate and form != d.form and form in d.info.forms]
+
+
 def error_at_costs(d: Decision, form: str) -> np.ndarray:
     """The predicted relative error of `form` at each of FRACTIONS of the conv's MACs: at the largest rank that
     costs no more (1.0 where no rank is that cheap)."""
-    with _in_form(d, form):
+    with in_form(d, form):
         curve = d.error_curve()
         ranks = np.arange(1, cost.max_profitable_rank(d.break_even) + 1)
         macs = np.array([d.macs_at(int(r)) for r in ranks], dtype=float)
@@ -48,7 +58,7 @@ def error_at_costs(d: Decision, form: str) -> np.ndarray:
 
 def _lossless_macs(d: Decision, form: str) -> int | None:
     """The MACs of `form` at its numerical rank when that is below its break-even (lossless), else None."""
-    with _in_form(d, form):
+    with in_form(d, form):
         return d.macs_at(max(d.numerical, 1)) if d.numerical < d.break_even else None
 
 

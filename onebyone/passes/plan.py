@@ -34,11 +34,21 @@ class Decision:
     fit: str | None = None
     output_error_curve: list[float] | None = None
     moments: Any = None  # the factor source's statistics of this conv's input (calibration moments), if any
-    latency: dict | None = None  # measured on the target runtime: {"before": Timing, "after": {rank: Timing}}
     form: str = "input"  # the factorization form (analysis.FORMS) the rank is of
+    latencies: dict = dataclasses.field(default_factory=dict, repr=False)  # form -> its `latency`
     form_choice: str | None = None  # why this form, when several applied (see passes.forms)
     spectra: dict = dataclasses.field(default_factory=dict, repr=False)  # form -> (svals, energies) from data
     _numerical: dict = dataclasses.field(default_factory=dict, repr=False)
+
+    @property
+    def latency(self) -> dict | None:
+        """The current form's times measured on the target runtime: {"before": Timing, "after": {rank: Timing}}
+        (None: not measured)."""
+        return self.latencies.get(self.form)
+
+    @latency.setter
+    def latency(self, value: dict | None) -> None:
+        self.latencies[self.form] = value
 
     @property
     def candidate(self) -> bool:
