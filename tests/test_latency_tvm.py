@@ -67,3 +67,17 @@ def test_timing_options_that_do_not_go_together(tmp_path):
                    "cannot reach the TVM RPC tracker")
     one_line_error(cli(*base, "--runtime", "tvm", "--time-target", "cortex-a72"), "give a pool (--rpc")
     one_line_error(cli(*base, "--runtime", "tvm", "--tuning-db", tmp_path / "none"), "not a folder")
+
+
+def test_tvm_times_a_model_with_dynamic_input_dims_at_its_feeds_shape():
+    """A whole model whose input has dynamic dims (as exported by paddle2onnx) is compiled for the feed it is timed
+    on (it failed before: the end-to-end check of `--cost time --runtime tvm` on PP-OCR det)."""
+    import numpy as np
+
+    from onebyone.models.single_conv import single_conv_model
+
+    w = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    model = single_conv_model(("N", 3, "H", "W"), w, pads=(1, 1, 1, 1))
+    feed = {"x": np.zeros((1, 3, 12, 20), np.float32)}
+    timings = TvmRuntime(targets.resolve("cpu")).time([model, model], [feed, feed], 3)
+    assert len(timings) == 2 and all(t.ms > 0 for t in timings)

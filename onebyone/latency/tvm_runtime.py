@@ -41,10 +41,12 @@ class TvmRuntime:
                             "devices": len(pool) if pool is not None else 1,
                             "tuning_db": bool(self.tuning_db)}
 
-    def _compile(self, model, folder: str) -> str:
+    def _compile(self, model, folder: str, feed: dict) -> str:
+        """The model compiled for the shapes of `feed` (a model with dynamic input dims runs at those)."""
         model = model if isinstance(model, ir.Model) else ir.serde.deserialize_model(model)
+        shapes = {name: tuple(array.shape) for name, array in feed.items()}
         with _COMPILING:
-            return str(package.compile_model(model, self.target, folder, tuning_db=self.tuning_db))
+            return str(package.compile_model(model, self.target, folder, shapes, tuning_db=self.tuning_db))
 
     def time(self, models: list, feeds: list[dict], repeats: int, device=None) -> list[timer.Timing]:
         """Timings of `models` on their feeds, compiled here and run alternating on `device` (a runtime.remote.Remote;
@@ -52,7 +54,7 @@ class TvmRuntime:
         if device is None and self.pool is not None:
             device = self.pool.remotes[0]
         with tempfile.TemporaryDirectory(prefix="onebyone-timed-") as tmp:
-            paths = [self._compile(m, os.path.join(tmp, f"m{i}")) for i, m in enumerate(models)]
+            paths = [self._compile(m, os.path.join(tmp, f"m{i}"), f) for i, (m, f) in enumerate(zip(models, feeds))]
             runs = [device.runner(p, f) if device is not None else package.load_package(p).runner(f)
                     for p, f in zip(paths, feeds)]
             return timer.compare(runs, repeats)
