@@ -280,7 +280,9 @@ def main() -> None:
         original = model if isinstance(model, ir.Model) else ir.load(model)
         workdir = tempfile.TemporaryDirectory()
         tvm_columns = TvmColumns(original, shapes, args.target, args.tune_trials, workdir.name)
-        measured_tvm: dict[int, tuple] = {}  # TVM columns per optimized model (MAC rows repeat across thread counts)
+        # TVM columns per optimized model (MAC rows repeat across thread counts); each entry holds its model, so that
+        # its id is not reused by another while the model's rows are measured
+        measured_tvm: dict[int, tuple] = {}
         int8_alone = None
         counted: dict[str, tuple] = {}  # MAC-cost results do not depend on the thread count: rewritten once
         for (pname, policy), threads in itertools.product(POLICIES.items(), args.threads):
@@ -318,8 +320,8 @@ def main() -> None:
                     untuned = tvm_columns.times(optimized, feed, tuned=False)
                     t1 = time.perf_counter()
                     tuned = tvm_columns.times(optimized, feed, tuned=True) if args.tune_trials else (None, None, None)
-                    measured_tvm[id(optimized)] = untuned, tuned, time.perf_counter() - t1
-                (tvm_orig, tvm_opt, _), (tuned_orig, tuned_opt, tuning_info), tuning_s = measured_tvm[id(optimized)]
+                    measured_tvm[id(optimized)] = optimized, untuned, tuned, time.perf_counter() - t1
+                _, (tvm_orig, tvm_opt, _), (tuned_orig, tuned_opt, tuning_info), tuning_s = measured_tvm[id(optimized)]
             t = report.totals
             v = report.verification
             rows.append(dict(

@@ -6,7 +6,7 @@ A preferred form is chosen per conv before the policy chooses ranks, from the pr
 over the range of costs a policy may ask for (the mean squared error at 0.9, 0.8, ..., 0.1 of the conv's MACs) wins.
 The steps before the ranks serve that form (the sensitivity probes, the timing micro-models). A MAC budget then
 chooses form and rank together among every form's ranks (policies.budget), so a conv whose preferred form loses at
-the cost the budget gives it takes the other; a time budget chooses among the preferred form's measured ranks. With
+the cost the budget gives it takes the other; a time budget likewise, each conv timed in each of its forms. With
 `lossless_first` (the exact policy), a form that is lossless below its break-even wins over one that is not, the
 cheaper lossless one among several.
 """

@@ -54,8 +54,9 @@ class Budget(Policy):
                   f"{floor / targeted:.3f} of {unit})") if targeted and fraction * targeted < floor else ""
         for d in live:
             i = chosen[d.info.name]
+            keys, errs, costs = options[d.info.name]
             preferred, gain = d.error_curve(), gains.get(d.info.name) if gains else None
-            if i is not None and self._take_form(d, *options[d.info.name], i) and gain is not None:
+            if i is not None and self._take_form(d, keys, errs, costs, i) and gain is not None:
                 gain = _gain_at(preferred, gain, d.error_curve())
             if gain is not None:
                 d.output_error_curve = [round(float(e), 6) for e in d.error_curve() * gain]
@@ -64,7 +65,7 @@ class Budget(Policy):
                 plan.reject(d, f"left alone by the {'MAC' if self.macs is not None else 'time'} budget "
                                f"({fraction} of {unit}){why}")
             else:
-                plan.accept(d, options[d.info.name][0][i][1])
+                plan.accept(d, keys[i][1])
                 d.reason += beyond
 
     def _take_form(self, d, keys, errs, costs, i: int) -> bool:
@@ -74,9 +75,9 @@ class Budget(Policy):
         if form == d.form:
             return False
         others = ", ".join(f for f in dict.fromkeys(f for f, _ in keys) if f != form)
-        unit = "MACs" if self.macs is not None else "ms"
+        unit, per = ("MACs", "MAC") if self.macs is not None else ("ms", "ms")
         d.form_choice = (f"chosen by the {self.label()} over {others}: rank {rank} of this form had the smallest "
-                         f"predicted error increase per {unit[:-1] if unit == 'MACs' else unit} saved (predicted "
+                         f"predicted error increase per {per} saved (predicted "
                          f"{errs[i]:.3f} at {costs[i]:,.4g} {unit}); before the budget, {d.form} was ahead: "
                          f"{d.form_choice}")
         d.form = form
