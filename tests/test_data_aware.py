@@ -235,3 +235,33 @@ def test_a_budget_out_of_reach_says_so():
     assert all(l.rank == 1 for l in rewritten)
     _, report = optimize(model, RankPolicy("budget", macs=0.9), verify=False)
     assert not any("out of reach" in l.reason for l in report.layers)
+
+
+def test_the_fitting_walk_takes_at_most_fit_samples_spread_over_the_set(rng, monkeypatch):
+    """Past FIT_SAMPLES calibration samples the fitting walk streams an evenly spread subset (first and last
+    included) while the channel statistics take every sample; the measured errors are those of the subset."""
+    from onebyone.calibrated import source, stream
+
+    monkeypatch.setattr(source, "FIT_SAMPLES", 8)
+    assert source.fit_samples(list(range(5))) == list(range(5))
+    picked = source.fit_samples(list(range(30)))
+    assert len(picked) == 8 and picked[0] == 0 and picked[-1] == 29 and picked == sorted(set(picked))
+    counts = []
+    real_init = stream.Stream.__init__
+
+    def counting_init(self, model, samples, *args, **kwargs):
+        counts.append(len(samples))
+        real_init(self, model, samples, *args, **kwargs)
+
+    monkeypatch.setattr(stream.Stream, "__init__", counting_init)
+    model = generators.vgg(size=16, seed=2)
+    calib = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(30)]
+    p = BottleneckPass(RankPolicy("rank", rank=0.5), source=DataSource(calib))
+    rewritten = p(_ir(model)).model
+    assert counts and set(counts) == {8}
+    assert p.source.info["samples"] == 30 and p.source.info["fit_samples"] == 8
+    first = next(d for d in p.decisions if d.rank is not None)
+    assert first.moments.count == 30 * 16 * 16  # every sample's positions (the first conv sees the 16x16 input)
+    out = first.info.node.outputs[0].name
+    subset = source.fit_samples(calib)
+    assert first.measured_error == pytest.approx(fitting.measure(_ir(model), rewritten, subset, [out])[out], rel=1e-6)

@@ -17,6 +17,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
+from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.verify.onnxruntime_run import Probe
 
 
@@ -104,16 +105,17 @@ def collect(
     probe = Probe(model, names, "calibration run", only=True)
     stats: dict[str, Moments] = {}
     layouts = layouts or {}
-    for i, feed in enumerate(samples):
-        for n, x in probe.run(feed).items():
-            x = layouts[n](x) if n in layouts else x
-            if n not in stats:
-                stats[n] = Moments.zeros(x.shape[1])
-            stats[n].update(x)
-        if progress:
-            progress(i + 1, len(samples))
-    for m in stats.values():
-        m.flush()
+    with alongside_onnxruntime():
+        for i, feed in enumerate(samples):
+            for n, x in probe.run(feed).items():
+                x = layouts[n](x) if n in layouts else x
+                if n not in stats:
+                    stats[n] = Moments.zeros(x.shape[1])
+                stats[n].update(x)
+            if progress:
+                progress(i + 1, len(samples))
+        for m in stats.values():
+            m.flush()
     return stats
 
 

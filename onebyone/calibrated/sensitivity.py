@@ -19,6 +19,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
+from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.calibrated import moments, whitening
 from onebyone.calibrated.stream import Stream
 from onebyone.passes.plan import Decision, candidate_ranks
@@ -89,7 +90,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     Guarantees: `model` is not modified; one onnxruntime session per probe, running the model from the probed conv
     on, on at most PROBE_SAMPLES samples."""
     live = _live(decisions)
-    measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
+    with alongside_onnxruntime():
+        measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
     out = {}
     for d in live:

@@ -7,7 +7,10 @@ far above the prediction are undone.
 
 The fit walks two streams (calibrated.stream) over the calibration samples in step, the original model and the model
 rewritten so far, from one chosen conv to the next: the fitting costs about two forward passes however many convs
-are rewritten, and the measured errors come from the same walk.
+are rewritten, and the measured errors come from the same walk. The walk takes at most FIT_SAMPLES samples, spread
+evenly over the calibration set: its patch statistics are capped at fitting.POSITIONS_PER_CONV positions per conv
+whatever the sample count, so more samples would add walking time, not data; every sample serves the channel
+statistics (ranks, whitening), and the held-out part of all of them the model-level check.
 """
 
 from __future__ import annotations
@@ -25,6 +28,15 @@ from onebyone.passes.sources import Applied
 
 LOSSLESS_ON_DATA_MAX_ERROR = 1e-4  # a conv called lossless on data must measure at float32 level
 BACK_OFF_FACTOR, BACK_OFF_MARGIN = 3.0, 0.02  # measured > 3 x predicted + 0.02: undo the rewrite
+FIT_SAMPLES = 128  # calibration samples the fitting walk takes at most (see the module docstring)
+
+
+def fit_samples(samples: list) -> list:
+    """At most FIT_SAMPLES of `samples`, spread evenly from the first to the last (all of them when fewer)."""
+    if len(samples) <= FIT_SAMPLES:
+        return list(samples)
+    picks = np.unique(np.linspace(0, len(samples) - 1, FIT_SAMPLES).round().astype(int))
+    return [samples[i] for i in picks]
 
 
 class DataSource:
@@ -65,7 +77,8 @@ class DataSource:
         layouts |= {i.node.outputs[0].name: i.matrix.output_first for i in candidates if i.matrix is not None}
         self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir,
                                                       self._tick("calibrating"), self._hash(model), layouts)
-        self.info = {"samples": len(self.samples), "convs": len(names), "from_cache": cached}
+        self.info = {"samples": len(self.samples), "fit_samples": len(fit_samples(self.samples)), "convs": len(names),
+                     "from_cache": cached}
 
     def statistics(self, info):
         m = self.moments.get(info.node.inputs[0].name)
@@ -96,7 +109,7 @@ class DataSource:
     def factors(self, d, model, rewritten_so_far):
         if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
             self._close_walk()
-            self._walk = _Walk(self.original, model, self.samples)
+            self._walk = _Walk(self.original, model, fit_samples(self.samples))
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
         fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
             d.form, fitting.fit)
