@@ -19,8 +19,8 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
-from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.calibrated import moments, whitening
+from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.calibrated.stream import Stream
 from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes import factorize

@@ -51,6 +51,7 @@ class DataSource:
         if not samples:
             raise ValueError("the data-aware method needs calibration samples")
         self.samples = samples
+        self.fit_set = fit_samples(samples)  # what the fitting walk streams
         self.cache_dir = cache_dir
         self.original = None
         self.moments: dict = {}
@@ -77,7 +78,7 @@ class DataSource:
         layouts |= {i.node.outputs[0].name: i.matrix.output_first for i in candidates if i.matrix is not None}
         self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir,
                                                       self._tick("calibrating"), self._hash(model), layouts)
-        self.info = {"samples": len(self.samples), "fit_samples": len(fit_samples(self.samples)), "convs": len(names),
+        self.info = {"samples": len(self.samples), "fit_samples": len(self.fit_set), "convs": len(names),
                      "from_cache": cached}
 
     def statistics(self, info):
@@ -109,7 +110,7 @@ class DataSource:
     def factors(self, d, model, rewritten_so_far):
         if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
             self._close_walk()
-            self._walk = _Walk(self.original, model, fit_samples(self.samples))
+            self._walk = _Walk(self.original, model, self.fit_set)
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
         fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
             d.form, fitting.fit)
