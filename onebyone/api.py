@@ -93,7 +93,7 @@ def optimize(
     quantizer = _quantizer(int8, calibration, latency, progress)
     source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
-    reference = search.Reference(original, calibration) if checked else None
+    reference = search.Reference(original, calibration, source) if checked else None
     rebuild = lambda keep=None: _deployed(quantizer, _rewrite(original, name, policy, input_shapes, source,  # noqa: E731
                                                               reference, progress, latency, keep, forms, quantizer))
     optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes,

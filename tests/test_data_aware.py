@@ -17,6 +17,7 @@ from onebyone.models.single_conv import single_conv_model
 from onebyone.models.weights import random_weight
 from onebyone.calibrated import DataSource, fitting, whitening
 from onebyone.calibrated import moments as calibration
+from onebyone.calibrated.holdout import held_out
 from onebyone.passes import budget, factorize
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.verify.onnxruntime_run import with_outputs
@@ -246,6 +247,7 @@ def test_the_fitting_walk_takes_at_most_fit_samples_spread_over_the_set(rng, mon
     assert source.fit_samples(list(range(5))) == list(range(5))
     picked = source.fit_samples(list(range(30)))
     assert len(picked) == 8 and picked[0] == 0 and picked[-1] == 29 and picked == sorted(set(picked))
+    assert not set(picked) & set(held_out(list(range(30))))  # the model-level check's samples are not fitted on
     counts = []
     real_init = stream.Stream.__init__
 
@@ -265,3 +267,65 @@ def test_the_fitting_walk_takes_at_most_fit_samples_spread_over_the_set(rng, mon
     out = first.info.node.outputs[0].name
     subset = source.fit_samples(calib)
     assert first.measured_error == pytest.approx(fitting.measure(_ir(model), rewritten, subset, [out])[out], rel=1e-6)
+
+
+def test_moments_take_at_most_their_position_budget_from_every_sample(rng, monkeypatch):
+    """Past MOMENT_POSITIONS the moments of a value take the same number of positions from every sample (real
+    positions of it, none twice); activations confined to a subspace keep their rank, so the lossless-on-data
+    detection survives the cap."""
+    x = rng.standard_normal((1, 4, 6, 5)).astype(np.float32)
+    picked = calibration.spread(x, 7, np.random.default_rng(3))
+    columns = {tuple(c) for c in x.reshape(4, -1).T}
+    assert picked.shape == (1, 4, 7) and len({tuple(c) for c in picked[0].T} & columns) == 7
+    assert calibration.spread(x, 30, np.random.default_rng(3)) is x
+    monkeypatch.setattr(calibration, "MOMENT_POSITIONS", 5 * 20)
+    monkeypatch.setattr(calibration, "MIN_POSITIONS_PER_SAMPLE", 20)
+    samples = _subspace_inputs(rng, 16, 5, 5)  # 12x12 = 144 positions each, in a 5-dim subspace
+    model = single_conv_model(("N", 16, 12, 12), random_weight(8, 16, (3, 3), rng), None, pads=(1, 1, 1, 1))
+    capped = calibration.collect(model, samples, ["x"])["x"]
+    assert capped.count == 5 * 20
+    full = np.concatenate([s["x"].reshape(16, -1) for s in samples], axis=1).astype(np.float64)
+    assert np.linalg.matrix_rank(capped.second_moment, tol=1e-9 * np.trace(capped.second_moment)) == 5
+    ratio = np.trace(capped.second_moment) / np.trace(full @ full.T / full.shape[1])
+    assert 0.7 < ratio < 1.4
+
+
+def test_the_moments_pass_hands_the_check_its_held_out_reference_outputs(rng):
+    """The model's outputs on the held-out samples come from the moments pass, equal to onnxruntime's own run of the
+    model on those samples, and the model-level check reads them from there."""
+    from onebyone.calibrated import search
+
+    model = _ir(generators.vgg(size=16, seed=4))
+    samples = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(9)]
+    names = [n.inputs[0].name for n in model.graph if n.op_type == "Conv"][:2]
+    outputs: dict = {}
+    calibration.collect(model, samples, names, held_outputs=outputs)
+    out = model.graph.outputs[0].name
+    expected = [run_ort(model, s)[0] for s in held_out(samples)]
+    assert len(outputs[out]) == 2
+    for got, ref in zip(outputs[out], expected):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    source = DataSource(samples)
+    BottleneckPass(RankPolicy("rank", rank=0.5), source=source)(model.clone())
+    reference = search.Reference(model, samples, source)
+    assert reference.held_outputs is source.held_outputs
+
+
+def test_patch_statistics_take_at_most_positions_per_unknown(rng, monkeypatch):
+    """A fit with few unknowns takes at most POSITIONS_PER_UNKNOWN positions per unknown (its products cost positions
+    times unknowns squared), from every sample."""
+    monkeypatch.setattr(fitting, "POSITIONS_PER_UNKNOWN", 4)
+    monkeypatch.setattr(fitting, "MIN_POSITIONS_PER_SAMPLE", 1)
+    model = generators.vgg(size=16, seed=2)
+    calib = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    seen = []
+    real = fitting.equations
+
+    def recording(d, features, dim, data, bias, full_held=False):
+        fit_eq, held_eq = real(d, features, dim, data, bias, full_held)
+        seen.append((dim, sum(e[-1] for e in fit_eq) + sum(e[-1] for e in held_eq)))
+        return fit_eq, held_eq
+
+    monkeypatch.setattr(fitting, "equations", recording)
+    BottleneckPass(RankPolicy("rank", rank=0.5), source=DataSource(calib))(_ir(model))
+    assert seen and all(positions <= 4 * dim and positions >= 8 for dim, positions in seen)

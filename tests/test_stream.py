@@ -94,6 +94,41 @@ def test_peek_leaves_the_frontier_and_constants_and_subgraphs_are_carried(rng):
     assert not stream.state
 
 
+def test_peek_with_a_given_value_runs_the_tail_from_it_in_one_reused_session(rng, monkeypatch):
+    """A value given to peek replaces what the graph computes (the nodes producing it are not run): the outputs equal
+    onnxruntime's run of the model with that value substituted; peeks that differ only in the given arrays share one
+    onnxruntime session; the frontier is left as it was."""
+    from onebyone.calibrated import stream as stream_mod
+
+    model = ir.serde.deserialize_model(generators.GENERATORS["resnet"](size=16, seed=3))
+    samples = _samples(rng, 2)
+    convs = [n for n in model.graph if n.op_type == "Conv"]
+    conv = convs[len(convs) // 2]
+    name, out = conv.outputs[0].name, model.graph.outputs[0].name
+    made = []
+    real_session = stream_mod.session
+    monkeypatch.setattr(stream_mod, "session", lambda *a, **k: made.append(1) or real_session(*a, **k))
+    stream = Stream(model, samples, "test")
+    stream.advance(conv)
+    made.clear()
+    before = set(stream.state)
+    shape = Probe(model, [name], "shape", only=True).run(samples[0])[name].shape
+    for scale in (0.5, 2.0):
+        given = [scale * rng.standard_normal(shape).astype(np.float32) for _ in samples]
+        got = stream.peek([out], given={name: given}, reuse=True)
+        # independent: the whole model with the conv's output cut off and fed as an input
+        cut = ir.serde.serialize_model(model)
+        cut.graph.node.remove(next(n for n in cut.graph.node if n.output[0] == name))
+        cut.graph.input.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, list(shape)))
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(cut.SerializeToString(), providers=["CPUExecutionProvider"])
+        for s, g, v in zip(samples, got, given):
+            np.testing.assert_allclose(g[out], sess.run([out], {"input": s["input"], name: v})[0], rtol=1e-5, atol=1e-5)
+    assert len(made) == 1 and set(stream.state) == before
+    stream.close()
+
+
 def test_feature_equations_equal_a_direct_computation_with_patches(rng):
     """E[ffᵀ], E[yfᵀ], E‖y‖² with f = [(B⊗I) p̂; 1] (explicit Kronecker product on explicit patches) and
     y = W p + b, on a strided, padded grouped conv, against what the fit computes from the arrays."""

@@ -22,9 +22,15 @@ from onebyone.passes.plan import Decision
 from onebyone.verify.onnxruntime_run import Probe
 
 POSITIONS_PER_CONV = 4096 * 32  # output positions the patch statistics of one conv use, spread over the samples
+POSITIONS_PER_UNKNOWN = 64  # ... at most this many per feature of the fit (products cost positions x features²)
 MIN_POSITIONS_PER_SAMPLE = 256  # ... but at least this many per sample (all of them when a sample has fewer)
 SHRINK = 0.5  # ridge of the refit, relative to trace/dim, scaled by dim/positions (strong when data are few)
 MIN_RIDGE = 1e-6
+
+
+def positions_for(unknowns: int) -> int:
+    """Output positions the patch statistics of a fit with `unknowns` features use at most."""
+    return min(POSITIONS_PER_CONV, POSITIONS_PER_UNKNOWN * unknowns)
 
 
 def ridge_for(dim: int, count: int) -> float:
@@ -45,13 +51,14 @@ class ConvData:
     _keeps: list = dataclasses.field(default_factory=list, repr=False)
     _rng: np.random.Generator = dataclasses.field(default_factory=lambda: np.random.default_rng(0), repr=False)
 
-    def positions(self, i: int, available: int) -> np.ndarray | None:
-        """The output positions of sample `i` (of `available`) that the patch statistics use: None for all of them,
-        or a sorted random subset when the conv's budget of POSITIONS_PER_CONV would be exceeded. Drawn once per
-        sample, in sample order (ask for 0, 1, ... first), and the same at every later call."""
+    def positions(self, i: int, available: int, unknowns: int) -> np.ndarray | None:
+        """The output positions of sample `i` (of `available`) that the patch statistics of a fit with `unknowns`
+        features use: None for all of them, or a sorted random subset when the conv's budget (positions_for) would
+        be exceeded. Drawn once per sample, in sample order (ask for 0, 1, ... first), and the same at every later
+        call."""
         if i < len(self._keeps):
             return self._keeps[i]
-        per_sample = max(MIN_POSITIONS_PER_SAMPLE, POSITIONS_PER_CONV // max(len(self.y), 1))
+        per_sample = max(MIN_POSITIONS_PER_SAMPLE, positions_for(unknowns) // max(len(self.y), 1))
         keep = None if available <= per_sample else np.sort(self._rng.choice(available, per_sample, replace=False))
         self._keeps.append(keep)
         return keep
@@ -189,7 +196,7 @@ def equations(d: Decision, features, dim: int, data: ConvData, bias: np.ndarray,
         xh = np.asarray(x_hat[i], np.float32)
         y = np.asarray(data.y[i], np.float32)
         target = np.moveaxis(y, 1, -1).reshape(-1, n)  # [positions, N], rows ordered like im2col's
-        keep = data.positions(i, len(target))
+        keep = data.positions(i, len(target), dim)
         if keep is not None:
             target = target[keep]
         for g, acc in enumerate(sums[is_held_out(i, count)]):

@@ -10,6 +10,11 @@ def is_held_out(index: int, count: int) -> bool:
     return count >= HOLDOUT_EVERY and index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
 
 
+def in_held_out(index: int, count: int) -> bool:
+    """Whether item `index` of a list of `count` is in held_out(that list)."""
+    return is_held_out(index, count) or count < HOLDOUT_EVERY
+
+
 def held_out(items: list) -> list:
     """The held-out part of a per-calibration-sample list (the samples themselves, or one output per sample); all of
     it when there are too few to hold any out."""

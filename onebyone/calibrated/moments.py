@@ -1,6 +1,9 @@
 """Calibration statistics: streaming second moments of conv input channels, collected with onnxruntime.
 
 Memory is O(C^2) per conv, never O(activations): each sample's activations are folded into the sums and dropped.
+The sums use at most MOMENT_POSITIONS positions per value, spread over the samples (a random subset of each sample's
+positions once a sample has more than its share): neighbouring positions of one image say little that the others do
+not, so past that cap more positions cost product time, not information; every sample contributes.
 Statistics are cached on disk, keyed by the model's bytes, the calibration inputs and the value names, so a
 second run with other ranks does not recompute them.
 """
@@ -18,6 +21,7 @@ import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
 from onebyone.calibrated.blas_threads import alongside_onnxruntime
+from onebyone.calibrated.holdout import in_held_out
 from onebyone.verify.onnxruntime_run import Probe
 
 
@@ -95,20 +99,53 @@ class Moments:
 
 Progress = Callable[[int, int], None]
 CHUNK_POSITIONS = 4096  # Moments.update gathers at least this many positions before multiplying
+MOMENT_POSITIONS = 4096 * 32  # positions per value the channel moments use at most, spread over the samples
+MIN_POSITIONS_PER_SAMPLE = 256  # ... but at least this many per sample (all of them when a sample has fewer)
+SETTINGS = f"moments v2: {MOMENT_POSITIONS} positions, at least {MIN_POSITIONS_PER_SAMPLE} per sample"  # cache key
+
+
+def positions_per_sample(count: int) -> int:
+    """How many positions of each of `count` samples the moments of one value use at most."""
+    return max(MIN_POSITIONS_PER_SAMPLE, MOMENT_POSITIONS // max(count, 1))
+
+
+def spread(x: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """The activation [N, C, *spatial] as is when it has at most `limit` positions, else [1, C, limit]: a random
+    subset of its positions (all N batch items pooled)."""
+    c = x.shape[1]
+    positions = x.size // max(c, 1)
+    if positions <= limit:
+        return x
+    columns = np.moveaxis(x, 1, 0).reshape(c, positions)
+    return columns[:, np.sort(rng.choice(positions, limit, replace=False))][None]
 
 
 def collect(
     model: ir.Model, samples: list[dict], names: list[str], progress: Progress | None = None, layouts=None,
+    held_outputs: dict | None = None,
 ) -> dict[str, Moments]:
     """Moments of the named values of `model` over `samples` (one onnxruntime run per sample), channels on axis 1
-    (`layouts` maps a name to the function that puts its channels there: a matrix op's features, see passes.matrix)."""
-    probe = Probe(model, names, "calibration run", only=True)
+    (`layouts` maps a name to the function that puts its channels there: a matrix op's features, see passes.matrix),
+    over at most positions_per_sample(len(samples)) positions of each sample (drawn with a fixed seed).
+
+    `held_outputs`: a dict that receives the model's outputs on the held-out samples (calibrated.holdout), per output
+    name in sample order, taken from the same runs (the model-level check's reference, at no extra run)."""
+    outputs = [v.name for v in model.graph.outputs] if held_outputs is not None else []
+    probe = Probe(model, list(dict.fromkeys(names + outputs)), "calibration run", only=True)
     stats: dict[str, Moments] = {}
     layouts = layouts or {}
+    limit, rng = positions_per_sample(len(samples)), np.random.default_rng(0)
+    if outputs:
+        held_outputs.update({o: [] for o in outputs})
     with alongside_onnxruntime():
         for i, feed in enumerate(samples):
-            for n, x in probe.run(feed).items():
-                x = layouts[n](x) if n in layouts else x
+            got = probe.run(feed)
+            if outputs and in_held_out(i, len(samples)):
+                for o in outputs:
+                    held_outputs[o].append(got[o])
+            for n in names:
+                x = got[n]
+                x = spread(layouts[n](x) if n in layouts else x, limit, rng)
                 if n not in stats:
                     stats[n] = Moments.zeros(x.shape[1])
                 stats[n].update(x)
@@ -140,21 +177,21 @@ def cache_key(model: ir.Model, samples: list[dict], names: list[str], data=None)
 
 def collect_cached(
     model: ir.Model, samples: list[dict], names: list[str], cache_dir: str | os.PathLike | None,
-    progress: Progress | None = None, data=None, layouts=None,
+    progress: Progress | None = None, data=None, layouts=None, held_outputs: dict | None = None,
 ) -> tuple[dict[str, Moments], bool]:
     """`collect` with an on-disk cache in `cache_dir` (None: no cache; `data`: see cache_key). Returns (moments,
-    loaded_from_cache)."""
+    loaded_from_cache); `held_outputs` (see collect) stays empty when the moments come from the cache."""
     if cache_dir is None:
-        return collect(model, samples, names, progress, layouts), False
+        return collect(model, samples, names, progress, layouts, held_outputs), False
     folder = Path(cache_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"moments-{cache_key(model, samples, names, data)}.npz"
+    path = folder / f"moments-{cache_key(model, samples, names + [SETTINGS], data)}.npz"
     if path.is_file():
         with np.load(path) as data:
             return {
                 n: Moments(data[f"{i}.outer"], data[f"{i}.total"], int(data[f"{i}.count"])) for i, n in enumerate(names)
             }, True
-    stats = collect(model, samples, names, progress, layouts)
+    stats = collect(model, samples, names, progress, layouts, held_outputs)
     arrays = {}
     for i, n in enumerate(names):
         arrays[f"{i}.outer"], arrays[f"{i}.total"], arrays[f"{i}.count"] = stats[n].outer, stats[n].total, stats[n].count

@@ -31,11 +31,13 @@ def rewrite(original: ir.Model, name: str, policy: Policy, input_shapes, source=
 
 class Reference:
     """The original model's outputs on the calibration samples (all of them, or only the held-out ones, each run once
-    when first asked for), and the split of its outputs into parts."""
+    when first asked for; the held-out ones taken from `source`'s moments pass when it ran one on these samples), and
+    the split of its outputs into parts."""
 
-    def __init__(self, original: ir.Model, samples: list[dict]) -> None:
+    def __init__(self, original: ir.Model, samples: list[dict], source: DataSource | None = None) -> None:
         self.original = original
         self.samples = samples
+        self.source = source
         self.splits = output_splits(original)
         self.held_samples = held_out(samples)
         self._outputs: dict | None = None
@@ -50,8 +52,11 @@ class Reference:
     @property
     def held_outputs(self) -> dict:
         if self._held_outputs is None:
+            shared = self.source.held_outputs if self.source is not None and self.source.samples is self.samples else {}
             if self._outputs is not None:
                 self._held_outputs = {k: held_out(v) for k, v in self._outputs.items()}
+            elif shared:
+                self._held_outputs = shared
             else:
                 self._held_outputs = run_samples(self.original, self.held_samples, "original")
         return self._held_outputs
@@ -155,7 +160,7 @@ def smallest_budget(original, name, policy: Policy, input_shapes, source: DataSo
     target), the search without the pointwise form too, and of the two results the one that saves more (MACs, or the
     predicted time with a latency model): that search's budgets are fractions of the kxk convs alone, a finer grid
     for them."""
-    reference = reference or Reference(original, source.samples)
+    reference = reference or Reference(original, source.samples, source)
     found = _search(original, name, policy, input_shapes, source, progress, steps, reference, finish, **pass_options)
     forms = tuple(pass_options.get("forms", DEFAULT_FORMS))
     if "pointwise" not in forms or "input" not in forms or any(
@@ -178,7 +183,7 @@ def _search(original, name, policy: Policy, input_shapes, source: DataSource, pr
     of time and 0.011 at 0.5), so the budgets of GRID are scanned (until, after one met the target, two in a row miss
     it by GIVE_UP times), then `steps` bisections refine between the smallest that met it (or 1, the model
     unchanged) and the next smaller one. Statistics and output gains are computed once (the source keeps them)."""
-    reference = reference or Reference(original, source.samples)
+    reference = reference or Reference(original, source.samples, source)
     timed = pass_options.get("latency") is not None
 
     def attempt(frac: float):

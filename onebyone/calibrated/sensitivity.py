@@ -8,7 +8,8 @@ model-output relative error (the worst part of the worst output, as in verificat
 relative error of the conv's own output. To first order the model-output error of a set of rewrites is then
 sqrt(Σ gain² · local error²), with the local error taken from the conv's predicted error curve; that is what the
 budget allocation minimises. The probes run only the part of the model after the conv: one stream walks the
-original model from conv to conv, and each probe runs from that frontier to the outputs.
+original model from conv to conv; each probe runs the rewritten conv from that frontier, then the model's tail from
+its output, in one onnxruntime session per conv for all its probe ranks (the tail is the same graph at every rank).
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     rank between them (held constant outside) and never below the gain at the top probe. Convs that cannot be
     probed get the median gain of the others at every rank.
 
-    Guarantees: `model` is not modified; one onnxruntime session per probe, running the model from the probed conv
-    on, on at most PROBE_SAMPLES samples."""
+    Guarantees: `model` is not modified; per probed conv, one onnxruntime session of the model's tail after it
+    (shared by its probe ranks) and one of the rewritten conv per probe rank, on at most PROBE_SAMPLES samples."""
     live = _live(decisions)
     with alongside_onnxruntime():
         measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
@@ -140,8 +141,10 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
                                                        m.second_moment, m.second_moment, m.mean, m.mean, svd=svd,
                                                        predict=False)
                 done_ = insert(work.graph, node, factors, names, {})
-                try:
-                    got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []))
+                try:  # the rewritten conv alone, then the model's tail from its output (one session for all ranks)
+                    local = [got[conv_out] for got in stream.peek([conv_out])]
+                    got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []),
+                                      given={conv_out: local}, reuse=True)
                 finally:
                     remove(work.graph, done_)
                 final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified

@@ -8,9 +8,10 @@ far above the prediction are undone.
 The fit walks two streams (calibrated.stream) over the calibration samples in step, the original model and the model
 rewritten so far, from one chosen conv to the next: the fitting costs about two forward passes however many convs
 are rewritten, and the measured errors come from the same walk. The walk takes at most FIT_SAMPLES samples, spread
-evenly over the calibration set: its patch statistics are capped at fitting.POSITIONS_PER_CONV positions per conv
-whatever the sample count, so more samples would add walking time, not data; every sample serves the channel
-statistics (ranks, whitening), and the held-out part of all of them the model-level check.
+evenly over the calibration set outside its held-out part: its patch statistics are capped at
+fitting.POSITIONS_PER_CONV positions per conv whatever the sample count, so more samples would add walking time, not
+data; every sample serves the channel statistics (ranks, whitening), and the held-out part of all of them the
+model-level check (whose reference outputs come from the moments pass).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 
 from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, spatial_fitting, tucker2_fitting,
                                  whitening)
+from onebyone.calibrated.holdout import is_held_out
 from onebyone.calibrated.stream import Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.analysis import OUTPUT_SIDE
@@ -32,11 +34,14 @@ FIT_SAMPLES = 128  # calibration samples the fitting walk takes at most (see the
 
 
 def fit_samples(samples: list) -> list:
-    """At most FIT_SAMPLES of `samples`, spread evenly from the first to the last (all of them when fewer)."""
+    """At most FIT_SAMPLES of `samples`, spread evenly from the first to the last (all of them when fewer); past
+    FIT_SAMPLES, none of the model-level check's held-out samples (calibrated.holdout), so that check stays out of
+    sample."""
     if len(samples) <= FIT_SAMPLES:
         return list(samples)
-    picks = np.unique(np.linspace(0, len(samples) - 1, FIT_SAMPLES).round().astype(int))
-    return [samples[i] for i in picks]
+    pool = [i for i in range(len(samples)) if not is_held_out(i, len(samples))]
+    picks = np.unique(np.linspace(0, len(pool) - 1, min(FIT_SAMPLES, len(pool))).round().astype(int))
+    return [samples[pool[i]] for i in picks]
 
 
 class DataSource:
@@ -61,6 +66,7 @@ class DataSource:
         self._walk: _Walk | None = None
         self._index: dict[int, int] = {}
         self._data_hash = None  # of the model and the samples, for the cache keys (hashed once per model)
+        self.held_outputs: dict = {}  # the model's outputs on the held-out samples, from the moments pass
 
     def _tick(self, stage: str):
         return (lambda done, total: self._progress(stage, done, total)) if self._progress else None
@@ -77,7 +83,8 @@ class DataSource:
         layouts = {i.node.inputs[0].name: i.matrix.input_first for i in candidates if i.matrix is not None}
         layouts |= {i.node.outputs[0].name: i.matrix.output_first for i in candidates if i.matrix is not None}
         self.moments, cached = moments.collect_cached(model, self.samples, names, self.cache_dir,
-                                                      self._tick("calibrating"), self._hash(model), layouts)
+                                                      self._tick("calibrating"), self._hash(model), layouts,
+                                                      self.held_outputs)
         self.info = {"samples": len(self.samples), "fit_samples": len(self.fit_set), "convs": len(names),
                      "from_cache": cached}
 
@@ -206,10 +213,11 @@ class _Walk:
         for name, col in got.items():
             ref = self.pending.pop(name)
             num = den = 0.0
-            for a, b in zip(ref, col):
-                a64 = a.astype(np.float64)
-                num += float(np.sum((a64 - b) ** 2))
-                den += float(np.sum(a64**2))
+            for a, b in zip(ref, col):  # float32 products (a measured error needs 2 digits, not 16), float64 sums
+                d = np.subtract(a, b, dtype=np.float32).ravel()
+                a = np.asarray(a, np.float32).ravel()
+                num += float(np.dot(d, d))
+                den += float(np.dot(a, a))
             self.measured[name] = float(np.sqrt(num / den)) if den > 0 else float(np.sqrt(num))
 
     def close(self) -> None:

@@ -118,6 +118,7 @@ class Stream:
         self._done: dict[int, ir.Node] = {}  # id -> node (held, so ids stay unique)
         self._arrays: dict[str, tuple] = {}  # initializer name -> (its tensor, its array)
         self.state: dict[str, Column] = {}
+        self._reused: tuple | None = None  # the last reusable peek's (key, nodes, session, inputs, weights)
         for name in {v.name for v in model.graph.inputs}:
             if samples and name in samples[0]:
                 self.state[name] = Column.of([feed[name] for feed in samples])
@@ -143,21 +144,26 @@ class Stream:
         self._drop_unread(later)
         return captured
 
-    def peek(self, names: list[str]) -> list[dict[str, np.ndarray]]:
+    def peek(self, names: list[str], given: dict[str, list[np.ndarray]] | None = None,
+             reuse: bool = False) -> list[dict[str, np.ndarray]]:
         """Per sample, the named values computed from the frontier by the nodes not yet run, without advancing
-        (the frontier and the model are left as they are)."""
+        (the frontier and the model are left as they are). `given`: values taken as computed, one array per sample
+        (the nodes producing them are not run). With `reuse`, the onnxruntime session of the last `reuse` peek
+        serves again when it would run the same nodes on the same inputs (one session for many peeks that differ
+        only in `given`)."""
+        state = {**self.state, **{k: Column.of(v) for k, v in (given or {}).items()}}
         nodes = [n for n in self.model.graph if id(n) not in self._done and not _is_constant(n)]
         needed, run = set(names), []
         for n in reversed(nodes):
-            if any(v is not None and v.name in needed for v in n.outputs):
+            if any(v is not None and v.name in needed and v.name not in state for v in n.outputs):
                 run.append(n)
                 needed |= reads(n)
         run.reverse()
-        have = [name for name in names if name in self.state]
-        results = self._execute(run, [name for name in names if name not in have]) if run else None
+        have = [name for name in names if name in state]
+        results = self._execute(run, [name for name in names if name not in have], state, reuse) if run else None
         out = []
         for i in range(self.count):
-            got = {name: self.state[name][i] for name in have}
+            got = {name: state[name][i] for name in have}
             if results is not None:
                 got.update({name: col[i] for name, col in results.items()})
             out.append(got)
@@ -166,6 +172,7 @@ class Stream:
     def close(self) -> None:
         """Drop the frontier and the spill folder (columns handed out stay readable only when in memory)."""
         self.state.clear()
+        self._reused = None
         if self._spill_dir:
             shutil.rmtree(self._spill_dir, ignore_errors=True)
             self._spill_dir = None
@@ -193,17 +200,27 @@ class Stream:
         self.state.update(self._execute(nodes, outputs))
         self.peak_in_memory = max(self.peak_in_memory, sum(c.in_memory for c in self.state.values()))
 
-    def _execute(self, nodes: list[ir.Node], outputs: list[str]) -> dict[str, Column]:
-        """Run `nodes` (in order) on every sample from the frontier, one run per sample; columns of `outputs`."""
+    def _execute(self, nodes: list[ir.Node], outputs: list[str], state: dict[str, Column] | None = None,
+                 reuse: bool = False) -> dict[str, Column]:
+        """Run `nodes` (in order) on every sample from the frontier (`state`: the frontier with values added), one
+        run per sample; columns of `outputs`. With `reuse`: see peek."""
         if not outputs:
             return {}
-        proto, inputs, weights = self._segment(nodes, outputs)
-        sess = session(proto, f"{self.label} (segment)", initializers=weights)
+        state = self.state if state is None else state
+        produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
+        key = ([id(n) for n in nodes], outputs, sorted(name for name in self._reads(nodes) - produced if name in state))
+        if reuse and self._reused is not None and self._reused[0] == key:
+            sess, inputs = self._reused[2], self._reused[3]
+        else:
+            proto, inputs, weights = self._segment(nodes, outputs, state)
+            sess = session(proto, f"{self.label} (segment)", initializers=weights)
+            if reuse:  # the nodes are held, so that their ids stay theirs while the key is compared
+                self._reused = (key, list(nodes), sess, inputs, weights)
         columns: dict[str, Column] = {}
         in_memory = sum(c.in_memory for c in self.state.values())
         for i in range(self.count):
             try:
-                results = sess.run(outputs, {name: self.state[name][i] for name in inputs})
+                results = sess.run(outputs, {name: state[name][i] for name in inputs})
             except Exception as exc:  # noqa: BLE001 - a failed run is the model's or the inputs' problem
                 raise OneByOneError(f"onnxruntime failed to run {self.label}: {first_line(exc)}") from None
             if i == 0:
@@ -223,20 +240,21 @@ class Stream:
         os.close(fd)
         return path
 
-    def _segment(self, nodes: list[ir.Node], outputs: list[str]) -> tuple[onnx.ModelProto, list[str], dict]:
+    def _segment(self, nodes: list[ir.Node], outputs: list[str],
+                 state: dict[str, Column]) -> tuple[onnx.ModelProto, list[str], dict]:
         """A model of `nodes` reading the frontier values it needs (typed from sample 0) and the constants; the
         names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they are, not serialized)."""
         produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
         needed = self._reads(nodes) - produced
         graph = onnx.GraphProto(name="segment")
         constants = {v.name: n for n in self.model.graph if _is_constant(n) for v in n.outputs}
-        carried = [constants[name] for name in sorted(needed) if name in constants and name not in self.state]
+        carried = [constants[name] for name in sorted(needed) if name in constants and name not in state]
         graph.node.extend(ir.serde.serialize_node(n) for n in carried + nodes)
         initializers = self.model.graph.initializers
         inputs, weights = [], {}
         for name in sorted(needed):
-            if name in self.state:
-                arr = self.state[name][0]
+            if name in state:
+                arr = state[name][0]
                 graph.input.append(onnx.helper.make_tensor_value_info(
                     name, onnx.helper.np_dtype_to_tensor_dtype(arr.dtype), arr.shape))
                 inputs.append(name)
