@@ -3,8 +3,9 @@
 
 For each model (the bundled ones and a generated ResNet-50-shaped model, 53 convs at 224x224, plus the same with
 twice the depth) and each sample count, one child process loads the model, times plain onnxruntime inference over
-the calibration samples, then runs the data-aware budget (`--macs 0.67`, no cache) and reports its seconds, its peak
-memory (the child's max RSS) and the output error on the evaluation inputs (bundled models). Printed as a table;
+the calibration samples, runs the data-aware budget (`--macs 0.67`, no cache), times inference again (the ratio is to
+the mean of the two: this machine's speed drifts by tens of percent within minutes) and reports the run's seconds,
+its peak memory (the child's max RSS) and the output error on the evaluation inputs (bundled models). Printed as a table;
 written as JSON and a plot (seconds against samples, and the ratio to inference).
 
     python scripts/benchmark_calibration.py [--samples 32 128 512] [--models opennsfw ppocr-det basic-pitch
@@ -26,12 +27,23 @@ import numpy as np
 GENERATED = {"resnet50": (3, 4, 6, 3), "resnet50x2": (6, 8, 12, 6)}
 
 
+def _inference_seconds(model, samples: list[dict]) -> float:
+    """Seconds plain onnxruntime takes over `samples`, one run each, after a warm-up run."""
+    from onebyone.verify.onnxruntime_run import Probe
+
+    probe = Probe(model, label="original")
+    probe.run(samples[0])
+    t0 = time.perf_counter()
+    for feed in samples:
+        probe.run(feed)
+    return time.perf_counter() - t0
+
+
 def one(name: str, count: int, fraction: float) -> dict:
     """Measure one (model, sample count) in this process; the result as a dict."""
     import onnx_ir as ir
 
     from onebyone import RankPolicy, optimize
-    from onebyone.verify.onnxruntime_run import Probe
 
     if name in GENERATED:
         from onebyone.models import generators
@@ -48,20 +60,17 @@ def one(name: str, count: int, fraction: float) -> dict:
         calib = real.calibration_samples(count)
         shapes = real.input_shapes
     convs = sum(n.op_type == "Conv" for n in original.graph)
-    probe = Probe(original, label="original")
-    probe.run(calib[0])  # warm-up
-    t0 = time.perf_counter()
-    for feed in calib:
-        probe.run(feed)
-    inference = time.perf_counter() - t0
-    del probe
+    before = _inference_seconds(original, calib)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     t0 = time.perf_counter()
     optimized, report = optimize(original, RankPolicy("budget", macs=fraction), shapes, verify=False, calibration=calib)
     seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after = _inference_seconds(original, calib)
+    inference = (before + after) / 2  # the machine's speed drifts: inference timed on both sides of the run
     row = dict(model=name, samples=count, convs=convs, rewritten=report.totals.rewritten, inference_s=inference,
-               data_aware_s=seconds, ratio=seconds / inference, peak_rss_mb=resource.getrusage(
-                   resource.RUSAGE_SELF).ru_maxrss / 1024, rss_before_mb=rss_before / 2**20, kept=report.method)
+               inference_before_s=before, inference_after_s=after, data_aware_s=seconds, ratio=seconds / inference,
+               peak_rss_mb=peak, rss_before_mb=rss_before / 2**20, kept=report.method)
     if real is not None:
         from onebyone.models import tasks
         from onebyone.verify.metrics import worst_part_rel_l2

@@ -238,6 +238,22 @@ def test_a_budget_out_of_reach_says_so():
     assert not any("out of reach" in l.reason for l in report.layers)
 
 
+def test_held_out_samples_are_every_fourth_up_to_holdout_max_spread_over_the_set():
+    """The model-level check holds out every 4th sample, at most HOLDOUT_MAX of them, spread over the whole set and
+    not aliased with sets that cycle through 8 sources (the bundled image sets do)."""
+    from onebyone.calibrated import holdout
+
+    for count in (4, 30, 4 * holdout.HOLDOUT_MAX, 4 * holdout.HOLDOUT_MAX + 1, 512, 600, 2048):
+        held = held_out(list(range(count)))
+        assert held == [i for i in range(count) if holdout.is_held_out(i, count)]
+        assert all(i % 4 == 3 for i in held)
+        assert len(held) == min(count // 4, holdout.HOLDOUT_MAX)
+        if count >= 30:
+            assert {i % 8 for i in held} == {3, 7}  # both halves of an 8-cycle
+            assert held[0] < count // 4 and held[-1] >= count - count // 4  # from the start to the end of the set
+    assert held_out([0, 1, 2]) == [0, 1, 2]  # too few to hold any out: all of them judge
+
+
 def test_the_fitting_walk_takes_at_most_fit_samples_spread_over_the_set(rng, monkeypatch):
     """Past FIT_SAMPLES calibration samples the fitting walk streams an evenly spread subset (first and last
     included) while the channel statistics take every sample; the measured errors are those of the subset."""

@@ -89,7 +89,8 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     probed get the median gain of the others at every rank.
 
     Guarantees: `model` is not modified; per probed conv, one onnxruntime session of the model's tail after it
-    (shared by its probe ranks) and one of the rewritten conv per probe rank, on at most PROBE_SAMPLES samples."""
+    (shared by its probe ranks), one of the conv and one of the rewritten conv per probe rank, on at most
+    PROBE_SAMPLES samples; of the activations, only the stream's frontier and one conv's outputs are held at a time."""
     live = _live(decisions)
     with alongside_onnxruntime():
         measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
@@ -107,14 +108,26 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     return out
 
 
+def _probe_factors(d: Decision):
+    """The factors a conv is probed with, as a function of the rank: whitened by its input statistics in the input
+    and pointwise forms; weight factors in the others (there the gain is a measured ratio, weight factors probe it)."""
+    info, m = d.info, d.moments
+    if d.form not in ("input", "pointwise"):
+        return lambda rank: factorize.svd_factors(info.weight, info.groups, rank, d.form)
+    s = m.second_moment
+    svd = whitening.whitened_svd(info.weight, info.groups, s, s)
+    return lambda rank: whitening.factorize_data(info.weight, info.groups, rank, s, s, s, m.mean, m.mean, svd=svd,
+                                                 predict=False)
+
+
 def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
     """Per conv name, (probe ranks, gains measured there): the model is run with only that conv rewritten (whitened
     factors) at each probe rank; gain = worst output part's relative error / the conv's own relative error."""
     outputs = [v.name for v in model.graph.outputs]
     splits = output_splits(model)
-    conv_outs = [d.info.node.outputs[0].name for d in live]
-    reference = Probe(model, outputs + [n for n in conv_outs if n not in outputs], "original (sensitivity)", only=True)
+    reference = Probe(model, outputs, "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
+    del reference  # its session (weights repacked, arena) is not needed past here
     work = model.clone()
     nodes = list(work.graph)
     index = {id(n): i for i, n in enumerate(model.graph)}
@@ -128,19 +141,11 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
                 continue
             node = nodes[index[id(d.info.node)]]
             stream.advance(node)
-            m = d.moments
             conv_out = node.outputs[0].name
-            whitened = d.form in ("input", "pointwise")  # other forms: the gain is a measured ratio, weight factors probe it
-            svd = (whitening.whitened_svd(d.info.weight, d.info.groups, m.second_moment, m.second_moment)
-                   if whitened else None)
+            original_local = stream.peek([conv_out])  # the conv's own output, before it is rewritten
+            factors_at = _probe_factors(d)
             for rank in ranks:
-                if not whitened:
-                    factors = factorize.svd_factors(d.info.weight, d.info.groups, rank, d.form)
-                else:
-                    factors = whitening.factorize_data(d.info.weight, d.info.groups, rank, m.second_moment,
-                                                       m.second_moment, m.second_moment, m.mean, m.mean, svd=svd,
-                                                       predict=False)
-                done_ = insert(work.graph, node, factors, names, {})
+                done_ = insert(work.graph, node, factors_at(rank), names, {})
                 try:  # the rewritten conv alone, then the model's tail from its output (one session for all ranks)
                     local = [got[conv_out] for got in stream.peek([conv_out])]
                     got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []),
@@ -148,7 +153,7 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
                 finally:
                     remove(work.graph, done_)
                 final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
-                local = worst_part_rel_l2(_by_name(refs, [conv_out]), _by_name(got, [conv_out]))
+                local = worst_part_rel_l2(_by_name(original_local, [conv_out]), _by_name(got, [conv_out]))
                 if local > 1e-6:
                     rs, gs = measured.setdefault(d.info.name, ([], []))
                     rs.append(rank)

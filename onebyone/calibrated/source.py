@@ -22,8 +22,8 @@ import numpy as np
 
 from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, spatial_fitting, tucker2_fitting,
                                  whitening)
-from onebyone.calibrated.holdout import is_held_out
-from onebyone.calibrated.stream import Stream
+from onebyone.calibrated.holdout import HOLDOUT_EVERY
+from onebyone.calibrated.stream import MEMORY_LIMIT, Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.analysis import OUTPUT_SIDE
 from onebyone.passes.sources import Applied
@@ -39,7 +39,8 @@ def fit_samples(samples: list) -> list:
     sample."""
     if len(samples) <= FIT_SAMPLES:
         return list(samples)
-    pool = [i for i in range(len(samples)) if not is_held_out(i, len(samples))]
+    # every HOLDOUT_EVERY-th sample is a held-out slot, held out or not (HOLDOUT_MAX): never fitted on
+    pool = [i for i in range(len(samples)) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
     picks = np.unique(np.linspace(0, len(pool) - 1, min(FIT_SAMPLES, len(pool))).round().astype(int))
     return [samples[pool[i]] for i in picks]
 
@@ -183,8 +184,9 @@ class _Walk:
     each conv to be fitted. Each fitted conv's output error is measured when the rewritten stream next runs it."""
 
     def __init__(self, original, model, samples) -> None:
-        self.original = Stream(original, samples, "original (fitting)")
-        self.rewritten = Stream(model, samples, "rewritten (fitting)")
+        limit = MEMORY_LIMIT // 2  # the two streams together keep at most MEMORY_LIMIT of activations in memory
+        self.original = Stream(original, samples, "original (fitting)", memory_limit=limit)
+        self.rewritten = Stream(model, samples, "rewritten (fitting)", memory_limit=limit)
         self.pending: dict[str, object] = {}  # conv output name -> its original output, until measured
         self.measured: dict[str, float] = {}
         self.diverged = False  # whether the rewritten stream has run a rewritten conv yet
