@@ -18,9 +18,15 @@ HOLDOUT_EVERY = 4  # every 4th calibration sample is held out ...
 HOLDOUT_MAX = 64  # ... but at most this many
 
 
+def is_holdout_place(index: int) -> bool:
+    """Whether sample `index` is at an every-HOLDOUT_EVERY-th place: held out, or left out of the fit when more than
+    HOLDOUT_MAX places are (see the module docstring)."""
+    return index % HOLDOUT_EVERY == HOLDOUT_EVERY - 1
+
+
 @functools.lru_cache(maxsize=64)
 def _held(count: int) -> frozenset[int]:
-    places = np.arange(HOLDOUT_EVERY - 1, count if count >= HOLDOUT_EVERY else 0, HOLDOUT_EVERY)
+    places = np.array([i for i in range(count) if is_holdout_place(i)], dtype=int)
     if len(places) > HOLDOUT_MAX:
         places = np.random.default_rng(0).choice(places, HOLDOUT_MAX, replace=False)
     return frozenset(int(i) for i in places)

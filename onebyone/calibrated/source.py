@@ -22,7 +22,7 @@ import numpy as np
 
 from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, spatial_fitting, tucker2_fitting,
                                  whitening)
-from onebyone.calibrated.holdout import HOLDOUT_EVERY
+from onebyone.calibrated.holdout import is_holdout_place
 from onebyone.calibrated.stream import MEMORY_LIMIT, Stream
 from onebyone.passes import plan, rewrite
 from onebyone.passes.analysis import OUTPUT_SIDE
@@ -39,8 +39,7 @@ def fit_samples(samples: list) -> list:
     sample."""
     if len(samples) <= FIT_SAMPLES:
         return list(samples)
-    # every HOLDOUT_EVERY-th sample is a held-out slot, held out or not (HOLDOUT_MAX): never fitted on
-    pool = [i for i in range(len(samples)) if i % HOLDOUT_EVERY != HOLDOUT_EVERY - 1]
+    pool = [i for i in range(len(samples)) if not is_holdout_place(i)]  # held out or not (HOLDOUT_MAX): never fitted
     picks = np.unique(np.linspace(0, len(pool) - 1, min(FIT_SAMPLES, len(pool))).round().astype(int))
     return [samples[pool[i]] for i in picks]
 

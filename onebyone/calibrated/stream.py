@@ -207,12 +207,12 @@ class Stream:
         if not outputs:
             return {}
         state = self.state if state is None else state
-        produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
-        key = ([id(n) for n in nodes], outputs, sorted(name for name in self._reads(nodes) - produced if name in state))
+        needed = self._needed(nodes)
+        key = ([id(n) for n in nodes], outputs, sorted(name for name in needed if name in state))
         if reuse and self._reused is not None and self._reused[0] == key:
             sess, inputs = self._reused[2], self._reused[3]
         else:
-            proto, inputs, weights = self._segment(nodes, outputs, state)
+            proto, inputs, weights = self._segment(nodes, outputs, state, needed)
             sess = session(proto, f"{self.label} (segment)", initializers=weights)
             if reuse:  # the nodes are held, so that their ids stay theirs while the key is compared
                 self._reused = (key, list(nodes), sess, inputs, weights)
@@ -240,12 +240,16 @@ class Stream:
         os.close(fd)
         return path
 
-    def _segment(self, nodes: list[ir.Node], outputs: list[str],
-                 state: dict[str, Column]) -> tuple[onnx.ModelProto, list[str], dict]:
-        """A model of `nodes` reading the frontier values it needs (typed from sample 0) and the constants; the
-        names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they are, not serialized)."""
+    def _needed(self, nodes: list[ir.Node]) -> set[str]:
+        """The names `nodes` read that they do not produce themselves."""
         produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
-        needed = self._reads(nodes) - produced
+        return self._reads(nodes) - produced
+
+    def _segment(self, nodes: list[ir.Node], outputs: list[str], state: dict[str, Column],
+                 needed: set[str]) -> tuple[onnx.ModelProto, list[str], dict]:
+        """A model of `nodes` reading the frontier values it needs (`needed`: see _needed; typed from sample 0) and
+        the constants; the names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they
+        are, not serialized)."""
         graph = onnx.GraphProto(name="segment")
         constants = {v.name: n for n in self.model.graph if _is_constant(n) for v in n.outputs}
         carried = [constants[name] for name in sorted(needed) if name in constants and name not in state]
