@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from onebyone.passes import cost, factorize
+from onebyone.passes import cost, factorize, svd_cache
 from onebyone.passes.policies import RankPolicy
 from onebyone.models.weights import low_rank_weight, random_weight
 
@@ -31,6 +31,32 @@ def test_truncated_svd_error_equals_discarded_energy(rng):
         f = factorize.factorize_svd(w, 1, r)
         expected = np.sqrt((s[r:] ** 2).sum() / (s**2).sum())
         assert f.rel_error == pytest.approx(expected, rel=1e-5)
+
+
+def test_svds_are_computed_once_per_matrix_and_cannot_be_changed_by_a_caller(rng, monkeypatch):
+    """The cache gives numpy's SVD of each matrix, computing it once per content (a copy hits, a changed matrix does
+    not), the spectrum from a cached full SVD, read-only arrays, and stays within its byte limit."""
+    calls = []
+    real = np.linalg.svd
+    monkeypatch.setattr(np.linalg, "svd", lambda m, **kw: calls.append(m.shape) or real(m, **kw))
+    svd_cache.clear()
+    m = rng.standard_normal((12, 30))
+    u, s, vt = svd_cache.svd(m)
+    ref = real(m, full_matrices=False)
+    for got, want in zip((u, s, vt), ref):
+        np.testing.assert_array_equal(got, want)
+    assert svd_cache.svd(m.copy())[1] is s and svd_cache.singular_values(m) is s and len(calls) == 1
+    with pytest.raises(ValueError):
+        s[0] = 0.0
+    changed = m.copy()
+    changed[3, 4] += 1e-9
+    assert svd_cache.singular_values(changed) is not s and len(calls) == 2
+    np.testing.assert_allclose(svd_cache.singular_values(changed), real(changed, compute_uv=False), rtol=1e-12)
+    monkeypatch.setattr(svd_cache, "CACHE_BYTES", 3 * s.nbytes)
+    for i in range(5):
+        svd_cache.singular_values(rng.standard_normal((12, 30)))
+    assert svd_cache._held[0] <= 3 * s.nbytes
+    svd_cache.clear()
 
 
 def test_unfold_matches_the_definition(rng):

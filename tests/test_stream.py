@@ -12,7 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onebyone.calibrated import fitting, whitening
-from onebyone.calibrated.stream import Stream
+from onebyone.calibrated.stream import Column, SpillFiles, Stream
 from onebyone.models import generators
 from onebyone.passes.analysis import analyze
 from onebyone.passes.plan import start
@@ -40,7 +40,7 @@ def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model
     for conv in convs:
         x = stream.advance(conv, capture=[conv.inputs[0].name])[conv.inputs[0].name]
         y = stream.advance(conv, through=True, capture=[conv.outputs[0].name])[conv.outputs[0].name]
-        spill_dir = spill_dir or stream._spill_dir
+        spill_dir = spill_dir or stream._spill.folder
         for i in range(len(samples)):
             np.testing.assert_array_equal(x[i], expected[i][conv.inputs[0].name])
             np.testing.assert_allclose(y[i], expected[i][conv.outputs[0].name], rtol=1e-5, atol=1e-5)
@@ -56,6 +56,31 @@ def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model
     stream.close()
     if memory_limit == 0:
         assert spill_dir is not None and not os.path.exists(spill_dir)
+
+
+def test_a_dropped_spilled_column_gives_its_file_to_the_next(rng):
+    """A spilled column's file is written over by the next spilled column once the first is dropped, and the second
+    reads back its own arrays (shorter than what the file held); closing the pool removes the folder."""
+    pool = SpillFiles()
+    first = Column(2, pool)
+    big = [rng.standard_normal((4, 64)).astype(np.float32) for _ in range(2)]
+    for i, a in enumerate(big):
+        first[i] = a
+    np.testing.assert_array_equal(first[1], big[1])
+    used = first._file
+    del first
+    second = Column(3, pool)
+    assert second._file is used
+    small = [rng.standard_normal((2, 3)).astype(np.float64) for _ in range(3)]
+    for i, a in enumerate(small):
+        second[i] = a
+    for i, a in enumerate(small):
+        np.testing.assert_array_equal(second[i], a)
+    assert Column(1, pool)._file is not used  # in use: a new file
+    folder = pool.folder
+    assert folder is not None and os.path.isdir(folder)
+    pool.close()
+    assert not os.path.exists(folder)
 
 
 def test_peek_leaves_the_frontier_and_constants_and_subgraphs_are_carried(rng):

@@ -10,6 +10,12 @@ sqrt(Σ gain² · local error²), with the local error taken from the conv's pre
 budget allocation minimises. The probes run only the part of the model after the conv: one stream walks the
 original model from conv to conv; each probe runs the rewritten conv from that frontier, then the model's tail from
 its output, in one onnxruntime session per conv for all its probe ranks (the tail is the same graph at every rank).
+
+The probes' cost grows with the square of the depth (each runs the model's tail), and stays so on purpose: carrying
+an error to the outputs through checkpoints (the relative error at a cut a few convs on, times a gain measured once
+per cut) was measured to misstate gains by up to 6x on open_nsfw, because the error's direction, not only its size,
+decides how much of it the tail keeps, and that direction changes with the conv and with the rank (README,
+"Calibration speed").
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ reads one carries it.
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -29,15 +28,54 @@ MEMORY_LIMIT = 512 * 2**20  # bytes of activations a stream keeps in memory befo
 EXTERNAL_BYTES = 4096  # float initializers from this size on are handed to onnxruntime from memory, not serialized
 
 
-class Column:
-    """One value's arrays, one per sample, in memory or in a file (written once per sample, read back on demand;
-    deleted with the column)."""
+class SpillFiles:
+    """The files spilled columns write to, in one temporary folder. A dropped column's file serves the next spilled
+    column (written over from its start): rewriting pages the system already holds costs less than freeing a file's
+    pages and allocating new ones (open_nsfw's fitting walk at 128 samples wrote several GB in 1,920 writes; deleting
+    its files took 0.9 s, half as long as writing them)."""
 
-    def __init__(self, count: int, path: str | None = None) -> None:
+    def __init__(self) -> None:
+        self.folder: str | None = None
+        self._free: list = []
+        self._open: list = []
+
+    def take(self):
+        """A file to write from its start (a fresh one, or one a dropped column gave back)."""
+        if self._free:
+            return self._free.pop()
+        if self.folder is None:
+            self.folder = tempfile.mkdtemp(prefix="onebyone-stream-")
+        f = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 - closed with the pool
+        self._open.append(f)
+        return f
+
+    def give(self, f) -> None:
+        """Hand back a dropped column's file (closed instead when the pool is)."""
+        if self.folder is None:
+            f.close()
+        else:
+            self._free.append(f)
+
+    def close(self) -> None:
+        """Close every file and remove the folder (columns still holding a file can no longer be read)."""
+        for f in self._open:
+            f.close()
+        self._open, self._free = [], []
+        if self.folder:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+
+class Column:
+    """One value's arrays, one per sample, in memory or in a file of `spill` (written once per sample, read back on
+    demand; the file goes back to the pool with the column)."""
+
+    def __init__(self, count: int, spill: SpillFiles | None = None) -> None:
         self.count = count
-        self.path = path
         self._items: list = [None] * count
-        self._file = open(path, "w+b") if path else None  # noqa: SIM115 - closed when the column goes
+        self._pool = spill
+        self._file = spill.take() if spill else None
+        self._end = 0
         self.nbytes = 0
 
     @classmethod
@@ -53,9 +91,10 @@ class Column:
         if self._file is None:
             self._items[i] = array
             return
-        offset = self._file.seek(0, os.SEEK_END)
-        self._file.write(array.tobytes())
-        self._items[i] = (offset, array.shape, array.dtype)
+        self._file.seek(self._end)
+        self._file.write(memoryview(array.reshape(-1)).cast("B"))
+        self._items[i] = (self._end, array.shape, array.dtype)
+        self._end += array.nbytes
 
     def __getitem__(self, i: int) -> np.ndarray:
         item = self._items[i]
@@ -78,9 +117,7 @@ class Column:
 
     def __del__(self) -> None:
         if self._file is not None:
-            self._file.close()
-            if os.path.exists(self.path):
-                os.unlink(self.path)
+            self._pool.give(self._file)
             self._file = None
 
 
@@ -114,7 +151,7 @@ class Stream:
         self.keep = set(keep)
         self.memory_limit = memory_limit
         self.peak_in_memory = 0
-        self._spill_dir: str | None = None
+        self._spill = SpillFiles()
         self._done: dict[int, ir.Node] = {}  # id -> node (held, so ids stay unique)
         self._arrays: dict[str, tuple] = {}  # initializer name -> (its tensor, its array)
         self.state: dict[str, Column] = {}
@@ -173,9 +210,7 @@ class Stream:
         """Drop the frontier and the spill folder (columns handed out stay readable only when in memory)."""
         self.state.clear()
         self._reused = None
-        if self._spill_dir:
-            shutil.rmtree(self._spill_dir, ignore_errors=True)
-            self._spill_dir = None
+        self._spill.close()
 
     def __enter__(self) -> Stream:
         return self
@@ -227,18 +262,11 @@ class Stream:
                 for name, arr in zip(outputs, results):
                     size = arr.nbytes * self.count
                     spill = in_memory + size > self.memory_limit
-                    columns[name] = Column(self.count, self._spill_path() if spill else None)
+                    columns[name] = Column(self.count, self._spill if spill else None)
                     in_memory += 0 if spill else size
             for name, arr in zip(outputs, results):
                 columns[name][i] = arr
         return columns
-
-    def _spill_path(self) -> str:
-        if self._spill_dir is None:
-            self._spill_dir = tempfile.mkdtemp(prefix="onebyone-stream-")
-        fd, path = tempfile.mkstemp(dir=self._spill_dir, suffix=".bin")
-        os.close(fd)
-        return path
 
     def _needed(self, nodes: list[ir.Node]) -> set[str]:
         """The names `nodes` read that they do not produce themselves."""

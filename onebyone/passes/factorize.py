@@ -24,6 +24,8 @@ import dataclasses
 
 import numpy as np
 
+from onebyone.passes import svd_cache
+
 
 def unfold(weight: np.ndarray, groups: int) -> list[np.ndarray]:
     """The per-group matrices M_i of shape (C/g, N/g * prod(kernel)), in float64."""
@@ -37,7 +39,7 @@ def unfold(weight: np.ndarray, groups: int) -> list[np.ndarray]:
 
 def singular_values(weight: np.ndarray, groups: int) -> list[np.ndarray]:
     """Singular values (descending) of each group's unfolded matrix."""
-    return [np.linalg.svd(m, compute_uv=False) for m in unfold(weight, groups)]
+    return [svd_cache.singular_values(m) for m in unfold(weight, groups)]
 
 
 def numerical_rank(svals: np.ndarray, shape: tuple[int, int], dtype: np.dtype) -> int:
@@ -164,7 +166,7 @@ def assemble(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.nd
 def truncated(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
     """The best rank-`rank` factorization m ≈ U A in the Frobenius norm (truncated SVD): U with orthonormal columns
     [rows, k], A = S_k V_kᵀ [k, cols], k = min(rank, min(m.shape))."""
-    u, s, vt = np.linalg.svd(m, full_matrices=False)
+    u, s, vt = svd_cache.svd(m)
     k = min(rank, len(s))
     return u[:, :k], s[:k, None] * vt[:k]
 
@@ -187,7 +189,7 @@ def unfold_output(weight: np.ndarray, groups: int) -> list[np.ndarray]:
 
 def singular_values_output(weight: np.ndarray, groups: int) -> list[np.ndarray]:
     """Singular values (descending) of each group's output-form matrix."""
-    return [np.linalg.svd(m, compute_uv=False) for m in unfold_output(weight, groups)]
+    return [svd_cache.singular_values(m) for m in unfold_output(weight, groups)]
 
 
 def compose_output(reduced: np.ndarray, expand: np.ndarray, groups: int) -> np.ndarray:
@@ -235,7 +237,7 @@ def unfold_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
 
 def singular_values_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
     """Singular values (descending) of each group's spatial-form matrix."""
-    return [np.linalg.svd(m, compute_uv=False) for m in unfold_spatial(weight, groups)]
+    return [svd_cache.singular_values(m) for m in unfold_spatial(weight, groups)]
 
 
 def compose_spatial(first: np.ndarray, second: np.ndarray, groups: int) -> np.ndarray:
