@@ -24,7 +24,7 @@ from onebyone.calibrated import (fitting, moments, output_fitting, sensitivity, 
                                  whitening)
 from onebyone.calibrated.holdout import is_holdout_place
 from onebyone.calibrated.stream import MEMORY_LIMIT, Stream
-from onebyone.passes import plan, rewrite
+from onebyone.passes import plan, rewrite, svd_cache
 from onebyone.passes.analysis import OUTPUT_SIDE
 from onebyone.passes.sources import Applied
 
@@ -67,6 +67,7 @@ class DataSource:
         self._index: dict[int, int] = {}
         self._data_hash = None  # of the model and the samples, for the cache keys (hashed once per model)
         self.held_outputs: dict = {}  # the model's outputs on the held-out samples, from the moments pass
+        self._spectra: dict = {}  # statistics' spectra per (moments, forms, groups, weight and bias)
 
     def _tick(self, stage: str):
         return (lambda done, total: self._progress(stage, done, total)) if self._progress else None
@@ -92,6 +93,14 @@ class DataSource:
         m = self.moments.get(info.node.inputs[0].name)
         if m is None:
             return None, None
+        y = self.moments.get(info.node.outputs[0].name)
+        # a search rewrites the model at many budgets: each conv's spectra are computed once per statistics and weight
+        key = (id(m), id(y), tuple(info.forms), info.groups, svd_cache.digest(info.weight, fitting.bias_of(info)))
+        if key not in self._spectra:
+            self._spectra[key] = (self._spectra_of(info, m, y), m, y)  # m and y held, so that their ids stay theirs
+        return self._spectra[key][0], m
+
+    def _spectra_of(self, info, m, y) -> dict:
         spectra = {}
         if {"input", "pointwise", "tucker2"} & set(info.forms):  # Tucker-2 reads the input side's spectrum too
             whitened = whitening.spectrum(info.weight, info.groups, m.second_moment)
@@ -100,10 +109,12 @@ class DataSource:
                 spectra["input"] = whitened
         if "spatial" in info.forms:
             spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
-        y = self.moments.get(info.node.outputs[0].name)
         if set(OUTPUT_SIDE) & set(info.forms) and y is not None:
             spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, fitting.bias_of(info), info.groups)
-        return spectra, m
+        for svals, _ in spectra.values():
+            for a in svals:
+                a.setflags(write=False)  # shared by every rewrite that asks again
+        return spectra
 
     def gains(self, model, decisions, round_to, progress=None):
         key = (round_to, tuple(d.form for d in decisions))  # probes are taken in each conv's form

@@ -29,8 +29,17 @@ def svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def singular_values(m: np.ndarray) -> np.ndarray:
     """np.linalg.svd(m, compute_uv=False) as a read-only array (from a cached full SVD of m when there is one)."""
-    full = _get(_key(m, True))
-    return full[1] if full is not None else _cached(m, False)
+    key = _key(m, True)
+    full = _get(key)
+    return full[1] if full is not None else _cached(m, False, key[:2] + (False,) + key[3:])
+
+
+def digest(*arrays: np.ndarray) -> tuple:
+    """A key for the content of `arrays` (shapes, dtypes and a blake2b digest of their bytes)."""
+    h = hashlib.blake2b(digest_size=16)
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+    return tuple((a.shape, np.asarray(a).dtype.str) for a in arrays), h.digest()
 
 
 def clear() -> None:
@@ -53,8 +62,8 @@ def _get(key: tuple):
         return hit
 
 
-def _cached(m: np.ndarray, uv: bool):
-    key = _key(m, uv)
+def _cached(m: np.ndarray, uv: bool, key: tuple | None = None):
+    key = key or _key(m, uv)
     hit = _get(key)
     if hit is not None:
         return hit
