@@ -125,6 +125,30 @@ def test_data_aware_layer_error_is_at_most_weight_only_on_calibration(rng):
     assert first.measured_error == pytest.approx(err_data, rel=1e-6)
 
 
+def test_a_source_computes_each_convs_spectra_once_across_rewrites(rng, monkeypatch):
+    """Rewrites of one model with one DataSource (as a search does at every budget) compute each conv's whitened
+    spectrum once and choose what a fresh source chooses; a conv whose weight changed gets its own spectrum."""
+    model = generators.vgg(size=24, seed=3)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(16)]
+    calls = []
+    real = whitening.spectrum
+    monkeypatch.setattr(whitening, "spectrum", lambda *a: calls.append(1) or real(*a))
+    source, policy = DataSource(calib), RankPolicy("rank", rank=0.5)
+    BottleneckPass(policy, source=source)(_ir(model))
+    first = len(calls)
+    again = BottleneckPass(policy, source=source)
+    again(_ir(model))
+    assert first > 0 and len(calls) == first
+    fresh = BottleneckPass(policy, source=DataSource(calib))
+    fresh(_ir(model))
+    assert [(d.rank, d.predicted_error) for d in again.decisions] == [(d.rank, d.predicted_error) for d in fresh.decisions]
+    changed = _ir(model)
+    conv = next(n for n in changed.graph if n.op_type == "Conv")
+    conv.inputs[1].const_value = ir.tensor(conv.inputs[1].const_value.numpy() * 2)
+    BottleneckPass(policy, source=source)(changed)
+    assert len(calls) == 2 * first + 1  # the fresh source's, then the changed conv's
+
+
 @pytest.mark.parametrize("fraction", [0.9, 0.67, 0.5])
 @pytest.mark.parametrize("calibrated", [False, True])
 def test_budget_is_met(fraction, calibrated, rng):
