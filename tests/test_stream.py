@@ -60,7 +60,8 @@ def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model
 
 def test_a_dropped_spilled_column_gives_its_file_to_the_next(rng):
     """A spilled column's file is written over by the next spilled column once the first is dropped, and the second
-    reads back its own arrays (shorter than what the file held); closing the pool removes the folder."""
+    reads back its own arrays (shorter than what the file held); a column takes the smallest free file that holds
+    its size (else the largest); closing the pool removes the folder."""
     pool = SpillFiles()
     first = Column(2, pool)
     big = [rng.standard_normal((4, 64)).astype(np.float32) for _ in range(2)]
@@ -77,6 +78,12 @@ def test_a_dropped_spilled_column_gives_its_file_to_the_next(rng):
     for i, a in enumerate(small):
         np.testing.assert_array_equal(second[i], a)
     assert Column(1, pool)._file is not used  # in use: a new file
+    big, small = Column(1, pool), Column(1, pool)
+    big[0], small[0] = np.zeros(1000, np.float32), np.zeros(10, np.float32)
+    big_file, small_file = big._file, small._file
+    del big, small
+    assert Column(1, pool, size=40)._file is small_file  # the smallest file that holds it
+    assert Column(1, pool, size=2000)._file is big_file  # none holds it: the largest, which grows least
     folder = pool.folder
     assert folder is not None and os.path.isdir(folder)
     pool.close()

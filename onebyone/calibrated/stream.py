@@ -38,29 +38,36 @@ class SpillFiles:
         self.folder: str | None = None
         self._free: list = []
         self._open: list = []
+        self._capacity: dict[int, int] = {}  # id of an open file -> the most bytes written to it
 
-    def take(self):
-        """A file to write from its start (a fresh one, or one a dropped column gave back)."""
+    def take(self, size: int = 0):
+        """A file to write `size` bytes from its start: of the files dropped columns gave back, the smallest that
+        holds them, else the largest (it grows), else a fresh one; so the files together stay near the most the
+        live columns ever held, as when each column had its own file."""
         if self._free:
-            return self._free.pop()
+            sizes = [self._capacity.get(id(f), 0) for f in self._free]
+            fits = [i for i, n in enumerate(sizes) if n >= size]
+            pick = min(fits, key=sizes.__getitem__) if fits else max(range(len(sizes)), key=sizes.__getitem__)
+            return self._free.pop(pick)
         if self.folder is None:
             self.folder = tempfile.mkdtemp(prefix="onebyone-stream-")
         f = tempfile.TemporaryFile(dir=self.folder)  # noqa: SIM115 - closed with the pool
         self._open.append(f)
         return f
 
-    def give(self, f) -> None:
-        """Hand back a dropped column's file (closed instead when the pool is)."""
+    def give(self, f, used: int) -> None:
+        """Hand back a dropped column's file, `used` bytes of it written (closed instead when the pool is)."""
         if self.folder is None:
             f.close()
         else:
+            self._capacity[id(f)] = max(self._capacity.get(id(f), 0), used)
             self._free.append(f)
 
     def close(self) -> None:
         """Close every file and remove the folder (columns still holding a file can no longer be read)."""
         for f in self._open:
             f.close()
-        self._open, self._free = [], []
+        self._open, self._free, self._capacity = [], [], {}
         if self.folder:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
@@ -70,11 +77,11 @@ class Column:
     """One value's arrays, one per sample, in memory or in a file of `spill` (written once per sample, read back on
     demand; the file goes back to the pool with the column)."""
 
-    def __init__(self, count: int, spill: SpillFiles | None = None) -> None:
+    def __init__(self, count: int, spill: SpillFiles | None = None, size: int = 0) -> None:
         self.count = count
         self._items: list = [None] * count
         self._pool = spill
-        self._file = spill.take() if spill else None
+        self._file = spill.take(size) if spill else None  # `size`: the bytes it will hold, when known
         self._end = 0
         self.nbytes = 0
 
@@ -117,7 +124,7 @@ class Column:
 
     def __del__(self) -> None:
         if self._file is not None:
-            self._pool.give(self._file)
+            self._pool.give(self._file, self._end)
             self._file = None
 
 
@@ -262,7 +269,7 @@ class Stream:
                 for name, arr in zip(outputs, results):
                     size = arr.nbytes * self.count
                     spill = in_memory + size > self.memory_limit
-                    columns[name] = Column(self.count, self._spill if spill else None)
+                    columns[name] = Column(self.count, self._spill if spill else None, size)
                     in_memory += 0 if spill else size
             for name, arr in zip(outputs, results):
                 columns[name][i] = arr
