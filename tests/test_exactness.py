@@ -114,7 +114,7 @@ def check_exact(case) -> str:
           "weights_as": "initializer", "opset": 11, "dynamic_batch": False, "seed": 0})  # form_choice opens with a note
 @example({"side": "tucker2", "nd": 3, "groups": 1, "c": 8, "n": 8, "kernel": (2, 2, 2), "strides": (2, 2, 2),
           "dilations": (2, 2, 2), "pads": None, "auto_pad": "VALID", "spatial": (4, 4, 4), "rank": 1, "bias": False,
-          "weights_as": "initializer", "opset": 11, "dynamic_batch": False, "seed": 0})  # the tucker2 form second in the note
+          "weights_as": "initializer", "opset": 11, "dynamic_batch": False, "seed": 0})  # tucker2 second in the note
 def test_exact_rewrite_matches_onnxruntime(case):
     event(check_exact(case))
 

@@ -95,12 +95,13 @@ class DataSource:
             return None, None
         y = self.moments.get(info.node.outputs[0].name)
         # a search rewrites the model at many budgets: each conv's spectra are computed once per statistics and weight
-        key = (id(m), id(y), tuple(info.forms), info.groups, svd_cache.digest(info.weight, fitting.bias_of(info)))
+        bias = fitting.bias_of(info)
+        key = (id(m), id(y), tuple(info.forms), info.groups, svd_cache.digest(info.weight, bias))
         if key not in self._spectra:
-            self._spectra[key] = (self._spectra_of(info, m, y), m, y)  # m and y held, so that their ids stay theirs
+            self._spectra[key] = (self._spectra_of(info, m, y, bias), m, y)  # m and y held: their ids stay theirs
         return self._spectra[key][0], m
 
-    def _spectra_of(self, info, m, y) -> dict:
+    def _spectra_of(self, info, m, y, bias: np.ndarray) -> dict:
         spectra = {}
         if {"input", "pointwise", "tucker2"} & set(info.forms):  # Tucker-2 reads the input side's spectrum too
             whitened = whitening.spectrum(info.weight, info.groups, m.second_moment)
@@ -110,7 +111,7 @@ class DataSource:
         if "spatial" in info.forms:
             spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
         if set(OUTPUT_SIDE) & set(info.forms) and y is not None:
-            spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, fitting.bias_of(info), info.groups)
+            spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, bias, info.groups)
         for svals, _ in spectra.values():
             for a in svals:
                 a.setflags(write=False)  # shared by every rewrite that asks again

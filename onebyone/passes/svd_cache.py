@@ -2,9 +2,9 @@
 
 A search rewrites one model at many budgets, and every rewrite (data-aware, weight-only, each form on and off) asks
 for the same weights' spectra and truncated SVDs (open_nsfw's data-aware `--macs 0.67` run: 62 SVDs of 31 matrices,
-1.2 s under the profiler; its `--policy error` search rewrites it at every budget it tries). Results are cached by the matrix's content (shape, dtype and a blake2b digest of its bytes), the most
-recently used first, up to CACHE_BYTES of results; they are read-only arrays, so that no caller can change what
-another one gets.
+1.2 s under the profiler; its `--policy error` search rewrites it at every budget it tries). Results are cached by
+the matrix's content (shape, dtype and a blake2b digest of its bytes), the most recently used first, up to
+CACHE_BYTES of results; they are read-only arrays, so that no caller can change what another one gets.
 """
 
 from __future__ import annotations
@@ -24,14 +24,14 @@ _held = [0]  # bytes held by _cache
 
 def svd(m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """np.linalg.svd(m, full_matrices=False) as read-only arrays, computed once per matrix content."""
-    return _cached(m, True)
+    return _cached(m, True, digest(m))
 
 
 def singular_values(m: np.ndarray) -> np.ndarray:
     """np.linalg.svd(m, compute_uv=False) as a read-only array (from a cached full SVD of m when there is one)."""
-    key = _key(m, True)
-    full = _get(key)
-    return full[1] if full is not None else _cached(m, False, key[:2] + (False,) + key[3:])
+    key = digest(m)
+    full = _get((True, key))
+    return full[1] if full is not None else _cached(m, False, key)[0]
 
 
 def digest(*arrays: np.ndarray) -> tuple:
@@ -49,11 +49,6 @@ def clear() -> None:
         _held[0] = 0
 
 
-def _key(m: np.ndarray, uv: bool) -> tuple:
-    data = np.ascontiguousarray(m)
-    return data.shape, data.dtype.str, uv, hashlib.blake2b(data.view(np.uint8).reshape(-1), digest_size=16).digest()
-
-
 def _get(key: tuple):
     with _lock:
         hit = _cache.get(key)
@@ -62,22 +57,21 @@ def _get(key: tuple):
         return hit
 
 
-def _cached(m: np.ndarray, uv: bool, key: tuple | None = None):
-    key = key or _key(m, uv)
+def _cached(m: np.ndarray, uv: bool, content: tuple) -> tuple:
+    """(u, s, vt) with `uv`, else (s,): from the cache under (uv, content), or computed and cached."""
+    key = (uv, content)
     hit = _get(key)
     if hit is not None:
         return hit
-    out = np.linalg.svd(m, full_matrices=False) if uv else np.linalg.svd(m, compute_uv=False)
-    arrays = tuple(out) if uv else (out,)
-    for a in arrays:
+    value = tuple(np.linalg.svd(m, full_matrices=False)) if uv else (np.linalg.svd(m, compute_uv=False),)
+    for a in value:
         a.setflags(write=False)
-    size = sum(a.nbytes for a in arrays)
-    value = tuple(arrays) if uv else out
+    size = sum(a.nbytes for a in value)
     with _lock:
         if key not in _cache and size <= CACHE_BYTES:
             _cache[key] = value
             _held[0] += size
             while _held[0] > CACHE_BYTES:
                 _, old = _cache.popitem(last=False)
-                _held[0] -= sum(a.nbytes for a in (old if isinstance(old, tuple) else (old,)))
+                _held[0] -= sum(a.nbytes for a in old)
     return value
