@@ -28,7 +28,7 @@ class PolicyOptions:
     macs: Annotated[Optional[float], typer.Option("--macs", help="budget: fraction of the targeted convs' MACs to keep; saving: of each conv's")] = None
     max_error: Annotated[Optional[float], typer.Option("--max-error", help="error policy: max relative output error on calibration data")] = None
     time: Annotated[Optional[float], typer.Option("--time", help="budget policy: fraction of the targeted convs' measured time to keep (implies --cost time)")] = None
-    forms: Annotated[str, typer.Option("--forms", help="factorization forms, comma-separated: " + ", ".join(FORMS) + " (output: kxk then 1x1; spatial: kh x 1 then 1 x kw; tucker2: 1x1, kxk, 1x1; a budget chooses each conv's form and rank together by predicted error per MAC or ms saved, other policies the form of lower predicted error; pointwise: 1x1 convs, Gemm and constant-weight MatMul layers too)")] = ",".join(DEFAULT_FORMS)
+    forms: Annotated[str, typer.Option("--forms", help="factorization forms, comma-separated: " + ", ".join(FORMS) + " (output: kxk then 1x1; spatial: kh x 1 then 1 x kw, in 3D kd x 1 x 1 then 1 x kh x kw; tucker2: 1x1, kxk, 1x1; a budget chooses each conv's form and rank together by predicted error per MAC or ms saved, other policies the form of lower predicted error; pointwise: 1x1 convs, Gemm and constant-weight MatMul layers too)")] = ",".join(DEFAULT_FORMS)
 
     def form_list(self) -> tuple[str, ...]:
         """--forms as a tuple; an unknown or empty form list is a one-line error."""

@@ -18,8 +18,9 @@ class LayerReport:
     action: str  # "rewritten" or "skipped"
     reason: str
     kernel: list[int]
-    form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1), "spatial" (kh x 1 then 1 x kw), "tucker2" (1x1, kxk,
-    # 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs, a Gemm/MatMul as two matrix products)
+    form: str  # "input" (1x1 then kxk), "output" (kxk then 1x1), "spatial" (kh x 1 then 1 x kw; 3D: kd x 1 x 1 then
+    # 1 x kh x kw), "tucker2" (1x1, kxk, 1x1) or "pointwise" (a 1x1 conv as two 1x1 convs, a Gemm/MatMul as two matrix
+    # products)
     in_channels: int
     out_channels: int
     groups: int

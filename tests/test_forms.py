@@ -1,4 +1,5 @@
-"""The output form (a conv to r channels per group, then a 1x1 back) and the spatial form (kh x 1 then 1 x kw):
+"""The output form (a conv to r channels per group, then a 1x1 back) and the spatial form (kh x 1 then 1 x kw; in 3D
+kd x 1 x 1 then 1 x kh x kw):
 data-aware fitting, the choice between forms, undoing them, their MACs and timing micro-models, checked against
 onnxruntime and numpy."""
 
@@ -126,16 +127,17 @@ def _factors(proto):
     return inits[reduce.input[1]], e, bias
 
 
-@pytest.mark.parametrize("form", ["output", "spatial"])
+@pytest.mark.parametrize("form,nd", [("output", 2), ("spatial", 2), ("spatial", 3)])
 @pytest.mark.parametrize("auto_pad", [None, "SAME_UPPER", "VALID"])
 @pytest.mark.parametrize("groups", [1, 2])
-def test_rewrite_is_undone_exactly(rng, auto_pad, groups, form):
+def test_rewrite_is_undone_exactly(rng, auto_pad, groups, form, nd):
     """rewrite.insert computes what the composed factors (numpy) and bias say, and rewrite.remove then gives back the
     very same model (the serialized protos are equal)."""
-    w = random_weight(8 * groups, 4, (3, 3), rng)
+    w = random_weight(8 * groups, 4, (3,) * nd, rng)
     b = rng.standard_normal(8 * groups).astype(np.float32)
-    model = single_conv_model((1, 4 * groups, 9, 9), w, b, strides=(2, 2), auto_pad=auto_pad,
-                              pads=None if auto_pad else (1, 0, 1, 0), group=groups)
+    space, pads = (9,) * nd, None if auto_pad else (1, 0, 2)[:nd] + (1, 0, 0)[:nd]
+    model = single_conv_model((1, 4 * groups, *space), w, b, strides=(2,) + (1,) * (nd - 1), auto_pad=auto_pad,
+                              pads=pads, group=groups)
     work = ir.serde.deserialize_model(model)
     before = ir.serde.serialize_model(work).SerializeToString()
     node = next(n for n in work.graph if n.op_type == "Conv")
@@ -145,33 +147,37 @@ def test_rewrite_is_undone_exactly(rng, auto_pad, groups, form):
     done = rewrite.insert(work.graph, node, factors, rewrite.UniqueNames(work.graph), {})
     changed = ir.serde.serialize_model(work)
     onnx.checker.check_model(changed, full_check=True)
-    x = rng.standard_normal((1, 4 * groups, 9, 9)).astype(np.float32)
+    x = rng.standard_normal((1, 4 * groups, *space)).astype(np.float32)
     (ref,), (got,) = run_ort(model, {"x": x}), run_ort(changed, {"x": x})
     # the composed factors plus the bias shift, computed with numpy from the same factors
     compose = factorize.compose_output if form == "output" else factorize.compose_spatial
     full = compose(factors.bottleneck, factors.weight, groups).astype(np.float32)
-    shifted = single_conv_model((1, 4 * groups, 9, 9), full, b + factors.bias_delta, strides=(2, 2),
-                                auto_pad=auto_pad, pads=None if auto_pad else (1, 0, 1, 0), group=groups)
+    assert full.shape == w.shape
+    shifted = single_conv_model((1, 4 * groups, *space), full, b + factors.bias_delta, strides=(2,) + (1,) * (nd - 1),
+                                auto_pad=auto_pad, pads=pads, group=groups)
     assert rel_err(run_ort(shifted, {"x": x})[0], got) < 1e-5
     assert not np.allclose(ref, got)
     rewrite.remove(work.graph, done)
     assert ir.serde.serialize_model(work).SerializeToString() == before
 
 
-@pytest.mark.parametrize("form,kernels", [("output", [[3, 3], [1, 1]]), ("spatial", [[3, 1], [1, 3]])])
+@pytest.mark.parametrize("form,kernels", [("output", [[3, 3], [1, 1]]), ("spatial", [[3, 1], [1, 3]]),
+                                          ("spatial", [[3, 1, 1], [1, 3, 3]])])
 def test_micro_model_has_the_convs_shapes_and_macs(rng, form, kernels):
     """The timing micro-model of each form is its two convs with the conv's input and output, and as many MACs as
     the form's cost model says."""
-    w = random_weight(16, 8, (3, 3), rng)
-    model = single_conv_model((1, 8, 12, 12), w, None, strides=(2, 2), pads=(1, 1, 1, 1))
-    info = analyze(ir.serde.deserialize_model(model), {"x": (1, 8, 12, 12)}, forms=(form,))[0]
+    nd = len(kernels[0])
+    w = random_weight(16, 8, (3,) * nd, rng)
+    shape = (1, 8) + (12,) * nd
+    model = single_conv_model(shape, w, None, strides=(2,) * nd, pads=(1,) * (2 * nd))
+    info = analyze(ir.serde.deserialize_model(model), {"x": shape}, forms=(form,))[0]
     d = start(info)
     assert d.form == form
     pair = micro.pair(info, 3, form=form)
     assert [list(a.ints) for n in pair.graph.node for a in n.attribute if a.name == "kernel_shape"] == kernels
-    x = rng.standard_normal((1, 8, 12, 12)).astype(np.float32)
-    assert run_ort(pair, {"x": x})[0].shape == run_ort(model, {"x": x})[0].shape == (1, 16, 6, 6)
-    assert d.macs_at(3) == conv_macs_of(pair, {"x": (1, 8, 12, 12)})
+    x = rng.standard_normal(shape).astype(np.float32)
+    assert run_ort(pair, {"x": x})[0].shape == run_ort(model, {"x": x})[0].shape == (1, 16) + (6,) * nd
+    assert d.macs_at(3) == conv_macs_of(pair, {"x": shape})
 
 
 def test_a_separable_depthwise_blur_is_split_losslessly(rng):
@@ -305,3 +311,66 @@ def test_a_mac_budget_chooses_form_and_rank_together(rng):
     spatial = [k for k, (f, _) in enumerate(keys) if f == "spatial" and costs[k] <= 0.2 * info.macs]
     assert spatial and min(errors[spatial]) > 0.1
     assert budget._gain_at(np.array([1.0, 0.5, 0.0]), np.array([1.0, 2.0, 3.0]), np.array([0.25])) == pytest.approx([2.5])
+
+
+@pytest.mark.parametrize("kernel,strides,dilations,pads", [
+    ((3, 5), (2, 1), (1, 2), (1, 2, 0, 3)),
+    ((3, 3, 2), (1, 2, 1), (2, 1, 1), (2, 1, 0, 1, 0, 1)),
+])
+def test_spatial_fit_statistics_give_the_rewritten_convs_error(rng, kernel, strides, dilations, pads):
+    """The spatial fit's statistics (the first conv's outputs over x̂, taken in patches of the other axes with their
+    strides, dilations and pads) score a pair of factors at exactly the held-out output error onnxruntime measures
+    for the conv composed from them, in 2D and 3D."""
+    from onebyone.calibrated import fitting, spatial_fitting
+    from onebyone.calibrated.holdout import is_held_out
+
+    nd = len(kernel)
+    w = random_weight(6, 4, kernel, rng)
+    b = rng.standard_normal(6).astype(np.float32)
+    shape = (1, 4) + (7, 8, 6)[:nd]
+    model = single_conv_model(shape, w, b, strides=strides, dilations=dilations, pads=pads)
+    info = analyze(ir.serde.deserialize_model(model), {"x": shape}, forms=("spatial",))[0]
+    d = start(info)
+    xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
+    ys = [run_ort(model, {"x": x})[0] for x in xs]
+    factors = factorize.factorize_spatial_svd(w, 1, 2)
+    _, held = spatial_fitting.first_outputs_equations(d, factors.bottleneck, fitting.ConvData(xs, None, ys),
+                                                      b.astype(np.float64))
+    predicted = fitting.output_error(held, factors.weight, np.zeros(6))
+    full = factorize.compose_spatial(factors.bottleneck, factors.weight, 1).astype(np.float32)
+    composed = single_conv_model(shape, full, b, strides=strides, dilations=dilations, pads=pads)
+    held_out = [i for i in range(8) if is_held_out(i, 8)]
+    num = sum(float(np.sum((ys[i].astype(np.float64) - run_ort(composed, {"x": xs[i]})[0]) ** 2)) for i in held_out)
+    den = sum(float(np.sum(ys[i].astype(np.float64) ** 2)) for i in held_out)
+    assert held_out and 0.05 < predicted == pytest.approx(np.sqrt(num / den), rel=1e-4)
+
+
+def test_data_aware_3d_spatial_form_beats_weight_svd_on_correlated_inputs(rng):
+    """A 3D conv ((1+2)D: kd x 1 x 1 then 1 x kh x kw) fitted on calibration data with correlated channels leaves
+    less output error on fresh inputs than the weight's own spatial SVD at the same rank, and is written as the two
+    convs onnxruntime runs."""
+    w = random_weight(12, 10, (3, 3, 3), rng)
+    b = rng.standard_normal(12).astype(np.float32)
+    model = single_conv_model((1, 10, 6, 7, 7), w, b, pads=(1, 1, 1, 1, 1, 1))
+    mix = rng.standard_normal((10, 10)) * np.exp(-np.arange(10) / 1.5)
+
+    def draw(count, seed):
+        r = np.random.default_rng(seed)
+        return [{"x": np.einsum("cd,bdthw->bcthw", mix, r.standard_normal((1, 10, 6, 7, 7))).astype(np.float32)}
+                for _ in range(count)]
+
+    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("rank", rank=5), verify=False,
+                                 forms=("spatial",), calibration=draw(24, 2))
+    layer = report.layers[0]
+    assert layer.form == "spatial" and layer.rank == 5 and layer.action == "rewritten", layer
+    weight, _ = optimize(ir.serde.deserialize_model(model), RankPolicy("rank", rank=5), verify=False,
+                         forms=("spatial",))
+    data, weight = ir.serde.serialize_model(optimized), ir.serde.serialize_model(weight)
+    onnx.checker.check_model(data, full_check=True)
+    assert [list(a.ints) for n in data.graph.node for a in n.attribute if a.name == "kernel_shape"] == [[3, 1, 1],
+                                                                                                       [1, 3, 3]]
+    assert conv_macs_of(data, {"x": (1, 10, 6, 7, 7)}) == layer.macs_after
+    held = draw(6, 3)
+    errors = {label: max(rel_err(run_ort(model, f)[0], run_ort(m, f)[0]) for f in held)
+              for label, m in (("weight", weight), ("data", data))}
+    assert errors["data"] < 0.7 * errors["weight"], errors

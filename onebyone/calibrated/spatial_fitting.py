@@ -1,9 +1,10 @@
-"""Fitting the spatial form (a kh x 1 conv to r channels per group, then a 1 x kw conv) on calibration data.
+"""Fitting the spatial form (a kh x 1 conv to r channels per group, then a 1 x kw conv; in 3D kd x 1 x 1, then
+1 x kh x kw) on calibration data.
 
-Candidates: the weight's own SVD of the [C/g·kh, N/g·kw] unfolding, and the one whitened by the input channel
-statistics (the vertical taps treated as uncorrelated), each as is and with the 1 x kw conv and the bias refitted by
-least squares on the first conv's outputs over the inputs the rewritten model gives it. The candidate with the
-smallest output error on held-out calibration samples wins.
+Candidates: the weight's own SVD of the [C/g·k0, N/g·K'] unfolding (k0 the taps of the first axis, K' the others'),
+and the one whitened by the input channel statistics (the first axis's taps treated as uncorrelated), each as is and
+with the second conv and the bias refitted by least squares on the first conv's outputs over the inputs the rewritten
+model gives it. The candidate with the smallest output error on held-out calibration samples wins.
 """
 
 from __future__ import annotations
@@ -17,36 +18,37 @@ from onebyone.passes.plan import Decision
 
 
 def whitened(weight: np.ndarray, groups: int, rank: int, s_xx: np.ndarray, reg: float) -> factorize.Factors:
-    """Spatial factors minimising E‖(S_i − F G)ᵀ x‖² per group for vertical patches x with covariance S ⊗ I."""
-    kh, cpg = weight.shape[2], weight.shape[1]
+    """Spatial factors minimising E‖(S_i − F G)ᵀ x‖² per group for first-axis patches x with covariance S ⊗ I."""
+    k0, cpg = weight.shape[2], weight.shape[1]
     parts = []
     for g, m in enumerate(factorize.unfold_spatial(weight, groups)):
         sl = slice(g * cpg, (g + 1) * cpg)
         root, inv = whitening.sqrt_and_inverse(s_xx[sl, sl], reg)
-        u, s, vt = np.linalg.svd(np.kron(root, np.eye(kh)) @ m, full_matrices=False)
+        u, s, vt = np.linalg.svd(np.kron(root, np.eye(k0)) @ m, full_matrices=False)
         k = min(rank, len(s))
-        parts.append((np.kron(inv, np.eye(kh)) @ u[:, :k], s[:k, None] * vt[:k]))
+        parts.append((np.kron(inv, np.eye(k0)) @ u[:, :k], s[:k, None] * vt[:k]))
     return factorize.assemble_spatial(weight, groups, rank, parts)
 
 
 def first_outputs_equations(d: Decision, first: np.ndarray, data: fitting.ConvData, bias: np.ndarray):
-    """fitting.equations for the spatial form: the features are the patches (1 x kw, the horizontal strides,
-    dilations and pads) of the first conv's outputs over x̂."""
+    """fitting.equations for the spatial form: the features are the patches (1 x the other axes' taps, their
+    strides, dilations and pads) of the first conv's outputs over x̂."""
     info = d.info
     cpg = info.in_channels // info.groups
     r = first.shape[0] // info.groups
-    kh, kw = info.kernel
+    nd, k0 = len(info.kernel), info.kernel[0]
+    ones, zeros = (1,) * (nd - 1), (0,) * (nd - 1)
     fg = first.reshape(info.groups, r, -1).astype(np.float32)
 
     def features(xh, g, keep, pads):
-        col = patches_mod.im2col(xh, (kh, 1), (info.strides[0], 1), (info.dilations[0], 1), (pads[0], 0, pads[2], 0),
-                                 channels=slice(g * cpg, (g + 1) * cpg))
-        rows = xh.shape[0], info.output_shape[2], xh.shape[3]
-        z = np.moveaxis((col @ fg[g].T).reshape(*rows, r), -1, 1)  # [batch, r, rows out, width in]
-        return patches_mod.im2col(z, (1, kw), (1, info.strides[1]), (1, info.dilations[1]), (0, pads[1], 0, pads[3]),
-                                  positions=keep)
+        col = patches_mod.im2col(xh, (k0, *ones), (info.strides[0], *ones), (info.dilations[0], *ones),
+                                 (pads[0], *zeros, pads[nd], *zeros), channels=slice(g * cpg, (g + 1) * cpg))
+        rows = xh.shape[0], info.output_shape[2], *xh.shape[3:]
+        z = np.moveaxis((col @ fg[g].T).reshape(*rows, r), -1, 1)  # [batch, r, first axis out, other axes in]
+        return patches_mod.im2col(z, (1, *info.kernel[1:]), (1, *info.strides[1:]), (1, *info.dilations[1:]),
+                                  (0, *pads[1:nd], 0, *pads[nd + 1:]), positions=keep)
 
-    return fitting.equations(d, features, r * kw + 1, data, bias)
+    return fitting.equations(d, features, r * (info.kernel_size // k0) + 1, data, bias)
 
 
 def fit(d: Decision, data: fitting.ConvData) -> tuple[factorize.Factors, str]:
@@ -57,4 +59,4 @@ def fit(d: Decision, data: fitting.ConvData) -> tuple[factorize.Factors, str]:
     starts = [("svd", factorize.factorize_spatial_svd(info.weight, info.groups, d.rank)),
               ("whitened", whitened(info.weight, info.groups, d.rank, d.moments.second_moment, reg))]
     return fitting.best_candidate(d, starts, lambda first: first_outputs_equations(d, first, data, bias),
-                                  (1, info.kernel[1]), "spatial")
+                                  (1, *info.kernel[1:]), "spatial")

@@ -56,14 +56,14 @@ def spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np
 
 
 def spatial_spectrum(weight: np.ndarray, groups: int, s_xx: np.ndarray) -> tuple[list[np.ndarray], list[float]]:
-    """The spatial form's spectrum: per group, singular values of (S^½ ⊗ I_kh) S_i (the [C/g·kh, N/g·kw] unfolding
-    whitened by the channel statistics, vertical taps treated as uncorrelated, as the input form treats all taps),
-    and the output energy under the same approximation."""
-    cpg, kh = weight.shape[1], weight.shape[2]
+    """The spatial form's spectrum: per group, singular values of (S^½ ⊗ I_k0) S_i (the [C/g·k0, N/g·K'] unfolding
+    whitened by the channel statistics, the first axis's taps treated as uncorrelated, as the input form treats all
+    taps), and the output energy under the same approximation."""
+    cpg, k0 = weight.shape[1], weight.shape[2]
     svals, energy = [], []
     for g, m in enumerate(factorize.unfold_spatial(weight, groups)):
         sl = slice(g * cpg, (g + 1) * cpg)
-        s = np.kron(s_xx[sl, sl], np.eye(kh))
+        s = np.kron(s_xx[sl, sl], np.eye(k0))
         svals.append(np.linalg.svd(psd_sqrt(s) @ m, compute_uv=False))
         energy.append(quad(m, s))
     return svals, energy

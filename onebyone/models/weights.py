@@ -48,19 +48,20 @@ def low_rank_output_weight(
 
 
 def low_rank_spatial_weight(
-    out_ch: int, in_per_group: int, kernel: tuple[int, int], groups: int, rank: int, rng: np.random.Generator
+    out_ch: int, in_per_group: int, kernel: tuple[int, ...], groups: int, rank: int, rng: np.random.Generator
 ) -> np.ndarray:
-    """Float32 2D-kernel weight whose every group, unfolded as [(c, y), (n, x)] ([C/g·kh, N/g·kw]), has rank exactly
-    min(rank, C/g·kh, N/g·kw): exact for the spatial form (a kh x 1 conv to `rank` channels, then a 1 x kw conv)."""
+    """Float32 2D- or 3D-kernel weight whose every group, unfolded as [(c, y), (n, x)] ([C/g·k0, N/g·K']: the first
+    axis's taps y against the other axes' taps x), has rank exactly min(rank, C/g·k0, N/g·K'): exact for the spatial
+    form (a k0 x 1 (x 1) conv to `rank` channels, then a 1 x .. conv over the other axes)."""
     per_group = out_ch // groups
-    kh, kw = kernel
-    r = min(rank, in_per_group * kh, per_group * kw)
-    w = np.empty((out_ch, in_per_group, kh, kw), dtype=np.float64)
+    k0, rest = kernel[0], int(np.prod(kernel[1:]))
+    r = min(rank, in_per_group * k0, per_group * rest)
+    w = np.empty((out_ch, in_per_group, k0, rest), dtype=np.float64)
     for g in range(groups):
-        m = rng.standard_normal((in_per_group * kh, r)) @ rng.standard_normal((r, per_group * kw)) / np.sqrt(r)
-        w[g * per_group : (g + 1) * per_group] = m.reshape(in_per_group, kh, per_group, kw).transpose(2, 0, 1, 3)
-    w *= np.sqrt(2.0 / (in_per_group * kh * kw))
-    return w.astype(np.float32)
+        m = rng.standard_normal((in_per_group * k0, r)) @ rng.standard_normal((r, per_group * rest)) / np.sqrt(r)
+        w[g * per_group : (g + 1) * per_group] = m.reshape(in_per_group, k0, per_group, rest).transpose(2, 0, 1, 3)
+    w *= np.sqrt(2.0 / (in_per_group * k0 * rest))
+    return w.reshape((out_ch, in_per_group) + tuple(kernel)).astype(np.float32)
 
 
 def low_rank_tucker2_weight(

@@ -100,7 +100,8 @@ class ConvInfo:
         if form == "output":
             return self.out_channels // self.groups, (self.in_channels // self.groups) * self.kernel_size
         if form == "spatial":
-            return self.in_channels // self.groups * self.kernel[0], self.out_channels // self.groups * self.kernel[1]
+            return (self.in_channels // self.groups * self.kernel[0],
+                    self.out_channels // self.groups * self.kernel_size // self.kernel[0])
         return self.matrix_shape
 
     def svals_of(self, form: str) -> list[np.ndarray]:
@@ -133,8 +134,9 @@ class ConvInfo:
             return cost.output_macs(self.spatial_out, self.out_channels, self.in_channels, self.groups,
                                     self.kernel_size, rank)
         if form == "spatial":
-            return cost.spatial_macs(self.output_shape[2], self.input_shape[3], self.spatial_out, self.out_channels,
-                                     self.in_channels, self.groups, self.kernel[0], self.kernel[1], rank)
+            first_positions = self.output_shape[2] * int(np.prod(self.input_shape[3:]))
+            return cost.spatial_macs(first_positions, self.spatial_out, self.out_channels, self.in_channels,
+                                     self.groups, self.kernel[0], self.kernel_size // self.kernel[0], rank)
         return cost.bottleneck_macs(self.spatial_in, self.spatial_out, self.out_channels, self.in_channels,
                                     self.groups, self.kernel_size, rank)
 
@@ -246,11 +248,12 @@ def form_of(kernel: tuple[int, ...]) -> str:
 
 def forms_for(kernel: tuple[int, ...], forms) -> list[str]:
     """The enabled forms a conv with this kernel can take: a kxk conv the input form (1x1 then kxk), the output
-    form (kxk then 1x1) and the Tucker-2 form (1x1, kxk, 1x1), a 2D kernel with both sides > 1 also the spatial form
-    (kh x 1 then 1 x kw); a 1x1 conv the pointwise form (for a 1x1 kernel both sides are the same factorization)."""
+    form (kxk then 1x1) and the Tucker-2 form (1x1, kxk, 1x1), a 2D or 3D kernel wider than 1 along its first axis
+    and along the others also the spatial form (kh x 1 then 1 x kw; in 3D kd x 1 x 1 then 1 x kh x kw); a 1x1 conv the
+    pointwise form (for a 1x1 kernel both sides are the same factorization)."""
     if all(k == 1 for k in kernel):
         return ["pointwise"] if "pointwise" in forms else []
-    spatial = ["spatial"] if len(kernel) == 2 and min(kernel) > 1 else []
+    spatial = ["spatial"] if len(kernel) in (2, 3) and kernel[0] > 1 and math.prod(kernel[1:]) > 1 else []
     return [f for f in ["input", "output"] + spatial + ["tucker2"] if f in forms]
 
 

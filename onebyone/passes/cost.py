@@ -56,11 +56,13 @@ def output_break_even_rank(spatial_out: int, out_channels: int, in_channels: int
     return conv_macs(spatial_out, out_channels, in_channels, groups, kernel) / per_rank if per_rank else 0.0
 
 
-def spatial_macs(rows_out: int, width_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int,
-                 kh: int, kw: int, rank: int) -> int:
-    """MACs of the spatial form of a 2D conv: Conv(kh x 1 to groups*rank channels) at rows_out x width_in (the vertical
-    stride applied, the width untouched), then Conv(1 x kw) at the output resolution. `rank` is per group."""
-    return rows_out * width_in * groups * rank * (in_channels // groups) * kh + spatial_out * out_channels * rank * kw
+def spatial_macs(first_positions: int, spatial_out: int, out_channels: int, in_channels: int, groups: int,
+                 first_taps: int, other_taps: int, rank: int) -> int:
+    """MACs of the spatial form of a 2D or 3D conv: Conv(k0 x 1 (x 1) to groups*rank channels) at `first_positions`
+    (the output size along the first axis times the input size along the others: its stride applied, theirs not),
+    then Conv(1 x the other taps) at the output resolution. `rank` is per group."""
+    return (first_positions * groups * rank * (in_channels // groups) * first_taps
+            + spatial_out * out_channels * rank * other_taps)
 
 
 def tucker2_macs(spatial_in: int, spatial_out: int, out_channels: int, in_channels: int, groups: int, kernel: int,

@@ -4,9 +4,11 @@ Input form (along the input channels): for a weight W[N, C/g, *kernel] with g gr
 M_i = W[i*N/g:(i+1)*N/g].swapaxes(0, 1).reshape(C/g, -1). A rank-r factorization M_i = B_i^T A_i gives the
 1x1 bottleneck B[g*r, C/g, 1..] (group i's rows i*r..(i+1)*r) and the new weight W'[N, r, *kernel].
 
-Spatial form (2D kernels): group i's matrix is S_i[(c, y), (n, x)] = W[n, c, y, x] ([C/g·kh, N/g·kw]); a rank-r
-factorization S_i = F_i G_i gives a kh x 1 conv F[g*r, C/g, kh, 1] (the vertical strides, dilations and pads, no bias)
-then a 1 x kw conv G[N, r, 1, kw] (the horizontal ones, the bias).
+Spatial form (2D and 3D kernels: the first spatial axis, then the others): group i's matrix is
+S_i[(c, y), (n, x)] = W[n, c, y, x] ([C/g·k0, N/g·K'], x the taps of the other axes, K' their count); a rank-r
+factorization S_i = F_i G_i gives a k0 x 1 (x 1) conv F[g*r, C/g, k0, 1, ..] (the first axis's strides, dilations and
+pads, no bias) then a 1 x kw (1 x kh x kw in 3D) conv G[N, r, 1, ..] (the other axes', the bias). In 3D this is the
+(1+2)D factorization of video networks: a temporal conv, then a spatial one.
 
 Output form (along the output channels): group i's matrix is O_i = W[i*N/g:(i+1)*N/g].reshape(N/g, -1); a rank-r
 factorization O_i = E_i R_i gives the reduced conv R[g*r, C/g, *kernel] (the conv's own attributes, no bias) and the
@@ -90,7 +92,7 @@ class Factors:
     """The two convs that replace one, applied in order: `bottleneck` first, then `weight` (which carries the bias).
 
     Input form: B[g*r, C/g, 1, ...] then W'[N, r, *kernel]. Output form: R[g*r, C/g, *kernel] then E[N, r, 1, ...].
-    Spatial form: F[g*r, C/g, kh, 1] then G[N, r, 1, kw].
+    Spatial form: F[g*r, C/g, k0, 1, ..] then G[N, r, 1, *other taps].
     `rel_error` = ‖W - composed‖_F / ‖W‖_F. Data-aware factors also carry `bias_delta` (added to the bias; None:
     unchanged) and `predicted_error` (the relative output error the fit predicts on the calibration statistics;
     None without data)."""
@@ -227,11 +229,13 @@ def factorize_output_svd(weight: np.ndarray, groups: int, rank: int) -> Factors:
 
 
 def unfold_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]:
-    """The per-group matrices S_i of shape (C/g * kh, N/g * kw), in float64 (spatial-form unfolding, 2D kernels)."""
-    n, cpg, kh, kw = weight.shape
+    """The per-group matrices S_i of shape (C/g * k0, N/g * K'), in float64 (spatial-form unfolding: the first
+    spatial axis against the others, 2D and 3D kernels)."""
+    n, cpg, k0 = weight.shape[:3]
     per_group = n // groups
-    w = weight.astype(np.float64)
-    return [w[i * per_group:(i + 1) * per_group].transpose(1, 2, 0, 3).reshape(cpg * kh, per_group * kw)
+    rest = int(np.prod(weight.shape[3:]))
+    w = weight.astype(np.float64).reshape(n, cpg, k0, rest)
+    return [w[i * per_group:(i + 1) * per_group].transpose(1, 2, 0, 3).reshape(cpg * k0, per_group * rest)
             for i in range(groups)]
 
 
@@ -241,28 +245,32 @@ def singular_values_spatial(weight: np.ndarray, groups: int) -> list[np.ndarray]
 
 
 def compose_spatial(first: np.ndarray, second: np.ndarray, groups: int) -> np.ndarray:
-    """The single conv weight equal to applying `first` (kh x 1, to g*r channels) then `second` (1 x kw)."""
+    """The single conv weight equal to applying `first` (k0 x 1 (x 1), to g*r channels) then `second` (1 x ..)."""
     n, r = second.shape[:2]
     per_group = n // groups
-    f = first[..., 0].reshape(groups, r, first.shape[1], first.shape[2]).astype(np.float64)  # [g, r, C/g, kh]
-    g2 = second[:, :, 0, :].astype(np.float64)  # [N, r, kw]
-    return np.concatenate([np.einsum("ntx,tcy->ncyx", g2[i * per_group:(i + 1) * per_group], f[i])
-                           for i in range(groups)])
+    f = first.reshape(groups, r, first.shape[1], first.shape[2]).astype(np.float64)  # [g, r, C/g, k0]
+    g2 = second.reshape(n, r, -1).astype(np.float64)  # [N, r, K']
+    out = np.concatenate([np.einsum("ntx,tcy->ncyx", g2[i * per_group:(i + 1) * per_group], f[i])
+                          for i in range(groups)])
+    return out.reshape((n, first.shape[1], first.shape[2]) + second.shape[3:])
 
 
 def assemble_spatial(weight: np.ndarray, groups: int, rank: int, parts: list[tuple[np.ndarray, np.ndarray]],
                      bias_delta: np.ndarray | None = None, predicted_error: float | None = None) -> Factors:
-    """Spatial-form Factors from each group's (F_g [C/g·kh, k], G_g [k, N/g·kw]), k <= rank (missing channels stay
+    """Spatial-form Factors from each group's (F_g [C/g·k0, k], G_g [k, N/g·K']), k <= rank (missing channels stay
     zero). Both in the dtype of `weight`."""
-    n, cpg, kh, kw = weight.shape
-    per_group = n // groups
-    first = np.zeros((groups * rank, cpg, kh, 1))
-    second = np.zeros((n, rank, 1, kw))
+    n, cpg, k0 = weight.shape[:3]
+    rest = weight.shape[3:]
+    per_group, size = n // groups, int(np.prod(rest))
+    ones = (1,) * len(rest)
+    first = np.zeros((groups * rank, cpg, k0))
+    second = np.zeros((n, rank, size))
     for g, (f, gg) in enumerate(parts):
         k = f.shape[1]
-        first[g * rank:g * rank + k, :, :, 0] = f.T.reshape(k, cpg, kh)
-        second[g * per_group:(g + 1) * per_group, :k, 0, :] = gg.reshape(k, per_group, kw).transpose(1, 0, 2)
-    first, second = first.astype(weight.dtype), second.astype(weight.dtype)
+        first[g * rank:g * rank + k] = f.T.reshape(k, cpg, k0)
+        second[g * per_group:(g + 1) * per_group, :k] = gg.reshape(k, per_group, size).transpose(1, 0, 2)
+    first = first.reshape(first.shape + ones).astype(weight.dtype)
+    second = second.reshape((n, rank, 1) + rest).astype(weight.dtype)
     rel = weight_rel_error(weight, first, second, groups, "spatial")
     return Factors(first, second, rel, bias_delta, predicted_error, form="spatial")
 

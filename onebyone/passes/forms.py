@@ -1,5 +1,6 @@
 """Which form each conv takes when several apply (a kxk conv: the input form, 1x1 then kxk, the output form, kxk then
-1x1, the Tucker-2 form, 1x1 then kxk then 1x1, and for a 2D kernel the spatial form, kh x 1 then 1 x kw).
+1x1, the Tucker-2 form, 1x1 then kxk then 1x1, and for a 2D or 3D kernel the spatial form, kh x 1 then 1 x kw or
+kd x 1 x 1 then 1 x kh x kw).
 
 A preferred form is chosen per conv before the policy chooses ranks, from the predicted error curves of its forms
 (the weight's spectra, or the spectra whitened by calibration data) against their MACs: the form whose error is lower

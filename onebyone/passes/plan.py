@@ -137,8 +137,9 @@ class Decision:
         if self.form == "output":
             return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel_size + i.out_channels * rank + bias)
         if self.form == "spatial":
-            return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel[0] + i.out_channels * rank * i.kernel[1]
-                       + bias)
+            first = i.kernel[0]
+            return int(i.groups * rank * (i.in_channels // i.groups) * first
+                       + i.out_channels * rank * (i.kernel_size // first) + bias)
         return int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size + bias)
 
 

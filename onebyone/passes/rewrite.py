@@ -157,9 +157,9 @@ def remove(graph: ir.Graph, done: Inserted) -> None:
 def split_attributes(form: str, kernel, strides, dilations, pads, auto_pad: str, group: int) -> tuple[dict, dict]:
     """The attributes of the two convs that replace a conv with these, in the output or spatial form, as plain values
     (int lists, the auto_pad string, the group): the output form keeps the conv's geometry on the first conv and makes
-    the second a 1x1; the spatial form gives the first conv (kh x 1) the vertical strides, dilations and pads and the
-    second (1 x kw) the horizontal ones. auto_pad SAME/VALID stays on both (each axis's padding depends on that axis
-    alone), in place of pads. Both keep the group."""
+    the second a 1x1; the spatial form gives the first conv (kh x 1, or kd x 1 x 1 in 3D) the first axis's strides,
+    dilations and pads and the second (1 x kw, or 1 x kh x kw) the other axes'. auto_pad SAME/VALID stays on both
+    (each axis's padding depends on that axis alone), in place of pads. Both keep the group."""
     nd = len(kernel)
     auto = auto_pad not in ("NOTSET", "")
     if form == "output":
@@ -169,10 +169,11 @@ def split_attributes(form: str, kernel, strides, dilations, pads, auto_pad: str,
             del first["pads"]
             first["auto_pad"] = auto_pad
     else:
-        first = {"kernel_shape": [kernel[0], 1], "strides": [strides[0], 1], "dilations": [dilations[0], 1],
-                 "pads": [pads[0], 0, pads[2], 0]}
-        second = {"kernel_shape": [1, kernel[1]], "strides": [1, strides[1]], "dilations": [1, dilations[1]],
-                  "pads": [0, pads[1], 0, pads[3]]}
+        ones, zeros = [1] * (nd - 1), [0] * (nd - 1)
+        first = {"kernel_shape": [kernel[0], *ones], "strides": [strides[0], *ones],
+                 "dilations": [dilations[0], *ones], "pads": [pads[0], *zeros, pads[nd], *zeros]}
+        second = {"kernel_shape": [1, *kernel[1:]], "strides": [1, *strides[1:nd]], "dilations": [1, *dilations[1:nd]],
+                  "pads": [0, *pads[1:nd], 0, *pads[nd + 1:]]}
         if auto:
             del first["pads"], second["pads"]
             first["auto_pad"] = second["auto_pad"] = auto_pad
@@ -184,7 +185,7 @@ def _node_split(node: ir.Node, factors: Factors) -> tuple[list[ir.Attr], list[ir
     nd = factors.weight.ndim - 2
     ints = lambda key, default: list(node.attributes[key].as_ints()) if key in node.attributes else default  # noqa: E731
     kernel = list(factors.bottleneck.shape[2:]) if factors.form == "output" else [factors.bottleneck.shape[2],
-                                                                                  factors.weight.shape[3]]
+                                                                                  *factors.weight.shape[3:]]
     split = split_attributes(factors.form, kernel, ints("strides", [1] * nd), ints("dilations", [1] * nd),
                              ints("pads", [0] * (2 * nd)), node.attributes.get_string("auto_pad", "NOTSET"),
                              node.attributes.get_int("group", 1))
