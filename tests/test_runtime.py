@@ -296,3 +296,20 @@ def test_the_output_spatial_and_tucker2_forms_compile_with_tvm_and_match_onnxrun
     x = rng.standard_normal((1, 8, 20, 20)).astype(np.float32)
     (got,) = package.load_package(pkg_dir).run({"x": x}).values()
     assert rel_err(run_ort(model, {"x": x})[0], got) < 1e-4
+
+
+def test_a_3d_conv_in_the_spatial_form_compiles_with_tvm_and_matches_onnxruntime(tmp_path, rng):
+    """A strided, dilated 3D conv exactly low-rank in the spatial unfolding, rewritten losslessly as (1+2)D (kd x 1 x 1
+    then 1 x kh x kw), compiles for this CPU with TVM and gives the original's outputs."""
+    from onebyone.models.single_conv import single_conv_model
+    from onebyone.models.weights import low_rank_spatial_weight
+
+    w = low_rank_spatial_weight(12, 8, (3, 3, 3), 1, 3, rng)
+    model = single_conv_model((1, 8, 7, 9, 9), w, rng.standard_normal(12).astype(np.float32), strides=(2, 1, 1),
+                              dilations=(1, 2, 1), pads=(1, 2, 0, 1, 1, 1))
+    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), forms=("input", "spatial"))
+    assert [(l.form, l.lossless) for l in report.layers] == [("spatial", True)]
+    pkg_dir = package.compile_model(optimized, targets.resolve("cpu"), tmp_path / "pkg")
+    x = rng.standard_normal((1, 8, 7, 9, 9)).astype(np.float32)
+    (got,) = package.load_package(pkg_dir).run({"x": x}).values()
+    assert rel_err(run_ort(model, {"x": x})[0], got) < 1e-4
