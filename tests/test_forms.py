@@ -313,32 +313,36 @@ def test_a_mac_budget_chooses_form_and_rank_together(rng):
     assert budget._gain_at(np.array([1.0, 0.5, 0.0]), np.array([1.0, 2.0, 3.0]), np.array([0.25])) == pytest.approx([2.5])
 
 
-@pytest.mark.parametrize("kernel,strides,dilations,pads", [
-    ((3, 5), (2, 1), (1, 2), (1, 2, 0, 3)),
-    ((3, 3, 2), (1, 2, 1), (2, 1, 1), (2, 1, 0, 1, 0, 1)),
+@pytest.mark.parametrize("kernel,strides,dilations,pads,groups", [
+    ((3, 5), (2, 1), (1, 2), (1, 2, 0, 3), 1),
+    ((3, 3, 2), (1, 2, 1), (2, 1, 1), (2, 1, 0, 1, 0, 1), 1),
+    ((3, 3, 3), (2, 2, 1), (1, 1, 1), "SAME_UPPER", 2),
+    ((2, 3, 3), (1, 1, 2), (1, 2, 1), "VALID", 2),
 ])
-def test_spatial_fit_statistics_give_the_rewritten_convs_error(rng, kernel, strides, dilations, pads):
+def test_spatial_fit_statistics_give_the_rewritten_convs_error(rng, kernel, strides, dilations, pads, groups):
     """The spatial fit's statistics (the first conv's outputs over x̂, taken in patches of the other axes with their
     strides, dilations and pads) score a pair of factors at exactly the held-out output error onnxruntime measures
-    for the conv composed from them, in 2D and 3D."""
+    for the conv composed from them, in 2D and 3D, with groups and auto_pad."""
     from onebyone.calibrated import fitting, spatial_fitting
     from onebyone.calibrated.holdout import is_held_out
 
     nd = len(kernel)
-    w = random_weight(6, 4, kernel, rng)
+    w = random_weight(6, 4 // groups, kernel, rng)
     b = rng.standard_normal(6).astype(np.float32)
     shape = (1, 4) + (7, 8, 6)[:nd]
-    model = single_conv_model(shape, w, b, strides=strides, dilations=dilations, pads=pads)
+    geometry = dict(strides=strides, dilations=dilations, group=groups, **(
+        {"auto_pad": pads} if isinstance(pads, str) else {"pads": pads}))
+    model = single_conv_model(shape, w, b, **geometry)
     info = analyze(ir.serde.deserialize_model(model), {"x": shape}, forms=("spatial",))[0]
     d = start(info)
     xs = [rng.standard_normal(shape).astype(np.float32) for _ in range(8)]
     ys = [run_ort(model, {"x": x})[0] for x in xs]
-    factors = factorize.factorize_spatial_svd(w, 1, 2)
+    factors = factorize.factorize_spatial_svd(w, groups, 2)
     _, held = spatial_fitting.first_outputs_equations(d, factors.bottleneck, fitting.ConvData(xs, None, ys),
                                                       b.astype(np.float64))
     predicted = fitting.output_error(held, factors.weight, np.zeros(6))
-    full = factorize.compose_spatial(factors.bottleneck, factors.weight, 1).astype(np.float32)
-    composed = single_conv_model(shape, full, b, strides=strides, dilations=dilations, pads=pads)
+    full = factorize.compose_spatial(factors.bottleneck, factors.weight, groups).astype(np.float32)
+    composed = single_conv_model(shape, full, b, **geometry)
     held_out = [i for i in range(8) if is_held_out(i, 8)]
     num = sum(float(np.sum((ys[i].astype(np.float64) - run_ort(composed, {"x": xs[i]})[0]) ** 2)) for i in held_out)
     den = sum(float(np.sum(ys[i].astype(np.float64) ** 2)) for i in held_out)
