@@ -11,7 +11,7 @@ MAC ratio. Prints a table and writes JSON.
                                  --forms input,output,spatial; /all/: every form;
                                  `int8`: onnxruntime static INT8 alone; /int8/: onebyone then INT8, --int8)
                                 [--target cpu|cuda:arch=sm_90]
-                                [--tune-trials N]
+                                [--tune-trials N] [--calibration-samples 32]
 
 Latency ratios are what to quote: both models run in the same process, alternating, on the same input. With TVM
 (default), both models are also compiled for --target (default: the host CPU; `cuda:arch=sm_90` on a GPU machine),
@@ -60,6 +60,7 @@ POLICIES = {
     # /pw/: the pointwise form too (1x1 convs factored as well; --forms input,pointwise)
     "budget0.8/data/pw/time": RankPolicy("budget", time=0.8),
     "budget0.7/data/pw/time": RankPolicy("budget", time=0.7),
+    "budget0.65/data/pw/time": RankPolicy("budget", time=0.65),
     "budget0.6/data/pw/time": RankPolicy("budget", time=0.6),
     "budget0.5/data/pw/time": RankPolicy("budget", time=0.5),
     "budget0.4/data/pw/time": RankPolicy("budget", time=0.4),
@@ -287,6 +288,8 @@ def main() -> None:
     ap.add_argument("--policies", nargs="*", choices=list(POLICIES), help="subset of the policies (default: all)")
     ap.add_argument("--tune-trials", type=int, default=0, help="also tune original and optimized with this many trials each")
     ap.add_argument("--plot", help="also draw speedup against output error (PNG)")
+    ap.add_argument("--calibration-samples", type=int, default=32,
+                    help="calibration samples of the data-aware and INT8 rows (real models: crops of other photos)")
     args = ap.parse_args()
     console = Console(width=200)
     rows = []
@@ -305,7 +308,7 @@ def main() -> None:
                 continue
             int8 = "int8" in pname
             if int8 and int8_alone is None:
-                int8_alone = quantize(original, calib(32))
+                int8_alone = quantize(original, calib(args.calibration_samples))
             latency = latency_model(pname, threads, int8, args.target)
             if latency is not None and latency.runtime["name"] == "tvm" and threads != args.threads[0]:
                 continue  # TVM timings do not depend on onnxruntime's threads: one row
@@ -317,7 +320,8 @@ def main() -> None:
             else:
                 optimized, report = optimize(original, policy, shapes, samples=samples,
                                              samples_label="real" if samples else "random", raise_on_failure=False,
-                                             calibration=calib(32) if needs_data else None, latency=latency,
+                                             calibration=calib(args.calibration_samples) if needs_data else None,
+                                             latency=latency,
                                              forms=forms_of(pname),
                                              int8=int8)
                 if latency is None:
