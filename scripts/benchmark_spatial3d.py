@@ -53,11 +53,8 @@ def video_model(rank: float, seed: int = 0) -> onnx.ModelProto:
     return helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def _times(models: dict, feed: dict, repeats: int) -> dict[str, float]:
-    """Median seconds per run of each model with onnxruntime (1 thread), the models alternating in every round."""
-    from onebyone.verify.onnxruntime_run import session
-
-    sessions = {k: session(m, k, threads=1) for k, m in models.items()}
+def _times(sessions: dict, feed: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per run of each onnxruntime session, the sessions alternating in every round."""
     for s in sessions.values():
         s.run(None, feed)
     times: dict[str, list[float]] = {k: [] for k in sessions}
@@ -101,8 +98,9 @@ def main() -> None:
     clips = [{"input": rng.standard_normal((1, 3, *CLIP)).astype(np.float32)} for _ in range(4)]
     from onebyone.verify.onnxruntime_run import session
 
-    outputs = {k: [session(m, k).run(None, c)[0] for c in clips] for k, m in models.items()}
-    times = _times(models, clips[0], args.repeats)
+    sessions = {k: session(m, k, threads=1) for k, m in models.items()}
+    outputs = {k: [s.run(None, c)[0] for c in clips] for k, s in sessions.items()}
+    times = _times(sessions, clips[0], args.repeats)
     table = Table(title=f"3D convs exactly rank {args.rank} of C in the spatial unfolding, --policy exact, "
                         f"onnxruntime 1 thread, medians of {args.repeats} alternating runs")
     for col in ("variant", "rewritten (forms)", "MAC ratio", "ORT ms orig -> opt", "speedup", "max rel error"):

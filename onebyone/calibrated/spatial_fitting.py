@@ -15,6 +15,7 @@ from onebyone.calibrated import fitting, whitening
 from onebyone.calibrated import patches as patches_mod
 from onebyone.passes import factorize
 from onebyone.passes.plan import Decision
+from onebyone.passes.rewrite import split_attributes
 
 
 def whitened(weight: np.ndarray, groups: int, rank: int, s_xx: np.ndarray, reg: float) -> factorize.Factors:
@@ -36,19 +37,20 @@ def first_outputs_equations(d: Decision, first: np.ndarray, data: fitting.ConvDa
     info = d.info
     cpg = info.in_channels // info.groups
     r = first.shape[0] // info.groups
-    nd, k0 = len(info.kernel), info.kernel[0]
-    ones, zeros = (1,) * (nd - 1), (0,) * (nd - 1)
     fg = first.reshape(info.groups, r, -1).astype(np.float32)
+    split = {}  # explicit pads -> the two convs' geometry as the rewrite writes them (the same pads at every call)
 
     def features(xh, g, keep, pads):
-        col = patches_mod.im2col(xh, (k0, *ones), (info.strides[0], *ones), (info.dilations[0], *ones),
-                                 (pads[0], *zeros, pads[nd], *zeros), channels=slice(g * cpg, (g + 1) * cpg))
+        if pads not in split:
+            split[pads] = split_attributes("spatial", info.kernel, info.strides, info.dilations, pads, "NOTSET", 1)
+        one, two = split[pads]
+        col = patches_mod.im2col(xh, one["kernel_shape"], one["strides"], one["dilations"], one["pads"],
+                                 channels=slice(g * cpg, (g + 1) * cpg))
         rows = xh.shape[0], info.output_shape[2], *xh.shape[3:]
         z = np.moveaxis((col @ fg[g].T).reshape(*rows, r), -1, 1)  # [batch, r, first axis out, other axes in]
-        return patches_mod.im2col(z, (1, *info.kernel[1:]), (1, *info.strides[1:]), (1, *info.dilations[1:]),
-                                  (0, *pads[1:nd], 0, *pads[nd + 1:]), positions=keep)
+        return patches_mod.im2col(z, two["kernel_shape"], two["strides"], two["dilations"], two["pads"], positions=keep)
 
-    return fitting.equations(d, features, r * (info.kernel_size // k0) + 1, data, bias)
+    return fitting.equations(d, features, r * info.spatial_taps[1] + 1, data, bias)
 
 
 def fit(d: Decision, data: fitting.ConvData) -> tuple[factorize.Factors, str]:

@@ -68,6 +68,11 @@ class ConvInfo:
         return math.prod(self.kernel)
 
     @property
+    def spatial_taps(self) -> tuple[int, int]:
+        """The spatial form's taps: (along the first axis, along the others together)."""
+        return self.kernel[0], math.prod(self.kernel[1:])
+
+    @property
     def macs(self) -> int:
         """MACs per batch item (0 when the spatial sizes are unknown)."""
         return cost.conv_macs(self.spatial_out, self.out_channels, self.in_channels, self.groups, self.kernel_size)
@@ -100,8 +105,8 @@ class ConvInfo:
         if form == "output":
             return self.out_channels // self.groups, (self.in_channels // self.groups) * self.kernel_size
         if form == "spatial":
-            return (self.in_channels // self.groups * self.kernel[0],
-                    self.out_channels // self.groups * self.kernel_size // self.kernel[0])
+            first, other = self.spatial_taps
+            return self.in_channels // self.groups * first, self.out_channels // self.groups * other
         return self.matrix_shape
 
     def svals_of(self, form: str) -> list[np.ndarray]:
@@ -136,7 +141,7 @@ class ConvInfo:
         if form == "spatial":
             first_positions = self.output_shape[2] * int(np.prod(self.input_shape[3:]))
             return cost.spatial_macs(first_positions, self.spatial_out, self.out_channels, self.in_channels,
-                                     self.groups, self.kernel[0], self.kernel_size // self.kernel[0], rank)
+                                     self.groups, *self.spatial_taps, rank)
         return cost.bottleneck_macs(self.spatial_in, self.spatial_out, self.out_channels, self.in_channels,
                                     self.groups, self.kernel_size, rank)
 

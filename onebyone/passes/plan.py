@@ -137,9 +137,8 @@ class Decision:
         if self.form == "output":
             return int(i.groups * rank * (i.in_channels // i.groups) * i.kernel_size + i.out_channels * rank + bias)
         if self.form == "spatial":
-            first = i.kernel[0]
-            return int(i.groups * rank * (i.in_channels // i.groups) * first
-                       + i.out_channels * rank * (i.kernel_size // first) + bias)
+            first, other = i.spatial_taps
+            return int(i.groups * rank * (i.in_channels // i.groups) * first + i.out_channels * rank * other + bias)
         return int(i.groups * rank * (i.in_channels // i.groups) + i.out_channels * rank * i.kernel_size + bias)
 
 
