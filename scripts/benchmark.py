@@ -164,7 +164,7 @@ def task_outcome(task: str | None, original, optimized, samples) -> dict | None:
     if task is None:
         return None
     ref, got = run_samples(original, samples, "original"), run_samples(optimized, samples, "optimized")
-    return tasks.outcome(task, samples, ref, got)
+    return tasks.outcome(task, samples, ref, got, (original, optimized))
 
 
 def make_session(model, threads: int) -> ort.InferenceSession:

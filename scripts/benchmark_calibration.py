@@ -80,7 +80,7 @@ def one(name: str, count: int, fraction: float) -> dict:
         evaluation = real.samples()
         ref, got = run_samples(original, evaluation, "original"), run_samples(optimized, evaluation, "optimized")
         row["output_rel_error"] = worst_part_rel_l2(ref, got, output_splits(original))
-        row["task"] = tasks.outcome(real.task, evaluation, ref, got)
+        row["task"] = tasks.outcome(real.task, evaluation, ref, got, (original, optimized))
     return row
 
 

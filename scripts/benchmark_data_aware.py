@@ -61,7 +61,7 @@ def main() -> None:
                            targeted_mac_ratio=sum(l.macs_after for l in targeted) / max(sum(l.macs_before for l in targeted), 1),
                            mac_ratio=report.totals.mac_ratio, rewritten=report.totals.rewritten, output_rel_error=err,
                            kept=report.method, method_check=report.method_check,
-                           task=tasks.outcome(m.task, evaluation, ref, got))
+                           task=tasks.outcome(m.task, evaluation, ref, got, (original, optimized)))
                 rows.append(row)
                 console.print(f"{name} F={fraction} {method}: error {err:.4f} task {row['task']} ({seconds:.0f} s)", style="dim")
         _plot(name, [r for r in rows if r["model"] == name], out / f"error-vs-macs-{name}.png")

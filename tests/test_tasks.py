@@ -1,0 +1,57 @@
+"""Task outcomes: a classifier's logit changes, against numpy on a small Softmax classifier."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper, numpy_helper
+
+from onebyone.models import tasks
+from onebyone.verify.onnxruntime_run import run_samples
+
+
+def _classifier(w: np.ndarray, b: np.ndarray, softmax: bool = True) -> ir.Model:
+    """x [1, K] -> x·w + b (-> Softmax)."""
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["xw"]), helper.make_node("Add", ["xw", "b"], ["logits"])]
+    out = "logits"
+    if softmax:
+        nodes.append(helper.make_node("Softmax", ["logits"], ["probs"], axis=1))
+        out = "probs"
+    graph = helper.make_graph(
+        nodes, "classifier", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, w.shape[0]])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [1, w.shape[1]])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)],
+                                                        ir_version=8))
+
+
+def test_logit_changes_match_numpy_and_show_what_saturated_probabilities_hide():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    b = np.array([4.0, -4.0, 0.0], np.float32)  # class 0 far ahead: probabilities near 1
+    delta = np.zeros_like(b)
+    delta[1] = 1.0  # the optimized model moves one logit by 1
+    original, optimized = _classifier(w, b), _classifier(w, b + delta)
+    inputs = [{"x": (0.1 * rng.standard_normal((1, 6))).astype(np.float32)} for _ in range(5)]
+    got = tasks.outcome("classifier", inputs, run_samples(original, inputs), run_samples(optimized, inputs),
+                        (original, optimized))
+    z = np.concatenate([s["x"] for s in inputs]) @ w.astype(np.float64) + b
+    top2 = np.sort(z, axis=1)[:, -2:]
+    assert np.isclose(got["logit_rel_error"], np.sqrt(5) / np.linalg.norm(z), rtol=1e-4)
+    assert np.isclose(got["max_logodds_change"], 1.0, rtol=1e-5)
+    assert np.isclose(got["min_margin"], (top2[:, 1] - top2[:, 0]).min(), rtol=1e-4)
+    assert got["unchanged"] and got["max_prob_change"] < 0.01  # the probabilities' verdict does not see it
+
+
+def test_no_logit_changes_without_a_softmax_output_or_without_the_models():
+    w, b = np.eye(3, dtype=np.float32), np.zeros(3, np.float32)
+    plain = _classifier(w, b, softmax=False)
+    assert tasks.logits_of(plain) is None
+    assert tasks.logit_changes(plain, plain, [{"x": np.ones((1, 3), np.float32)}]) is None
+    model = _classifier(w, b)
+    assert tasks.logits_of(model) == "logits"
+    inputs = [{"x": np.ones((1, 3), np.float32)}]
+    outs = run_samples(model, inputs)
+    assert set(tasks.outcome("classifier", inputs, outs, outs)) == {"max_prob_change", "top1", "unchanged"}
+    onnx.checker.check_model(ir.serde.serialize_model(model))
