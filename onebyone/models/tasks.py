@@ -72,8 +72,8 @@ def logit_changes(original, optimized, inputs: list) -> dict | None:
     """How far the optimized model moves a Softmax classifier's logits z on `inputs` (None when the model's output
     is not a Softmax): `logit_rel_error` (relative L2 over all inputs), `max_logodds_change` (the largest change of
     any log-odds z_i - z_j, i.e. of log(p_i/p_j)) and `min_margin` (the original's smallest top-1 log-odds margin
-    over the inputs). A probability near 1 hides a log-odds change: an input with margin 5 (p = 0.993) moved by 1
-    keeps p within 0.01, but an input on the decision boundary moved by 1 goes from p = 0.5 to 0.73."""
+    over the inputs). A probability near 1 hides a log-odds change: an input with margin 6 (p = 0.998) moved by 1
+    towards the boundary loses 0.004 of p, an input on the decision boundary moved by 1 goes from p = 0.5 to 0.73."""
     from onebyone.verify.onnxruntime_run import Probe
 
     names = logits_of(original), logits_of(optimized)  # an INT8 model may have renamed its values
