@@ -1,4 +1,4 @@
-"""Task outcomes: a classifier's logit changes, against numpy on a small Softmax classifier."""
+"""Task outcomes and the verification of Softmax classifiers: logit changes, against numpy on a small classifier."""
 
 from __future__ import annotations
 
@@ -55,3 +55,25 @@ def test_no_logit_changes_without_a_softmax_output_or_without_the_models():
     outs = run_samples(model, inputs)
     assert set(tasks.outcome("classifier", inputs, outs, outs)) == {"max_prob_change", "top1", "unchanged"}
     onnx.checker.check_model(ir.serde.serialize_model(model))
+
+
+def test_the_verification_notes_logits_that_moved_more_than_the_probabilities_show():
+    from onebyone.verify.compare import verify_models
+    from onebyone.verify.tolerances import APPROXIMATE
+
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((6, 3)).astype(np.float32)
+    b = np.array([6.0, -6.0, 0.0], np.float32)
+    moved = b + np.array([0.0, 1.0, -1.0], np.float32)
+    inputs = [{"x": (0.1 * rng.standard_normal((1, 6))).astype(np.float32)} for _ in range(4)]
+    original, optimized = _classifier(w, b), _classifier(w, moved)
+    result = verify_models(original, optimized, inputs, APPROXIMATE)
+    assert result.passed  # the probabilities barely move
+    z = np.concatenate([s["x"] for s in inputs]) @ w.astype(np.float64)
+    expected = np.linalg.norm(np.tile(moved - b, (4, 1))) / np.linalg.norm(z + b)
+    (note,) = [n for n in result.notes if "Softmax" in n]
+    assert f"rel L2 {expected:.3g}" in note and "logits" in note
+    assert not [n for n in verify_models(original, original, inputs, APPROXIMATE).notes if "Softmax" in n]
+    plain = _classifier(w, b, softmax=False)
+    assert not [n for n in verify_models(plain, _classifier(w, moved, softmax=False), inputs, APPROXIMATE).notes
+                if "Softmax" in n]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from onebyone.models import ocr
+from onebyone.verify.logits import logits, logits_of
 
 
 def classifier(inputs: list, ref: dict, got: dict) -> dict:
@@ -59,28 +60,16 @@ def outcome(task: str, inputs: list, ref: dict, got: dict, models: tuple | None 
     return result
 
 
-def logits_of(model) -> str | None:
-    """The name of the value a classifier's single output is the Softmax of (None when it is not one)."""
-    outputs = list(model.graph.outputs)
-    producer = outputs[0].producer() if len(outputs) == 1 else None
-    if producer is None or producer.op_type != "Softmax" or producer.domain not in ("", "ai.onnx"):
-        return None
-    return producer.inputs[0].name
-
-
 def logit_changes(original, optimized, inputs: list) -> dict | None:
     """How far the optimized model moves a Softmax classifier's logits z on `inputs` (None when the model's output
     is not a Softmax): `logit_rel_error` (relative L2 over all inputs), `max_logodds_change` (the largest change of
     any log-odds z_i - z_j, i.e. of log(p_i/p_j)) and `min_margin` (the original's smallest top-1 log-odds margin
     over the inputs). A probability near 1 hides a log-odds change: an input with margin 6 (p = 0.998) moved by 1
     towards the boundary loses 0.004 of p, an input on the decision boundary moved by 1 goes from p = 0.5 to 0.73."""
-    from onebyone.verify.onnxruntime_run import Probe
-
     names = logits_of(original), logits_of(optimized)  # an INT8 model may have renamed its values
     if None in names:
         return None
-    r, g = (np.concatenate([v.reshape(len(v), -1) for v in Probe(m, [n], label, only=True).by_name(inputs)[n]])
-            for m, n, label in zip((original, optimized), names, ("original", "optimized")))
+    r, g = (logits(m, n, inputs, label) for m, n, label in zip((original, optimized), names, ("original", "optimized")))
     d = g - r
     top2 = np.sort(r, axis=1)[:, -2:] if r.shape[1] > 1 else np.zeros((len(r), 2))
     return {"logit_rel_error": float(np.linalg.norm(d) / max(np.linalg.norm(r), 1e-30)),

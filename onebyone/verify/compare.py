@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.verify.logits import understated_note
 from onebyone.verify.metrics import OutputMetrics, compare_output
 from onebyone.verify.onnxruntime_run import run_samples
 from onebyone.verify.parts import Split, output_splits
@@ -70,12 +71,17 @@ def verify_models(
     """Run both models (ir.Model or path) on `samples` and measure every output of the reference, part by part
     (the reference's Concat outputs are split, see verify.parts).
 
-    The candidate must produce the reference's outputs by name; a missing output is a failure."""
+    The candidate must produce the reference's outputs by name; a missing output is a failure. When the single output
+    is a Softmax whose logits moved much more than it (verify.logits), a note says so (the verdict is the outputs')."""
     ref_out = run_samples(reference, samples, reference_label)
     cand_out = run_samples(candidate, samples, candidate_label)
     splits = output_splits(reference) if isinstance(reference, ir.Model) else {}
-    return compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label, splits,
-                           model_precision(reference, candidate))
+    result = compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label, splits,
+                             model_precision(reference, candidate))
+    if isinstance(reference, ir.Model) and isinstance(candidate, ir.Model) and len(result.outputs) == 1:
+        note = understated_note(reference, candidate, samples, result.outputs[0].worst_rel_l2)
+        result.notes.extend([note] if note else [])
+    return result
 
 
 def compare_outputs(
