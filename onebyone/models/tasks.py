@@ -7,6 +7,7 @@ import numpy as np
 
 from onebyone.models import ocr
 from onebyone.verify.logits import logits, logits_of
+from onebyone.verify.metrics import rel_l2
 
 
 def classifier(inputs: list, ref: dict, got: dict) -> dict:
@@ -72,7 +73,7 @@ def logit_changes(original, optimized, inputs: list) -> dict | None:
     r, g = (logits(m, n, inputs, label) for m, n, label in zip((original, optimized), names, ("original", "optimized")))
     d = g - r
     top2 = np.sort(r, axis=1)[:, -2:] if r.shape[1] > 1 else np.zeros((len(r), 2))
-    return {"logit_rel_error": float(np.linalg.norm(d) / max(np.linalg.norm(r), 1e-30)),
+    return {"logit_rel_error": rel_l2(r, g),
             "max_logodds_change": float((d.max(1) - d.min(1)).max()),
             "min_margin": float((top2[:, 1] - top2[:, 0]).min())}
 

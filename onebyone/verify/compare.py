@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.verify.logits import understated_note
+from onebyone.verify.logits import softmax_logits, stacked, understated_note
 from onebyone.verify.metrics import OutputMetrics, compare_output
-from onebyone.verify.onnxruntime_run import run_samples
+from onebyone.verify.onnxruntime_run import Probe, run_samples
 from onebyone.verify.parts import Split, output_splits
 from onebyone.verify.tolerances import Tolerances, narrowest_float
 
@@ -73,13 +73,18 @@ def verify_models(
 
     The candidate must produce the reference's outputs by name; a missing output is a failure. When the single output
     is a Softmax whose logits moved much more than it (verify.logits), a note says so (the verdict is the outputs')."""
-    ref_out = run_samples(reference, samples, reference_label)
-    cand_out = run_samples(candidate, samples, candidate_label)
+    pair = softmax_logits(reference, candidate)  # the logits come from the same runs as the outputs
+    ref_out = run_samples(Probe(reference, [pair[0]], reference_label) if pair else reference, samples,
+                          reference_label)
+    cand_out = run_samples(Probe(candidate, [pair[1]], candidate_label) if pair else candidate, samples,
+                           candidate_label)
+    ref_logits, cand_logits = (ref_out.pop(pair[0]), cand_out.pop(pair[1])) if pair else (None, None)
     splits = output_splits(reference) if isinstance(reference, ir.Model) else {}
     result = compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label, splits,
                              model_precision(reference, candidate))
-    if isinstance(reference, ir.Model) and isinstance(candidate, ir.Model) and len(result.outputs) == 1:
-        note = understated_note(reference, candidate, samples, result.outputs[0].worst_rel_l2)
+    if pair and samples and len(result.outputs) == 1:
+        note = understated_note(result.outputs[0].name, pair[0], stacked(ref_logits), stacked(cand_logits),
+                                result.outputs[0].worst_rel_l2)
         result.notes.extend([note] if note else [])
     return result
 

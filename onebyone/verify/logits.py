@@ -4,6 +4,7 @@ margin of 6 moved by 1 towards the decision boundary changes p by 0.004; the sam
 from __future__ import annotations
 
 import numpy as np
+import onnx_ir as ir
 
 from onebyone.verify.metrics import rel_l2
 from onebyone.verify.onnxruntime_run import Probe
@@ -21,23 +22,32 @@ def logits_of(model) -> str | None:
     return producer.inputs[0].name
 
 
+def stacked(arrays: list[np.ndarray]) -> np.ndarray:
+    """Per-sample logits as one [items, classes] array (one row per item of each sample's batch)."""
+    return np.concatenate([v.reshape(len(v), -1) for v in arrays])
+
+
 def logits(model, name: str, samples: list[dict], label: str) -> np.ndarray:
-    """The value `name` of `model` on every sample, one row per sample item ([items, classes])."""
-    rows = Probe(model, [name], label, only=True).by_name(samples)[name]
-    return np.concatenate([v.reshape(len(v), -1) for v in rows])
+    """The value `name` of `model` on every sample, stacked ([items, classes])."""
+    return stacked(Probe(model, [name], label, only=True).by_name(samples)[name])
 
 
-def understated_note(reference, candidate, samples: list[dict], output_rel_l2: float) -> str | None:
-    """A note for the verification when both models' single output is a Softmax and its logits moved by more than
-    UNDERSTATED times the probabilities' relative L2 (`output_rel_l2`): what they moved by, and what to check. None
-    otherwise."""
-    names = logits_of(reference), logits_of(candidate)
-    if None in names or not samples:
+def softmax_logits(reference, candidate) -> tuple[str, str] | None:
+    """The names of the values both models' single output is the Softmax of, or None (either is not one, or is not
+    an ir.Model)."""
+    if not (isinstance(reference, ir.Model) and isinstance(candidate, ir.Model)):
         return None
-    error = rel_l2(logits(reference, names[0], samples, "original"), logits(candidate, names[1], samples, "optimized"))
+    names = logits_of(reference), logits_of(candidate)
+    return None if None in names else names
+
+
+def understated_note(output: str, name: str, ref: np.ndarray, got: np.ndarray, output_rel_l2: float) -> str | None:
+    """A note for the verification of a Softmax `output` whose logits `name` (ref and got, stacked) moved by more
+    than UNDERSTATED times the probabilities' relative L2 (`output_rel_l2`): what they moved by, and what to check.
+    None otherwise."""
+    error = rel_l2(ref, got)
     if error < MIN_LOGIT_ERROR or error <= UNDERSTATED * output_rel_l2:
         return None
-    output = reference.graph.outputs[0].name
-    return (f"{output} is the Softmax of {names[0]}, which moved by rel L2 {error:.3g} (the probabilities by "
+    return (f"{output} is the Softmax of {name}, which moved by rel L2 {error:.3g} (the probabilities by "
             f"{output_rel_l2:.3g}): probabilities near 0 or 1 hide logit changes, so check inputs near the decision "
             "threshold you deploy")
