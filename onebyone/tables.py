@@ -107,9 +107,11 @@ def totals_line(report: Report, planned: bool = False) -> str:
     )
     c = report.method_check
     if c:
-        other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples"))
-        line += (f"\nmodel-output error on {c['samples']} held-out calibration samples: data-aware {c['data']:.4g}, "
-                 f"weight-only {c['weight']:.4g}{other} at the same budget → kept {c['kept']}")
+        other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples",
+                                                                             "measure"))
+        line += (f"\n{c.get('measure', 'model-output relative error')} on {c['samples']} held-out calibration "
+                 f"samples: data-aware {c['data']:.4g}, weight-only {c['weight']:.4g}{other} at the same budget → "
+                 f"kept {c['kept']}")
     return line
 
 

@@ -204,6 +204,44 @@ def test_budget_keeps_the_rewrite_with_the_lower_held_out_model_error(rng):
     assert _held_out_error(model, optimized, calib[3::4]) == pytest.approx(min(check["data"], check["weight"]), rel=1e-4)
 
 
+def _with_softmax(proto):
+    """`proto` (one output, [1, classes]) with a Softmax on its output, the old output kept as "logits"."""
+    proto = type(proto).FromString(proto.SerializeToString())
+    out = proto.graph.output[0]
+    for node in proto.graph.node:
+        node.output[:] = ["logits" if o == out.name else o for o in node.output]
+    proto.graph.node.add(op_type="Softmax", input=["logits"], output=[out.name]).attribute.add(
+        name="axis", i=1, type=2)  # type 2: INT
+    return proto
+
+
+def _held_out_margins(model_proto, optimized, held) -> float:
+    """Relative error of the logits centred over each row's top 5 reference classes (numpy, apart from the tool)."""
+    ref, got = (np.concatenate([run_ort(with_outputs(m, ["logits"]), s)[1] for s in held]).astype(np.float64)
+                for m in (model_proto, ir.serde.serialize_model(optimized)))
+    top = np.argsort(-ref, axis=1)[:, :5]
+    ref, got = (np.take_along_axis(a, top, 1) for a in (ref, got))
+    ref, got = (a - a.mean(1, keepdims=True) for a in (ref, got))
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def test_behind_a_softmax_the_check_compares_the_top_class_margins(rng):
+    """A Softmax classifier's probabilities hide on confident samples how far a rewrite moved the decision: the
+    model-level check compares the data-aware and the weight-only rewrites by the held-out logits' margins among
+    each row's top 5 classes, and says so."""
+    model = _with_softmax(generators.resnet(size=24, seed=3))
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
+    optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)
+    check = report.method_check
+    assert "margins" in check["measure"] and "logits" in check["measure"]
+    assert check["kept"] == ("data" if check["data"] <= check["weight"] else "weight") == report.method
+    weight_only, _ = optimize(_ir(model), RankPolicy("budget", macs=0.6), verify=False)
+    held = calib[3::4]
+    assert _held_out_margins(model, weight_only, held) == pytest.approx(check["weight"], rel=1e-4)
+    assert _held_out_margins(model, optimized, held) == pytest.approx(min(check["data"], check["weight"]), rel=1e-4)
+    assert check["weight"] != pytest.approx(_held_out_error(model, weight_only, held), rel=0.01)  # not the outputs'
+
+
 def test_a_data_rewrite_worse_than_weight_only_is_not_kept(rng, monkeypatch):
     """If the data-aware factors were off (here: W' replaced by noise of the same scale, with a prediction that keeps
     the per-conv back-off from undoing it), the held-out model-output check falls back to weight-only SVD."""
@@ -349,7 +387,29 @@ def test_the_moments_pass_hands_the_check_its_held_out_reference_outputs(rng):
     source = DataSource(samples)
     BottleneckPass(RankPolicy("rank", rank=0.5), source=source)(model.clone())
     reference = search.Reference(model, samples, source)
-    assert reference.held_outputs is source.held_outputs
+    assert list(reference.held_outputs) == [out] and reference.held_outputs[out] is source.held_outputs[out]
+
+
+def test_behind_a_softmax_the_moments_pass_keeps_the_held_out_logits_for_the_check(rng, monkeypatch):
+    """The logits behind a Softmax output on the held-out samples come from the moments pass too (equal to
+    onnxruntime's run); the check runs only the rewrites for them, and the outputs' reference stays the outputs."""
+    from onebyone.calibrated import search
+
+    proto = _with_softmax(generators.vgg(size=16, seed=4))
+    model = _ir(proto)
+    samples = [{"input": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(9)]
+    source = DataSource(samples)
+    rewritten, _ = search.rewrite(model, "m", RankPolicy("rank", rank=0.5), None, source)
+    expected = [run_ort(with_outputs(proto, ["logits"]), s)[1] for s in held_out(samples)]
+    for got, ref in zip(source.held_outputs["logits"], expected, strict=True):
+        np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
+    reference = search.Reference(model, samples, source)
+    assert list(reference.held_outputs) == [model.graph.outputs[0].name]
+    ran = []
+    real_logits = search.Reference._logits
+    monkeypatch.setattr(search.Reference, "_logits", lambda self, m, name: ran.append(m) or real_logits(self, m, name))
+    assert reference.check_error(model) == pytest.approx(0.0, abs=1e-6)
+    assert reference.check_error(rewritten) > 1e-3 and ran == [model, rewritten]
 
 
 def test_patch_statistics_take_at_most_positions_per_unknown(rng, monkeypatch):

@@ -13,23 +13,25 @@ from onebyone.calibrated import sensitivity, whitening
 from onebyone.passes import plan
 from onebyone.verify.onnxruntime_run import with_outputs
 from onebyone.passes.analysis import analyze
+from onebyone.passes.rewrite import UniqueNames, insert
 
 
-def _two_branch_model(rng, scale_a: float, scale_b: float, offset: float = 0.0):
-    """out = scale_a * Conv_a(x) + scale_b * Conv_b(x) + offset, with Conv_a and Conv_b sharing one weight
-    value (but as separate initializers), 3x3, 16 -> 16 channels."""
+def _two_branch_model(rng, scale_a: float, scale_b: float, offset=0.0, softmax: bool = False):
+    """out = scale_a * Conv_a(x) + scale_b * Conv_b(x) + offset (with `softmax`: the Softmax of that over the
+    channels, whose input is named "logits"), with Conv_a and Conv_b sharing one weight value (but as separate
+    initializers), 3x3, 16 -> 16 channels."""
     w = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
     inits = [numpy_helper.from_array(w, "wa"), numpy_helper.from_array(w.copy(), "wb"),
              numpy_helper.from_array(np.float32([scale_a]), "sa"), numpy_helper.from_array(np.float32([scale_b]), "sb"),
-             numpy_helper.from_array(np.full((1, 16, 12, 12), offset, np.float32), "c")]
+             numpy_helper.from_array(np.broadcast_to(np.float32(offset), (1, 16, 12, 12)).copy(), "c")]
     nodes = [
         helper.make_node("Conv", ["x", "wa"], ["ya"], name="conv_a", pads=[1, 1, 1, 1]),
         helper.make_node("Conv", ["x", "wb"], ["yb"], name="conv_b", pads=[1, 1, 1, 1]),
         helper.make_node("Mul", ["ya", "sa"], ["za"]),
         helper.make_node("Mul", ["yb", "sb"], ["zb"]),
         helper.make_node("Add", ["za", "zb"], ["s"]),
-        helper.make_node("Add", ["s", "c"], ["out"]),
-    ]
+        helper.make_node("Add", ["s", "c"], ["logits" if softmax else "out"]),
+    ] + ([helper.make_node("Softmax", ["logits"], ["out"], axis=1)] if softmax else [])
     graph = helper.make_graph(nodes, "two_branch", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 16, 12, 12])], inits)
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
@@ -65,6 +67,51 @@ def test_gain_is_the_ratio_of_output_to_conv_error_measured_independently(rng):
         expected = np.linalg.norm(y) / np.linalg.norm(out)
         assert name in gains and len(gains[name]) == 17  # ranks 0..16
         np.testing.assert_allclose(gains[name], expected, rtol=2e-3)
+
+
+def _top_margins(logits: list[np.ndarray], reference: list[np.ndarray], k: int = 5) -> np.ndarray:
+    """[1, classes, H, W] logits per sample as their values at each position's k largest reference classes, centred
+    per position (numpy, written apart from verify.logits)."""
+    out = []
+    for z, r in zip(logits, reference):
+        z, r = (np.moveaxis(a[0], 0, -1).reshape(-1, a.shape[1]).astype(np.float64) for a in (z, r))
+        top = np.argsort(-r, axis=1)[:, :k]
+        picked = np.take_along_axis(z, top, 1)
+        out.append(picked - picked.mean(1, keepdims=True))
+    return np.concatenate(out)
+
+
+def test_a_softmax_outputs_gains_are_measured_on_its_top_class_margins(rng):
+    """Probabilities near 0 or 1 make a measured gain depend on which samples probe it: behind a Softmax output the
+    gain is the relative error of the logits at each row's top 5 classes (centred) over the conv's own, computed
+    here at every probe rank from onnxruntime runs of the rewritten model, while the probabilities saturate (channel
+    0 far ahead) and give a ratio many times smaller."""
+    offset = np.zeros((1, 16, 1, 1), np.float32)
+    offset[0, 0] = 30.0
+    model = _two_branch_model(rng, 1.0, 1.0, offset=offset, softmax=True)
+    samples = _samples(rng)
+    decisions = _decisions(model, samples)
+    gains = sensitivity.output_gains(model, decisions, samples)
+    d = next(d for d in decisions if d.info.name == "conv_a")
+    ref = [run_ort(with_outputs(model, ["logits", "ya"]), s) for s in samples]  # [out, logits, ya]
+    assert min(float(r[0][:, 0].min()) for r in ref) > 0.99  # saturated
+    ranks = [r for r in sensitivity.probe_ranks(d) if r < d.numerical]
+    assert len(ranks) > 1
+    expected = {}
+    for rank in ranks:
+        rewritten = model.clone()
+        node = next(n for n in rewritten.graph if n.name == "conv_a")
+        insert(rewritten.graph, node, sensitivity._probe_factors(d)(rank), UniqueNames(rewritten.graph), {})
+        got = [run_ort(with_outputs(rewritten, ["logits", "ya"]), s) for s in samples]
+        want, have = (_top_margins([r[1] for r in runs], [r[1] for r in ref]) for runs in (ref, got))
+        local = np.linalg.norm(np.concatenate([(g[2] - r[2]).ravel() for g, r in zip(got, ref)]))
+        local /= np.linalg.norm(np.concatenate([r[2].ravel() for r in ref]))
+        expected[rank] = np.linalg.norm(have - want) / np.linalg.norm(want) / local
+        probs = np.linalg.norm(np.concatenate([(g[0] - r[0]).ravel() for g, r in zip(got, ref)]))
+        probs /= np.linalg.norm(np.concatenate([r[0].ravel() for r in ref]))
+        assert expected[rank] > 10 * probs / local
+    for rank in ranks:  # below the top probe a gain may only rise (see output_gains)
+        np.testing.assert_allclose(gains["conv_a"][rank], max(expected[rank], expected[ranks[-1]]), rtol=2e-3)
 
 
 def test_budget_cuts_the_conv_whose_errors_reach_the_output_least(rng):

@@ -8,6 +8,7 @@ import onnx_ir as ir
 from onnx import TensorProto, helper, numpy_helper
 
 from onebyone.models import tasks
+from onebyone.verify import logits
 from onebyone.verify.onnxruntime_run import run_samples
 
 
@@ -77,3 +78,45 @@ def test_the_verification_notes_logits_that_moved_more_than_the_probabilities_sh
     plain = _classifier(w, b, softmax=False)
     assert not [n for n in verify_models(plain, _classifier(w, moved, softmax=False), inputs, APPROXIMATE).notes
                 if "Softmax" in n]
+
+
+def test_top_margins_are_the_margins_for_two_classes_shift_free_and_blind_to_far_classes():
+    """verify.logits.top_margins_rel_l2 against numpy: two classes, the margins' relative error; a row shifted as a
+    whole (a Softmax ignores it) counts nothing; in a wide head, changes to classes outside each row's top 5 count
+    nothing and changes inside them count; opset < 13 Softmax rows are every axis from `axis` on."""
+    rng = np.random.default_rng(3)
+    two = [rng.normal(0, 4, (6, 2)).astype(np.float32) for _ in range(3)]
+    moved = [z + rng.normal(0, 0.5, z.shape).astype(np.float32) for z in two]
+    margin = np.concatenate([z[:, 0] - z[:, 1] for z in two]).astype(np.float64)
+    margin_moved = np.concatenate([z[:, 0] - z[:, 1] for z in moved]).astype(np.float64)
+    last = logits.SoftmaxInput("z", -1, False)
+    np.testing.assert_allclose(logits.top_margins_rel_l2(two, moved, last),
+                               np.linalg.norm(margin_moved - margin) / np.linalg.norm(margin), rtol=1e-6)
+    assert logits.top_margins_rel_l2(two, [z + rng.normal(0, 9, (6, 1)) for z in two], last) < 1e-6
+    wide = rng.normal(0, 1, (4, 7, 1000)).astype(np.float32)  # [batch, time, classes], Softmax over the classes
+    top = np.argsort(-wide, axis=-1)[..., :5]
+    far = wide.copy()
+    np.put_along_axis(far, np.argsort(-wide, axis=-1)[..., 5:], -50.0, axis=-1)
+    near = wide.copy()
+    np.put_along_axis(near, top[..., :1], np.take_along_axis(wide, top[..., :1], -1) + 1.0, axis=-1)
+    for softmax in (logits.SoftmaxInput("z", 2, True), logits.SoftmaxInput("z", -1, False)):
+        assert logits.top_margins_rel_l2([wide], [far], softmax) < 1e-6
+        picked = np.take_along_axis(wide, top, -1).astype(np.float64)
+        centred = picked - picked.mean(-1, keepdims=True)
+        bumped = picked.copy()
+        bumped[..., 0] += 1.0
+        bumped -= bumped.mean(-1, keepdims=True)
+        np.testing.assert_allclose(logits.top_margins_rel_l2([wide], [near], softmax),
+                                   np.linalg.norm(bumped - centred) / np.linalg.norm(centred), rtol=1e-5)
+
+
+def test_the_softmax_input_names_its_axis_and_the_opset_rule():
+    model = _classifier(np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
+    assert logits.softmax_input(model) == logits.SoftmaxInput("logits", 1, False)
+    assert logits.softmax_input(_classifier(np.eye(3, dtype=np.float32), np.zeros(3, np.float32), False)) is None
+    proto = ir.serde.serialize_model(model)
+    del proto.graph.node[-1].attribute[:]  # no axis: 1 before opset 13 (rows: every axis from it on), -1 since
+    for version, expected in ((11, logits.SoftmaxInput("logits", 1, True)),
+                              (13, logits.SoftmaxInput("logits", -1, False))):
+        proto.opset_import[0].version = version
+        assert logits.softmax_input(ir.serde.deserialize_model(proto)) == expected

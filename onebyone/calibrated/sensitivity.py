@@ -5,11 +5,16 @@ A MAC budget split by each conv's own (local) error treats an error in the RGB s
 network; they are not alike. For every candidate conv, the model is run on a few calibration samples with only that
 conv rewritten (whitened factorization) at up to PROBES_PER_CONV probe ranks; the gain at a probe is the measured
 model-output relative error (the worst part of the worst output, as in verification) divided by the measured
-relative error of the conv's own output. To first order the model-output error of a set of rewrites is then
-sqrt(Σ gain² · local error²), with the local error taken from the conv's predicted error curve; that is what the
-budget allocation minimises. The probes run only the part of the model after the conv: one stream walks the
-original model from conv to conv; each probe runs the rewritten conv from that frontier, then the model's tail from
-its output, in one onnxruntime session per conv for all its probe ranks (the tail is the same graph at every rank).
+relative error of the conv's own output; when the model's single output is a Softmax, the model-output error is
+that of its logits' margins among each row's top classes (the Softmax's input): probabilities near 0 or 1 shrink
+every error by a factor set by how confident each probe sample is, so gains on them depend on which samples probe
+them (open_nsfw, two sets of 8 crops of the same photos: the median conv's gain 1.9x apart, up to 12x; on the
+margins 1.4x, up to 2.3x), and all the logits of a wide head are mostly classes no input is near. To first order the
+model-output error of a set of rewrites is then sqrt(Σ gain² · local error²), with the local error taken from the
+conv's predicted error curve; that is what the budget allocation minimises. The probes run only the part of the
+model after the conv: one stream walks the original model from conv to conv; each probe runs the rewritten conv
+from that frontier, then the model's tail from its output, in one onnxruntime session per conv for all its probe
+ranks (the tail is the same graph at every rank).
 
 The probes' cost grows with the square of the depth (each runs the model's tail), and stays so on purpose: carrying
 an error to the outputs through checkpoints (the relative error at a cut a few convs on, times a gain measured once
@@ -32,6 +37,7 @@ from onebyone.calibrated.stream import Stream
 from onebyone.passes.plan import Decision, candidate_ranks
 from onebyone.passes import factorize
 from onebyone.passes.rewrite import UniqueNames, insert, remove
+from onebyone.verify.logits import softmax_input, top_margins_rel_l2
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
 from onebyone.verify.parts import output_splits
@@ -39,7 +45,8 @@ from onebyone.verify.parts import output_splits
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
 PROBE_SAMPLES = 8
-SETTINGS = f"probes v2: error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"  # in the cache key
+# in the cache key
+SETTINGS = f"probes v3 (top margins): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"
 
 
 def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
@@ -126,10 +133,20 @@ def _probe_factors(d: Decision):
                                                  predict=False)
 
 
+def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits, softmax) -> float:
+    """The worst output part's relative error, as verified; behind a Softmax (`softmax`), the relative error of its
+    logits' margins among each row's top classes (verify.logits.top_margins_rel_l2): probabilities near 0 or 1 would
+    make a gain depend on which samples probe it."""
+    if softmax is not None:
+        return top_margins_rel_l2([r[softmax.name] for r in refs], [g[softmax.name] for g in got], softmax)
+    return worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)
+
+
 def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
     """Per conv name, (probe ranks, gains measured there): the model is run with only that conv rewritten (whitened
-    factors) at each probe rank; gain = worst output part's relative error / the conv's own relative error."""
-    outputs = [v.name for v in model.graph.outputs]
+    factors) at each probe rank; gain = the model-output error (_output_error) / the conv's own relative error."""
+    softmax = softmax_input(model)
+    outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
     splits = output_splits(model)
     reference = Probe(model, outputs, "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
@@ -158,7 +175,7 @@ def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_t
                                       given={conv_out: local}, reuse=True)
                 finally:
                     remove(work.graph, done_)
-                final = worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)  # as verified
+                final = _output_error(refs, got, outputs, splits, softmax)
                 local = worst_part_rel_l2(_by_name(original_local, [conv_out]), _by_name(got, [conv_out]))
                 if local > 1e-6:
                     rs, gs = measured.setdefault(d.info.name, ([], []))

@@ -3,6 +3,8 @@ margin of 6 moved by 1 towards the decision boundary changes p by 0.004; the sam
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 
@@ -11,6 +13,7 @@ from onebyone.verify.onnxruntime_run import Probe
 
 UNDERSTATED = 2.0  # the note is written when the logits moved this many times more than the probabilities
 MIN_LOGIT_ERROR = 1e-4  # ... and at least this much (float32 noise of a lossless rewrite is below it)
+TOP_CLASSES = 5  # top_margins_rel_l2 compares each row's this many most likely classes
 
 
 def logits_of(model) -> str | None:
@@ -20,6 +23,50 @@ def logits_of(model) -> str | None:
     if producer is None or producer.op_type != "Softmax" or producer.domain not in ("", "ai.onnx"):
         return None
     return producer.inputs[0].name
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftmaxInput:
+    """The value `name` a model's single output is the Softmax of, and where its classes lie: along `axis`, or (opset
+    below 13, `flattened`) along every axis from `axis` on."""
+
+    name: str
+    axis: int
+    flattened: bool
+
+    def rows(self, array: np.ndarray) -> np.ndarray:
+        """A value of `name` as [rows, classes]: one row per distribution the Softmax normalises."""
+        axis = self.axis % array.ndim
+        if self.flattened:
+            return array.reshape(int(np.prod(array.shape[:axis], dtype=np.int64)), -1)
+        return np.moveaxis(array, axis, -1).reshape(-1, array.shape[axis])
+
+
+def softmax_input(model: ir.Model) -> SoftmaxInput | None:
+    """The Softmax behind a model's single output (None when it is not one)."""
+    name = logits_of(model)
+    if name is None:
+        return None
+    node = model.graph.outputs[0].producer()
+    opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
+    return SoftmaxInput(name, node.attributes.get_int("axis", 1 if opset < 13 else -1), opset < 13)
+
+
+def top_margins_rel_l2(ref: list[np.ndarray], got: list[np.ndarray], softmax: SoftmaxInput,
+                       k: int = TOP_CLASSES) -> float:
+    """How far the competition among the classes that matter moved: relative L2, over all samples (one array of
+    `softmax.name` each), between the reference's and the candidate's logits at each row's `k` most likely classes
+    by the reference, each row centred on its mean there (a Softmax ignores a row's shift). With two classes, the
+    relative error of the margins. Unlike the probabilities it does not shrink on confident rows; unlike all the
+    logits it is not swamped by thousands of classes no input is near (a CTC head's 6,625 characters)."""
+    refs, gots = [], []
+    for r, g in zip(ref, got):
+        r, g = softmax.rows(np.asarray(r, np.float64)), softmax.rows(np.asarray(g, np.float64))
+        top = np.argsort(-r, axis=1, kind="stable")[:, :min(k, r.shape[1])]
+        r, g = np.take_along_axis(r, top, 1), np.take_along_axis(g, top, 1)
+        refs.append(r - r.mean(1, keepdims=True))
+        gots.append(g - g.mean(1, keepdims=True))
+    return rel_l2(np.concatenate(refs).ravel(), np.concatenate(gots).ravel())
 
 
 def stacked(arrays: list[np.ndarray]) -> np.ndarray:
