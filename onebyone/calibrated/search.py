@@ -13,9 +13,9 @@ from onebyone.passes.analysis import DEFAULT_FORMS, OUTPUT_SIDE
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
-from onebyone.verify.logits import TOP_CLASSES, softmax_input, top_margins_rel_l2
+from onebyone.verify.logits import TOP_CLASSES, softmax_input, top_margins_rel_l2, values
 from onebyone.verify.metrics import worst_part_rel_l2
-from onebyone.verify.onnxruntime_run import Probe, measure_shapes, run_samples
+from onebyone.verify.onnxruntime_run import measure_shapes, run_samples
 from onebyone.verify.parts import output_splits
 
 
@@ -52,10 +52,14 @@ class Reference:
             self._outputs = run_samples(self.original, self.samples, "original")
         return self._outputs
 
+    def _from_moments_pass(self) -> dict:
+        """What the source's moments pass kept on the held-out samples (empty unless it ran on these samples)."""
+        return self.source.held_outputs if self.source is not None and self.source.samples is self.samples else {}
+
     @property
     def held_outputs(self) -> dict:
         if self._held_outputs is None:
-            shared = self.source.held_outputs if self.source is not None and self.source.samples is self.samples else {}
+            shared = self._from_moments_pass()
             if self._outputs is not None:
                 self._held_outputs = {k: held_out(v) for k, v in self._outputs.items()}
             elif shared:  # the moments pass also kept the logits behind a Softmax output (check_error reads them)
@@ -86,15 +90,11 @@ class Reference:
         if self.softmax is None:
             return self.error(model, held=True)
         if self._held_logits is None:
-            shared = self.source.held_outputs if self.source is not None and self.source.samples is self.samples else {}
-            self._held_logits = shared.get(self.softmax.name) or self._logits(self.original, self.softmax.name)
+            self._held_logits = (self._from_moments_pass().get(self.softmax.name)
+                                 or values(self.original, self.softmax.name, self.held_samples, "original (logits)"))
         theirs = softmax_input(model)
-        got = self._logits(model, theirs.name if theirs else self.softmax.name)
+        got = values(model, theirs.name if theirs else self.softmax.name, self.held_samples, "rewritten (logits)")
         return top_margins_rel_l2(self._held_logits, got, self.softmax)
-
-    def _logits(self, model: ir.Model, name: str) -> list:
-        probe = Probe(model, [name], "rewritten (logits)", only=True)
-        return [probe.run(feed)[name] for feed in self.held_samples]
 
 
 def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,

@@ -74,9 +74,14 @@ def stacked(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([v.reshape(len(v), -1) for v in arrays])
 
 
+def values(model, name: str, samples: list[dict], label: str) -> list[np.ndarray]:
+    """The value `name` of `model` on every sample, one array per sample (only that value is computed)."""
+    return Probe(model, [name], label, only=True).by_name(samples)[name]
+
+
 def logits(model, name: str, samples: list[dict], label: str) -> np.ndarray:
     """The value `name` of `model` on every sample, stacked ([items, classes])."""
-    return stacked(Probe(model, [name], label, only=True).by_name(samples)[name])
+    return stacked(values(model, name, samples, label))
 
 
 def softmax_logits(reference, candidate) -> tuple[str, str] | None:
