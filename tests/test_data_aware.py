@@ -88,6 +88,60 @@ def test_lossless_on_data_when_activations_are_low_dimensional(case, rng):
         assert rel_err(run_ort(model, s)[0], run_ort(proto, s)[0]) < 1e-5
 
 
+def test_too_few_positions_make_no_subspace_of_the_inputs(rng):
+    """A second moment of n positions has rank at most n whatever the inputs: with fewer positions than channels its
+    null space is the calibration set's size, not a subspace of the inputs, so no lossless-on-data rewrite is
+    claimed (before: 4 samples of 2x2 gave rank 16 < break-even 28.8, a "lossless" rewrite with large errors on
+    new inputs)."""
+    c = 32
+    w = random_weight(32, c, (3, 3), rng)
+    model = single_conv_model(("N", c, 2, 2), w, None, pads=(1, 1, 1, 1))
+    calib = [{"x": rng.standard_normal((1, c, 2, 2)).astype(np.float32)} for _ in range(4)]
+    flat = np.concatenate([s["x"].reshape(c, -1) for s in calib], axis=1).astype(np.float64)
+    s = flat @ flat.T / flat.shape[1]
+    bare = whitening.spectrum(w, 1, s)[0][0]
+    assert factorize.numerical_rank(bare, (c, 32 * 9), np.float32) == 16  # what the rank read before
+    trusted = whitening.spectrum(w, 1, s, count=16)[0][0]
+    assert factorize.numerical_rank(trusted, (c, 32 * 9), np.float32) == c
+    _, report = optimize(_ir(model), RankPolicy("exact"), calibration=calib, verify=False)
+    layer = report.layers[0]
+    assert layer.action == "skipped" and "not below break-even" in layer.reason
+
+
+def _parallel_convs(w_a, w_b, c, size):
+    """x -> Conv(w_a) -> ya and x -> Conv(w_b) -> yb, in that graph order (3x3, pads 1)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Conv", ["x", name], [out], pads=[1, 1, 1, 1])
+             for name, out in (("wa", "ya"), ("wb", "yb"))]
+    graph = helper.make_graph(
+        nodes, "parallel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, size, size])],
+        [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in ("ya", "yb")],
+        [numpy_helper.from_array(w_a, "wa"), numpy_helper.from_array(w_b, "wb")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_the_exact_policy_undoes_a_lossless_claim_the_held_out_samples_refute(rng):
+    """A conv fitted after another was rewritten takes its subspace from the fit samples; when the held-out sample
+    leaves that subspace its rewrite measures far from float level: the exact policy then leaves the conv as it
+    was, saying why, and keeps the truly lossless rewrite."""
+    c, size = 32, 12
+    w_a = (rng.standard_normal((32, 2)) @ rng.standard_normal((2, c * 9))).reshape(32, c, 3, 3).astype(np.float32)
+    w_b = random_weight(32, c, (3, 3), rng)
+    model = _parallel_convs(w_a, w_b, c, size)
+    fit_mix, held_mix = rng.standard_normal((c, 4)), rng.standard_normal((c, 4))
+    calib = [{"x": ((held_mix if i == 3 else fit_mix) @ rng.standard_normal((4, size * size)))
+              .reshape(1, c, size, size).astype(np.float32)} for i in range(4)]  # sample 3 is the held-out one
+    optimized, report = optimize(_ir(model), RankPolicy("exact"), calibration=calib, verify=False)
+    a, b = report.layers
+    assert a.action == "rewritten" and a.lossless
+    assert b.action == "skipped" and "not lossless on the calibration samples" in b.reason
+    proto = ir.serde.serialize_model(optimized)
+    for s in calib:
+        want, got = run_ort(model, s), run_ort(proto, s)
+        assert rel_err(want[0], got[0]) < 1e-5 and np.array_equal(want[1], got[1])
+
+
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 10_000), rank=st.integers(1, 11), groups=st.sampled_from([1, 2]))
 def test_whitened_factors_never_lose_to_weight_svd_on_the_calibration_objective(seed, rank, groups):

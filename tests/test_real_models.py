@@ -131,3 +131,21 @@ def test_ppocr_recognizer_reads_the_printed_lines_and_its_matmuls_fit_better_on_
         same.append(tasks.recognizer(lines, {name: ref}, {name: got})["identical_strings"])
     assert errors[1] < 0.4 * errors[0]
     assert same[1] > same[0]
+
+
+def test_ppocr_detector_exact_with_data_is_lossless_on_the_evaluation_photos():
+    """`--policy exact` with calibration data and the pointwise form: every rewrite PP-OCR det gets is lossless on
+    the calibration data, and the text map on evaluation photos (never calibrated on) stays at float level. Its
+    squeeze-excitation 1x1 convs see one position per calibration sample; read as a subspace, those 32 positions
+    made 9 "exact" rewrites with errors of 2-11%."""
+    import onnx_ir as ir
+
+    m = real_model("ppocr-det")
+    photos = m.samples()
+    optimized, report = optimize(ir.load(str(m.path())), RankPolicy("exact"), m.input_shapes,
+                                 forms=("input", "pointwise"), calibration=m.calibration_samples(32), verify=False)
+    rewritten = [l for l in report.layers if l.action == "rewritten"]
+    assert rewritten and all(l.lossless and l.measured_error <= 1e-4 for l in rewritten)
+    ref = np.stack(run_samples(str(m.path()), photos)["sigmoid_0.tmp_0"]).astype(np.float64)
+    got = np.stack(run_samples(optimized, photos)["sigmoid_0.tmp_0"]).astype(np.float64)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 1e-4

@@ -24,19 +24,11 @@ from onebyone.verify.onnxruntime_run import Probe
 POSITIONS_PER_CONV = 4096 * 32  # output positions the patch statistics of one conv use, spread over the samples
 POSITIONS_PER_UNKNOWN = 64  # ... at most this many per feature of the fit (products cost positions x features²)
 MIN_POSITIONS_PER_SAMPLE = 256  # ... but at least this many per sample (all of them when a sample has fewer)
-SHRINK = 0.5  # ridge of the refit, relative to trace/dim, scaled by dim/positions (strong when data are few)
-MIN_RIDGE = 1e-6
 
 
 def positions_for(unknowns: int) -> int:
     """Output positions the patch statistics of a fit with `unknowns` features use at most."""
     return min(POSITIONS_PER_CONV, POSITIONS_PER_UNKNOWN * unknowns)
-
-
-def ridge_for(dim: int, count: int) -> float:
-    """Relative ridge for `dim` unknowns estimated from `count` positions: negligible with plenty of data,
-    strong (shrinking toward the whitened factorization) when the fit would interpolate the calibration set."""
-    return max(MIN_RIDGE, SHRINK * dim / max(count, 1))
 
 
 @dataclasses.dataclass
@@ -101,7 +93,7 @@ def fit(d: Decision, data: ConvData) -> tuple[whitening.DataFactors, str]:
         _, held_eq = feature_equations(d, exact.bottleneck, data, bias)
         err = output_error(held_eq, exact.weight, np.zeros(info.out_channels))
         return whitening.DataFactors(exact.bottleneck, exact.weight, exact.rel_error, None, err), "subspace"
-    reg = max(whitening.DEFAULT_REG, ridge_for(info.in_channels // info.groups, m.count))
+    reg = max(whitening.DEFAULT_REG, whitening.ridge_for(info.in_channels // info.groups, m.count))
     whitened = whitening.factorize_data(info.weight, info.groups, d.rank, s_xh, s_hh, s_xx, mean_x, mean_h, reg)
     plain = factorize.factorize_svd(info.weight, info.groups, d.rank)
     best = None
@@ -268,7 +260,7 @@ def refit(equations: list[tuple], start: factorize.Factors, kernel: tuple[int, .
     start_delta = start.bias_delta
     for rows, w, b, ff, yf, _, count in equations:
         dim = ff.shape[0]
-        ridge = ridge_for(dim, count) * max(np.trace(ff[:-1, :-1]) / max(dim - 1, 1), 1e-30)
+        ridge = whitening.ridge_for(dim, count) * max(np.trace(ff[:-1, :-1]) / max(dim - 1, 1), 1e-30)
         theta0 = np.empty((w.shape[0], dim))
         theta0[:, :-1] = start.weight[rows].reshape(w.shape[0], -1)
         theta0[:, -1] = b + (start_delta[rows] if start_delta is not None else 0.0)

@@ -104,14 +104,14 @@ class DataSource:
     def _spectra_of(self, info, m, y, bias: np.ndarray) -> dict:
         spectra = {}
         if {"input", "pointwise", "tucker2"} & set(info.forms):  # Tucker-2 reads the input side's spectrum too
-            whitened = whitening.spectrum(info.weight, info.groups, m.second_moment)
+            whitened = whitening.spectrum(info.weight, info.groups, m.second_moment, m.count)
             spectra = {form: whitened for form in info.forms if form in ("input", "pointwise")}
             if "tucker2" in info.forms:
                 spectra["input"] = whitened
         if "spatial" in info.forms:
-            spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment)
+            spectra["spatial"] = whitening.spatial_spectrum(info.weight, info.groups, m.second_moment, m.count)
         if set(OUTPUT_SIDE) & set(info.forms) and y is not None:
-            spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, bias, info.groups)
+            spectra["output"] = whitening.output_spectrum(y.second_moment, y.mean, bias, info.groups, y.count)
         for svals, _ in spectra.values():
             for a in svals:
                 a.setflags(write=False)  # shared by every rewrite that asks again

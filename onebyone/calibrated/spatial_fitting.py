@@ -57,7 +57,7 @@ def fit(d: Decision, data: fitting.ConvData) -> tuple[factorize.Factors, str]:
     """Data-aware spatial-form factors of one conv and the name of the candidate that won on held-out samples."""
     info = d.info
     bias = fitting.bias_of(info)
-    reg = max(whitening.DEFAULT_REG, fitting.ridge_for(info.in_channels // info.groups, d.moments.count))
+    reg = max(whitening.DEFAULT_REG, whitening.ridge_for(info.in_channels // info.groups, d.moments.count))
     starts = [("svd", factorize.factorize_spatial_svd(info.weight, info.groups, d.rank)),
               ("whitened", whitened(info.weight, info.groups, d.rank, d.moments.second_moment, reg))]
     return fitting.best_candidate(d, starts, lambda first: first_outputs_equations(d, first, data, bias),

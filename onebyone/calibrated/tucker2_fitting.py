@@ -31,7 +31,7 @@ def one_sided(d: Decision, data: fitting.ConvData, bias: np.ndarray,
     paired = data.paired_moments()
     s_xh, s_hh, mean_x, mean_h = paired.paired() if paired is not None else (m.second_moment, m.second_moment,
                                                                                m.mean, m.mean)
-    reg = max(whitening.DEFAULT_REG, fitting.ridge_for(info.in_channels // groups, m.count))
+    reg = max(whitening.DEFAULT_REG, whitening.ridge_for(info.in_channels // groups, m.count))
     inner = whitening.factorize_data(info.weight, groups, r1, s_xh, s_hh, m.second_moment, mean_x, mean_h, reg,
                                      predict=False)
     fit_eq, _ = fitting.feature_equations(d, inner.bottleneck, data, bias)

@@ -140,6 +140,8 @@ class BottleneckPass(ir.passes.InPlacePass):
             self.latency.share_kernel_shapes(self.decisions)  # fewer kernels to tune (TVM)
         applied = self._rewrite_chosen(model)
         self.source.settle(model, applied)
+        if self.policy.kind == "exact":
+            self._undo_approximate(applied, model)
         for a in applied:
             for v in a.old_inputs[1:]:
                 if v is not None:
@@ -154,6 +156,17 @@ class BottleneckPass(ir.passes.InPlacePass):
             totals=_totals(layers, params_before, count_params(model)), calibration=self.source.describe(),
         )
         return ir.passes.PassResult(model, modified=bool(rewritten))
+
+    def _undo_approximate(self, applied: list[Applied], model: ir.Model) -> None:
+        """Under the exact policy, undo every rewrite the source's measurement found not lossless (a subspace of the
+        calibration inputs that the held-out samples leave): that policy keeps lossless rewrites only."""
+        for a in applied:
+            d = a.decision
+            if d.rank is not None and not d.lossless:
+                rewrite.remove(model.graph, a.inserted)
+                error = f"measured error {d.measured_error:.2g}" if d.measured_error is not None else "not measured"
+                plan.reject(d, f"not lossless on the calibration samples ({error}): the exact policy keeps lossless "
+                               "rewrites only", asked_rank=d.rank)
 
     def _measure_times(self) -> None:
         """Each candidate's times in its form, and in its other forms when the policy chooses forms with the ranks
