@@ -306,7 +306,8 @@ def compile_(
 @app.command()
 def run(
     package_dir: Annotated[Path, typer.Argument(help="package folder from `onebyone compile`")],
-    inputs: Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name")] = None,
+    inputs: Annotated[Optional[Path], typer.Option(
+        "--inputs", help=".npz with [K, *shape] per input name, or [K, *shape[1:]] for a batch dim of 1")] = None,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="write outputs to this .npz")] = None,
     time_it: Annotated[bool, typer.Option("--time", help="measure latency with TVM's time_evaluator", metavar="")] = False,
     samples: Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no --inputs")] = 1,

@@ -128,7 +128,9 @@ class ImageOptions:
 
 @dataclasses.dataclass
 class InputOptions:
-    inputs: Annotated[Optional[Path], typer.Option("--inputs", help=".npz with [K, *shape] per input name (see `onebyone inputs`)")] = None
+    inputs: Annotated[Optional[Path], typer.Option(
+        "--inputs", help=".npz with [K, *shape] per input name, or [K, *shape[1:]] for a batch dim of 1 (see `onebyone "
+                         "inputs`)")] = None
     images: Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")] = None
     samples: Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no inputs are given")] = 4
 

@@ -99,6 +99,14 @@ def test_verify_exit_codes_and_npz_inputs(lowrank_model, fullrank_model, tmp_pat
     np.savez(npz, input=np.random.default_rng(0).standard_normal((5, 1, 3, 32, 32)).astype(np.float32))
     proc = cli("verify", lowrank_model, out, "--inputs", npz, check_rc=0)
     assert "5 x.npz input(s)" in proc.stdout
+    stacked = tmp_path / "stacked.npz"  # the same samples stacked along the batch axis of 1: [K, 3, 32, 32]
+    np.savez(stacked, input=np.load(npz)["input"][:, 0])
+    again = cli("verify", lowrank_model, out, "--inputs", stacked, check_rc=0)
+    assert "5 stacked.npz input(s)" in again.stdout
+    assert again.stdout.split("input(s)")[1] == proc.stdout.split("input(s)")[1]  # the same metrics, to the digit
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, input=np.zeros((5, 3, 16, 32), np.float32))
+    one_line_error(cli("verify", lowrank_model, out, "--inputs", wrong), "expected [K, 1, 3, 32, 32] or [K, 3, 32, 32]")
     approx = tmp_path / "approx.onnx"
     cli("optimize", fullrank_model, "-o", approx, "--policy", "rank", "--rank", "2", "--force")
     proc = cli("verify", fullrank_model, approx, check_rc=1)

@@ -34,7 +34,8 @@ def random_samples(
 
 
 def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtypes: dict[str, np.dtype]) -> Samples:
-    """Samples from an .npz holding, per model input name, an array [K, *input_shape]."""
+    """Samples from an .npz holding, per model input name, an array [K, *input_shape], or, for an input whose batch
+    dim is 1, the K samples stacked along it ([K, *input_shape[1:]]: each sample is one row, with its batch axis)."""
     p = Path(path)
     if not p.is_file():
         raise OneByOneError(f"{p}: no such inputs file")
@@ -56,9 +57,12 @@ def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtyp
             raise OneByOneError(f"{p}: array {name!r} is {arr.dtype}, the model input is {want_dtype} (convert it, e.g. "
                                 f"arr.astype(np.{want_dtype.name}); onebyone does not cast inputs silently)")
         want = tuple(input_shapes[name])
-        if tuple(arr.shape[1:]) != want:
+        if want and want[0] == 1 and arr.ndim == len(want) and tuple(arr.shape[1:]) == want[1:]:
+            arrays[name] = arr[:, None]  # K samples stacked along a batch axis of 1: a batch of K
+        elif tuple(arr.shape[1:]) != want:
+            stacked = f" or [K, {', '.join(map(str, want[1:]))}]" if want and want[0] == 1 else ""
             raise OneByOneError(
-                f"{p}: array {name!r} has shape {list(arr.shape)}, expected [K, {', '.join(map(str, want))}]"
+                f"{p}: array {name!r} has shape {list(arr.shape)}, expected [K, {', '.join(map(str, want))}]{stacked}"
             )
         counts.add(arr.shape[0])
     if len(counts) != 1 or 0 in counts:
