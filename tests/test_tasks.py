@@ -70,11 +70,15 @@ def test_the_verification_notes_logits_that_moved_more_than_the_probabilities_sh
     original, optimized = _classifier(w, b), _classifier(w, moved)
     result = verify_models(original, optimized, inputs, APPROXIMATE)
     assert result.passed  # the probabilities barely move
-    z = np.concatenate([s["x"] for s in inputs]) @ w.astype(np.float64)
-    expected = np.linalg.norm(np.tile(moved - b, (4, 1))) / np.linalg.norm(z + b)
+    z = np.concatenate([s["x"] for s in inputs]) @ w.astype(np.float64) + b
+    centred = z - z.mean(1, keepdims=True)  # 3 classes: all of them are each row's top classes; a Softmax ignores shifts
+    shift = (moved - b) - (moved - b).mean()
+    expected = np.linalg.norm(np.tile(shift, (4, 1))) / np.linalg.norm(centred)
     (note,) = [n for n in result.notes if "Softmax" in n]
-    assert f"rel L2 {expected:.3g}" in note and "logits" in note
+    assert f"rel L2 {expected:.3g}" in note and "top 3 classes" in note
     assert not [n for n in verify_models(original, original, inputs, APPROXIMATE).notes if "Softmax" in n]
+    shifted = _classifier(w, b + 3.0)  # every logit moved by 3: the same probabilities, nothing to note
+    assert not [n for n in verify_models(original, shifted, inputs, APPROXIMATE).notes if "Softmax" in n]
     plain = _classifier(w, b, softmax=False)
     assert not [n for n in verify_models(plain, _classifier(w, moved, softmax=False), inputs, APPROXIMATE).notes
                 if "Softmax" in n]

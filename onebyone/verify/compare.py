@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.verify.logits import softmax_logits, stacked, understated_note
+from onebyone.verify.logits import softmax_input, softmax_logits, understated_note
 from onebyone.verify.metrics import OutputMetrics, compare_output
 from onebyone.verify.onnxruntime_run import Probe, run_samples
 from onebyone.verify.parts import Split, output_splits
@@ -83,7 +83,7 @@ def verify_models(
     result = compare_outputs(ref_out, cand_out, tolerances, reference_label, candidate_label, inputs_label, splits,
                              model_precision(reference, candidate))
     if pair and samples and len(result.outputs) == 1:
-        note = understated_note(result.outputs[0].name, pair[0], stacked(ref_logits), stacked(cand_logits),
+        note = understated_note(result.outputs[0].name, softmax_input(reference), ref_logits, cand_logits,
                                 result.outputs[0].worst_rel_l2)
         result.notes.extend([note] if note else [])
     return result

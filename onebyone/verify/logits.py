@@ -93,13 +93,16 @@ def softmax_logits(reference, candidate) -> tuple[str, str] | None:
     return None if None in names else names
 
 
-def understated_note(output: str, name: str, ref: np.ndarray, got: np.ndarray, output_rel_l2: float) -> str | None:
-    """A note for the verification of a Softmax `output` whose logits `name` (ref and got, stacked) moved by more
+def understated_note(output: str, softmax: SoftmaxInput, ref: list[np.ndarray], got: list[np.ndarray],
+                     output_rel_l2: float) -> str | None:
+    """A note for the verification of a Softmax `output` whose logits (`softmax`; ref and got, one array per sample)
+    moved, by top_margins_rel_l2 (the margins among each row's top classes, what a Softmax's decisions read), more
     than UNDERSTATED times the probabilities' relative L2 (`output_rel_l2`): what they moved by, and what to check.
     None otherwise."""
-    error = rel_l2(ref, got)
+    error = top_margins_rel_l2(ref, got, softmax)
     if error < MIN_LOGIT_ERROR or error <= UNDERSTATED * output_rel_l2:
         return None
-    return (f"{output} is the Softmax of {name}, which moved by rel L2 {error:.3g} (the probabilities by "
-            f"{output_rel_l2:.3g}): probabilities near 0 or 1 hide logit changes, so check inputs near the decision "
-            "threshold you deploy")
+    classes = min(TOP_CLASSES, softmax.rows(np.asarray(ref[0])).shape[1])
+    return (f"{output} is the Softmax of {softmax.name}, whose logits' margins among each row's top {classes} "
+            f"classes moved by rel L2 {error:.3g} (the probabilities by {output_rel_l2:.3g}): probabilities near 0 or "
+            "1 hide logit changes, so check inputs near the decision threshold you deploy")
