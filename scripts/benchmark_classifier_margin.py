@@ -4,7 +4,8 @@
 Every evaluation photo of open_nsfw is a confident "safe" (top-1 log-odds margin >= 5), where a class probability hides
 large moves of the logits. This script rewrites the model at a few MAC budgets (input form alone, and with the
 pointwise form), data-aware and weight-only, and reports the classifier outcome (onebyone.models.tasks: largest
-probability change, top-1 agreement, logits' relative error, largest log-odds change, the inputs' smallest margin) on
+probability change, top-1 agreement, logits' relative error, and their margins' (what onebyone's gains and checks
+compare: the top classes' logits, each row centred), largest log-odds change, the inputs' smallest margin) on
 the evaluation photos and on the held-out calibration crops (calibrated.holdout), whose margins go down to about 1.
 The held-out crops are calibration data: the data-aware fit chose among its candidates on them, so its numbers there
 lean optimistic; weight-only never saw them.
@@ -55,12 +56,12 @@ def main() -> None:
                                  **tasks.outcome(real.task, inputs, refs[label], got, (original, model))))
     table = Table(title=f"open_nsfw: what the classifier's verdict sees ({args.samples} calibration samples)")
     for col in ("MAC budget", "forms", "factors", "inputs", "min margin", "max Δp", "top-1", "logits rel. error",
-                "max Δ log-odds", "verdict"):
+                "margins rel. error", "max Δ log-odds", "verdict"):
         table.add_column(col)
     for r in rows:
         table.add_row(f"{r['macs']} ({r['mac_ratio']:.2f})", "+".join(r["forms"]), r["method"], r["inputs"],
                       f"{r['min_margin']:.2f}", f"{r['max_prob_change']:.4f}", f"{r['top1']:.3f}",
-                      f"{r['logit_rel_error']:.3f}", f"{r['max_logodds_change']:.2f}",
+                      f"{r['logit_rel_error']:.3f}", f"{r['margin_rel_error']:.3f}", f"{r['max_logodds_change']:.2f}",
                       "unchanged" if r["unchanged"] else "changed")
     Console().print(table)
     with open(args.json, "w") as f:

@@ -40,6 +40,9 @@ def test_logit_changes_match_numpy_and_show_what_saturated_probabilities_hide():
     z = np.concatenate([s["x"] for s in inputs]) @ w.astype(np.float64) + b
     top2 = np.sort(z, axis=1)[:, -2:]
     assert np.isclose(got["logit_rel_error"], np.sqrt(5) / np.linalg.norm(z), rtol=1e-4)
+    centred = z - z.mean(1, keepdims=True)  # 3 classes: each row's top 5 are all of them
+    moved = np.tile(delta - delta.mean(), (5, 1))
+    assert np.isclose(got["margin_rel_error"], np.linalg.norm(moved) / np.linalg.norm(centred), rtol=1e-4)
     assert np.isclose(got["max_logodds_change"], 1.0, rtol=1e-5)
     assert np.isclose(got["min_margin"], (top2[:, 1] - top2[:, 0]).min(), rtol=1e-4)
     assert got["unchanged"] and got["max_prob_change"] < 0.01  # the probabilities' verdict does not see it

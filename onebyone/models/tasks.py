@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from onebyone.models import ocr
-from onebyone.verify.logits import logits, logits_of
+from onebyone.verify.logits import logits_of, softmax_input, stacked, top_margins_rel_l2, values
 from onebyone.verify.metrics import rel_l2
 
 
@@ -63,17 +63,22 @@ def outcome(task: str, inputs: list, ref: dict, got: dict, models: tuple | None 
 
 def logit_changes(original, optimized, inputs: list) -> dict | None:
     """How far the optimized model moves a Softmax classifier's logits z on `inputs` (None when the model's output
-    is not a Softmax): `logit_rel_error` (relative L2 over all inputs), `max_logodds_change` (the largest change of
-    any log-odds z_i - z_j, i.e. of log(p_i/p_j)) and `min_margin` (the original's smallest top-1 log-odds margin
-    over the inputs). A probability near 1 hides a log-odds change: an input with margin 6 (p = 0.998) moved by 1
-    towards the boundary loses 0.004 of p, an input on the decision boundary moved by 1 goes from p = 0.5 to 0.73."""
+    is not a Softmax): `logit_rel_error` (relative L2 over all inputs), `margin_rel_error` (the same over the
+    margins among each row's top classes, verify.logits.top_margins_rel_l2: what the tool's gains and checks
+    compare; a shift of a whole row counts nothing), `max_logodds_change` (the largest change of any log-odds
+    z_i - z_j, i.e. of log(p_i/p_j)) and `min_margin` (the original's smallest top-1 log-odds margin over the
+    inputs). A probability near 1 hides a log-odds change: an input with margin 6 (p = 0.998) moved by 1 towards the
+    boundary loses 0.004 of p, an input on the decision boundary moved by 1 goes from p = 0.5 to 0.73."""
     names = logits_of(original), logits_of(optimized)  # an INT8 model may have renamed its values
     if None in names:
         return None
-    r, g = (logits(m, n, inputs, label) for m, n, label in zip((original, optimized), names, ("original", "optimized")))
+    rs, gs = (values(m, n, inputs, label)
+              for m, n, label in zip((original, optimized), names, ("original", "optimized")))
+    r, g = stacked(rs), stacked(gs)
     d = g - r
     top2 = np.sort(r, axis=1)[:, -2:] if r.shape[1] > 1 else np.zeros((len(r), 2))
     return {"logit_rel_error": rel_l2(r, g),
+            "margin_rel_error": top_margins_rel_l2(rs, gs, softmax_input(original)),
             "max_logodds_change": float((d.max(1) - d.min(1)).max()),
             "min_margin": float((top2[:, 1] - top2[:, 0]).min())}
 
