@@ -21,7 +21,7 @@ from onebyone.verify.inputs import ImagePreprocess
 
 @dataclasses.dataclass
 class PolicyOptions:
-    policy: Annotated[str, typer.Option("--policy", help=" | ".join(POLICIES) + " (exact: lossless only; see the README)")] = "exact"
+    policy: Annotated[Optional[str], typer.Option("--policy", help=" | ".join(POLICIES) + " (exact: lossless only; see the README); default: the policy a given option names (--rank: rank, --energy: energy, --macs or --time: budget, --max-error: error), else exact")] = None
     rank: Annotated[Optional[float], typer.Option("--rank", help="rank policy: int per group, or fraction (0,1) of input channels")] = None
     energy: Annotated[Optional[float], typer.Option("--energy", help="energy policy: fraction of squared singular values kept")] = None
     round_to: Annotated[int, typer.Option("--round-to", help="round ranks up to a multiple of this (e.g. 8)")] = 1
@@ -38,14 +38,29 @@ class PolicyOptions:
             raise OneByOneError(f"--forms: {exc}") from None
 
     def build(self) -> Policy:
-        """The policy named by --policy with its options; a bad value is a one-line error naming the flags."""
+        """The policy named by --policy (or implied, see policy_name) with its options; a bad value is a one-line
+        error naming the flags."""
+        kind = self.policy_name()
         try:
-            return RankPolicy(self.policy, rank=self.rank, energy=self.energy, round_to=self.round_to, macs=self.macs,
+            return RankPolicy(kind, rank=self.rank, energy=self.energy, round_to=self.round_to, macs=self.macs,
                               max_error=self.max_error, time=self.time)
         except ValueError as exc:
-            cls = POLICIES.get(self.policy)
+            cls = POLICIES.get(kind)
             flags = [f"--{f.name.replace('_', '-')}" for f in dataclasses.fields(cls)] if cls else []
-            raise OneByOneError(f"{exc}" + (f" (--policy {self.policy} takes {', '.join(flags)})" if flags else "")) from None
+            raise OneByOneError(f"{exc}" + (f" (--policy {kind} takes {', '.join(flags)})" if flags else "")) from None
+
+    def policy_name(self) -> str:
+        """--policy, or without it the one policy that the given options belong to (`--time 0.6` alone means the
+        budget policy), or exact when none is given; options of two policies without --policy are a one-line
+        error."""
+        if self.policy is not None:
+            return self.policy
+        implied = {kind for kind, value in (("rank", self.rank), ("energy", self.energy), ("budget", self.macs),
+                                            ("budget", self.time), ("error", self.max_error)) if value is not None}
+        if len(implied) > 1:
+            raise OneByOneError(f"options of the {' and '.join(sorted(implied))} policies given together: choose one "
+                                "with --policy")
+        return implied.pop() if implied else "exact"
 
 
 @dataclasses.dataclass

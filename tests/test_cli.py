@@ -79,6 +79,14 @@ def test_inspect_lists_every_conv_with_a_reason(fullrank_model, tmp_path):
     assert "0 of 6 convs would be rewritten" in proc.stdout
     proc = cli("inspect", fullrank_model, "--policy", "rank", "--rank", "0.25", "--report", rep, check_rc=0)
     assert json.loads(rep.read_text())["totals"]["rewritten"] > 0
+    explicit = json.loads(rep.read_text())
+    cli("inspect", fullrank_model, "--rank", "0.25", "--report", rep, check_rc=0)  # --rank alone: the rank policy
+    assert json.loads(rep.read_text())["layers"] == explicit["layers"]
+    cli("inspect", fullrank_model, "--macs", "0.5", "--report", rep, check_rc=0)  # --macs alone: a budget
+    implied = json.loads(rep.read_text())
+    assert implied["policy"] == "MAC budget 0.5" and implied["totals"]["mac_ratio"] < 1
+    one_line_error(cli("inspect", fullrank_model, "--energy", "0.9", "--max-error", "0.1"),
+                   "energy and error policies", "--policy")
 
 
 def test_failed_verification_is_not_written_unless_forced(fullrank_model, tmp_path):
