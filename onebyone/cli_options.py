@@ -121,24 +121,48 @@ class CalibrationOptions:
 @dataclasses.dataclass
 class ImageOptions:
     image_size: Annotated[Optional[str], typer.Option("--image-size", help="HxW resize for --images (default: from the input shape)")] = None
-    layout: Annotated[str, typer.Option("--layout", help="NCHW or NHWC for --images")] = "NCHW"
+    layout: Annotated[Optional[str], typer.Option("--layout", help="NCHW or NHWC for --images (default: the bundled model's, else the input's axis of 3 channels)")] = None
     bgr: Annotated[bool, typer.Option("--bgr", help="feed channels in BGR order", metavar="")] = False
-    scale: Annotated[float, typer.Option("--scale", help="pixel multiplier before mean/std")] = 1 / 255
+    scale: Annotated[Optional[float], typer.Option("--scale", help="pixel multiplier before mean/std (default: 1/255, or the bundled model's)")] = None
     mean: Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")] = None
     std: Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None
 
-    def preprocess(self, input_shape: tuple[int, ...]) -> ImagePreprocess:
-        """How a photo becomes an input of `input_shape` (the size from --image-size, else from the shape)."""
+    def preprocess(self, input_shape: tuple[int, ...], name: str,
+                   base: ImagePreprocess | None = None) -> ImagePreprocess:
+        """How a photo becomes an input `name` of `input_shape`: `base` (a bundled model's own preprocessing; None:
+        RGB, pixels / 255, no mean or std) with every option given replacing its field; the size from --image-size,
+        else from the shape; the layout from --layout, else the base's, else the shape's axis of 3 channels. A layout
+        the shape contradicts is a one-line error."""
+        layout = self.layout or (base.layout if base is not None else _image_layout(input_shape, name))
+        if layout not in ("NCHW", "NHWC"):
+            raise OneByOneError(f"--layout {layout!r}: expected NCHW or NHWC")
+        axis = 1 if layout == "NCHW" else 3
+        if len(input_shape) != 4 or input_shape[axis] != 3:
+            raise OneByOneError(f"--images: input {name!r} has shape {list(input_shape)}, not {layout} with 3 color "
+                                f"channels ({'[1, 3, H, W]' if layout == 'NCHW' else '[1, H, W, 3]'})")
         if self.image_size:
             try:
                 h, w = (int(x) for x in self.image_size.lower().split("x"))
             except ValueError:
                 raise OneByOneError(f"--image-size {self.image_size!r}: expected HxW, e.g. 224x224") from None
         else:
-            h, w = (input_shape[2], input_shape[3]) if self.layout == "NCHW" else (input_shape[1], input_shape[2])
-        return ImagePreprocess(h, w, layout=self.layout, bgr=self.bgr, scale=self.scale,
-                               mean=_floats3(self.mean, "--mean") or (0.0, 0.0, 0.0),
-                               std=_floats3(self.std, "--std") or (1.0, 1.0, 1.0))
+            h, w = (input_shape[2], input_shape[3]) if layout == "NCHW" else (input_shape[1], input_shape[2])
+        base = base if base is not None else ImagePreprocess(h, w)
+        return dataclasses.replace(base, height=h, width=w, layout=layout, bgr=self.bgr or base.bgr,
+                                   scale=self.scale if self.scale is not None else base.scale,
+                                   mean=_floats3(self.mean, "--mean") or base.mean,
+                                   std=_floats3(self.std, "--std") or base.std)
+
+
+def _image_layout(shape: tuple[int, ...], name: str) -> str:
+    """NCHW or NHWC, whichever axis of `shape` holds 3 color channels (NCHW when both do); a one-line error when
+    the input is no image batch."""
+    if len(shape) == 4 and shape[1] == 3:
+        return "NCHW"
+    if len(shape) == 4 and shape[3] == 3:
+        return "NHWC"
+    raise OneByOneError(f"--images: input {name!r} has shape {list(shape)}, not an image batch [1, 3, H, W] (NCHW) "
+                        "or [1, H, W, 3] (NHWC)")
 
 
 @dataclasses.dataclass

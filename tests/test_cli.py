@@ -133,6 +133,46 @@ def test_verify_on_a_folder_of_images(lowrank_model, tmp_path):
     assert "3 image(s)" in proc.stdout
 
 
+def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the_input(tmp_path):
+    """--images on a bundled model preprocess as its own samples do (open_nsfw: NHWC, BGR, mean-subtracted pixels):
+    the evaluation photos written to a folder come back as the bundled samples, to the bit (before, the generic
+    NCHW default made [1, 3, 224, 3] arrays of it); on any model the layout follows the input's axis of 3
+    channels, and a layout or a shape that is no image batch is a one-line error."""
+    from PIL import Image
+
+    from onebyone.models import photos
+    from onebyone.models.real import real_model
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, rgb in enumerate(photos.photos(photos.EVALUATION)):
+        Image.fromarray(rgb).save(folder / f"{i:02d}.png")  # lossless: the same pixels
+    npz = tmp_path / "x.npz"
+    proc = cli("inputs", "opennsfw", "-o", npz, "--images", folder, check_rc=0)
+    assert "opennsfw's preprocessing" in proc.stdout
+    got = np.load(npz)["input:0"]
+    want = np.stack([s["input:0"] for s in real_model("opennsfw").samples()])
+    assert got.shape == (6, 1, 224, 224, 3) and np.array_equal(got, want)
+    scaled = tmp_path / "scaled.npz"  # an option given replaces that field only
+    cli("inputs", "opennsfw", "-o", scaled, "--images", folder, "--scale", "2", check_rc=0)
+    mean = np.array([104.0, 117.0, 123.0])  # open_nsfw's: pixels x scale (1) - mean, BGR, NHWC kept
+    assert np.allclose(np.load(scaled)["input:0"] + mean, 2 * (got + mean), atol=1e-3)
+    nhwc = tmp_path / "nhwc.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 32, 3])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32, 3])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), nhwc)
+    cli("inputs", nhwc, "-o", npz, "--images", folder, check_rc=0)
+    assert np.load(npz)["x"].shape == (6, 1, 32, 32, 3)
+    one_line_error(cli("inputs", nhwc, "-o", npz, "--images", folder, "--layout", "NCHW"), "not NCHW with 3 color")
+    flat = tmp_path / "flat.onnx"
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), flat)
+    one_line_error(cli("inputs", flat, "-o", npz, "--images", folder), "not an image batch")
+
+
 def test_bad_inputs_give_one_line_errors(lowrank_model, tmp_path):
     out = tmp_path / "o.onnx"
     one_line_error(cli("inspect", tmp_path / "missing.onnx"), "no such file")

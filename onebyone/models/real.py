@@ -31,6 +31,7 @@ class RealModel:
     make_samples: Callable[[tuple[str, ...]], Samples] = dataclasses.field(repr=False)
     make_calibration: Callable[[int], Samples] = dataclasses.field(repr=False, default=None)
     license: str = ""
+    image_preprocess: ImagePreprocess | None = None  # how a photo becomes its input (image models), for --images
 
     def path(self) -> Path:
         """The .onnx file inside the installed package; OneByOneError saying how to install it when missing."""
@@ -166,6 +167,7 @@ REAL_MODELS: dict[str, RealModel] = {
             make_samples=lambda names: image_samples(photos.photos(names), "input:0", OPENNSFW_PREP),
             make_calibration=_crops(OPENNSFW_PREP, "input:0"),
             license="Apache-2.0 (model BSD-2)",
+            image_preprocess=OPENNSFW_PREP,
         ),
         RealModel(
             name="ppocr-det",
@@ -178,6 +180,7 @@ REAL_MODELS: dict[str, RealModel] = {
             make_samples=_text_photos,
             make_calibration=_text_crops,
             license="Apache-2.0",
+            image_preprocess=PPOCR_PREP,
         ),
         RealModel(
             name="ppocr-rec",
@@ -191,6 +194,7 @@ REAL_MODELS: dict[str, RealModel] = {
             make_samples=_text_lines,
             make_calibration=_text_line_calibration,
             license="Apache-2.0",
+            image_preprocess=PPOCR_REC_PREP,
         ),
         RealModel(
             name="basic-pitch",
