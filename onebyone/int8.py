@@ -117,7 +117,7 @@ def _loads(path: Path) -> None:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only (its errors reach the user in the exception)
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 

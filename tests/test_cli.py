@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from conftest import rel_err, run_ort
 from onebyone.models import generators
@@ -197,6 +197,14 @@ def test_bad_inputs_give_one_line_errors(lowrank_model, tmp_path):
     one_line_error(cli("optimize", lowrank_model, "-o", out, "--policy", "rank"), "--rank")
     one_line_error(cli("optimize", lowrank_model, "-o", lowrank_model), "refusing to overwrite the input")
     one_line_error(cli("inspect", "no-such-bundled-model"), "no such file")
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 9, 9])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    conv = helper.make_node("Conv", ["x", "w"], ["y"], auto_pad="SAME_UPPER", dilations=[2, 2])  # valid ONNX
+    weight = numpy_helper.from_array(np.ones((4, 4, 3, 3), np.float32), "w")
+    onnx.save(helper.make_model(helper.make_graph([conv], "g", [x], [y], [weight]), ir_version=8,
+                                opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "dilated.onnx")
+    # onnxruntime loads it but fails when running it: its own log line must not print beside onebyone's
+    one_line_error(cli("optimize", tmp_path / "dilated.onnx", "-o", out), "onnxruntime", "Dilation not supported")
     assert not out.exists()
 
 

@@ -31,7 +31,7 @@ def fold_constants(proto: onnx.ModelProto) -> onnx.ModelProto:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         opts.optimized_model_filepath = str(out)
-        opts.log_severity_level = 3
+        opts.log_severity_level = 4  # fatal only (its errors reach the user in the exception)
         try:
             ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             return onnx.load(str(out))

@@ -15,7 +15,7 @@ import onnxruntime as ort
 from onebyone.errors import OneByOneError, first_line
 from onebyone.modelio import has_external_data, unsupported_ops
 
-ort.set_default_logger_severity(3)  # onnxruntime's own log lines would print before onebyone's one-line errors
+ort.set_default_logger_severity(4)  # fatal only: its error lines would print before onebyone's one-line errors
 
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
@@ -29,7 +29,7 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
     if initializers:
         names = list(initializers)
         opts.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4  # fatal only (its errors reach the user in the exception)
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
