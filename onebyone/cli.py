@@ -111,10 +111,11 @@ def _samples(arg, model, shapes, src: InputOptions, img: ImageOptions, bundled: 
         names = list(resolved)
         if len(names) != 1:
             raise OneByOneError(f"--images needs a single-input model; this one has inputs {names}")
+        images = folder_images(src.images)
         base = arg.bundled.image_preprocess if arg.bundled is not None else None
         prep = img.preprocess(resolved[names[0]], names[0], base)
         own = f" ({arg.bundled.name}'s preprocessing)" if base is not None else ""
-        return image_samples(folder_images(src.images), names[0], prep), f"image(s) from {src.images}{own}"
+        return image_samples(images, names[0], prep), f"image(s) from {src.images}{own}"
     if bundled and arg.bundled is not None:
         return arg.bundled.samples(), "bundled real"
     return random_samples(resolved, dtypes, count=src.samples), "random"

@@ -149,7 +149,7 @@ def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the
         Image.fromarray(rgb).save(folder / f"{i:02d}.png")  # lossless: the same pixels
     npz = tmp_path / "x.npz"
     proc = cli("inputs", "opennsfw", "-o", npz, "--images", folder, check_rc=0)
-    assert "opennsfw's preprocessing" in proc.stdout
+    assert "opennsfw's preprocessing" in " ".join(proc.stdout.split())
     got = np.load(npz)["input:0"]
     want = np.stack([s["input:0"] for s in real_model("opennsfw").samples()])
     assert got.shape == (6, 1, 224, 224, 3) and np.array_equal(got, want)
