@@ -113,7 +113,7 @@ def _samples(arg, model, shapes, src: InputOptions, img: ImageOptions, bundled: 
             raise OneByOneError(f"--images needs a single-input model; this one has inputs {names}")
         images = folder_images(src.images)
         base = arg.bundled.image_preprocess if arg.bundled is not None else None
-        prep = img.preprocess(resolved[names[0]], names[0], base)
+        prep = img.preprocess(resolved[names[0]], names[0], base, dtypes[names[0]])
         own = f" ({arg.bundled.name}'s preprocessing)" if base is not None else ""
         return image_samples(images, names[0], prep), f"image(s) from {src.images}{own}"
     if bundled and arg.bundled is not None:

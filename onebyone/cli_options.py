@@ -10,6 +10,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 
 from onebyone.errors import OneByOneError
@@ -127,19 +128,23 @@ class ImageOptions:
     mean: Annotated[Optional[str], typer.Option("--mean", help="per-channel mean, e.g. 0.485,0.456,0.406")] = None
     std: Annotated[Optional[str], typer.Option("--std", help="per-channel std, e.g. 0.229,0.224,0.225")] = None
 
-    def preprocess(self, input_shape: tuple[int, ...], name: str,
-                   base: ImagePreprocess | None = None) -> ImagePreprocess:
-        """How a photo becomes an input `name` of `input_shape`: `base` (a bundled model's own preprocessing; None:
-        RGB, pixels / 255, no mean or std) with every option given replacing its field; the size from --image-size,
-        else from the shape; the layout from --layout, else the base's, else the shape's axis of 3 channels. A layout
+    def preprocess(self, input_shape: tuple[int, ...], name: str, base: ImagePreprocess | None = None,
+                   dtype=np.float32) -> ImagePreprocess:
+        """How a photo becomes an input `name` of `input_shape` and `dtype`: `base` (a bundled model's own
+        preprocessing; None: RGB, pixels / 255, no mean or std) with every option given replacing its field; the size
+        from --image-size, else from the shape; the layout from --layout, else the base's, else the shape's axis of 3
+        (color) or 1 (gray) channels; a uint8 input takes the raw pixels (scaling options are then an error). A layout
         the shape contradicts is a one-line error."""
         layout = self.layout or (base.layout if base is not None else _image_layout(input_shape, name))
         if layout not in ("NCHW", "NHWC"):
             raise OneByOneError(f"--layout {layout!r}: expected NCHW or NHWC")
         axis = 1 if layout == "NCHW" else 3
-        if len(input_shape) != 4 or input_shape[axis] != 3:
-            raise OneByOneError(f"--images: input {name!r} has shape {list(input_shape)}, not {layout} with 3 color "
-                                f"channels ({'[1, 3, H, W]' if layout == 'NCHW' else '[1, H, W, 3]'})")
+        if len(input_shape) != 4 or input_shape[axis] not in (1, 3):
+            raise OneByOneError(f"--images: input {name!r} has shape {list(input_shape)}, not {layout} with 3 color or "
+                                f"1 gray channel(s) ({'[1, C, H, W]' if layout == 'NCHW' else '[1, H, W, C]'})")
+        if np.dtype(dtype) == np.uint8 and (self.scale is not None or self.mean or self.std):
+            raise OneByOneError(f"--images: input {name!r} is uint8 (raw pixels): --scale, --mean and --std do not "
+                                "apply")
         if self.image_size:
             try:
                 h, w = (int(x) for x in self.image_size.lower().split("x"))
@@ -147,22 +152,26 @@ class ImageOptions:
                 raise OneByOneError(f"--image-size {self.image_size!r}: expected HxW, e.g. 224x224") from None
         else:
             h, w = (input_shape[2], input_shape[3]) if layout == "NCHW" else (input_shape[1], input_shape[2])
-        base = base if base is not None else ImagePreprocess(h, w)
+        channels = input_shape[axis]
+        if base is None:
+            base = ImagePreprocess(h, w, mean=(0.0,) * channels, std=(1.0,) * channels, channels=channels)
         return dataclasses.replace(base, height=h, width=w, layout=layout, bgr=self.bgr or base.bgr,
                                    scale=self.scale if self.scale is not None else base.scale,
-                                   mean=_floats3(self.mean, "--mean") or base.mean,
-                                   std=_floats3(self.std, "--std") or base.std)
+                                   mean=_floats(self.mean, "--mean", channels) or base.mean,
+                                   std=_floats(self.std, "--std", channels) or base.std,
+                                   channels=channels, dtype=np.dtype(dtype).name)
 
 
 def _image_layout(shape: tuple[int, ...], name: str) -> str:
-    """NCHW or NHWC, whichever axis of `shape` holds 3 color channels (NCHW when both do); a one-line error when
-    the input is no image batch."""
-    if len(shape) == 4 and shape[1] == 3:
-        return "NCHW"
-    if len(shape) == 4 and shape[3] == 3:
-        return "NHWC"
-    raise OneByOneError(f"--images: input {name!r} has shape {list(shape)}, not an image batch [1, 3, H, W] (NCHW) "
-                        "or [1, H, W, 3] (NHWC)")
+    """NCHW or NHWC, whichever axis of `shape` holds 3 color (else 1 gray) channels (NCHW when both do); a one-line
+    error when the input is no image batch."""
+    for channels in (3, 1):
+        if len(shape) == 4 and shape[1] == channels:
+            return "NCHW"
+        if len(shape) == 4 and shape[3] == channels:
+            return "NHWC"
+    raise OneByOneError(f"--images: input {name!r} has shape {list(shape)}, not an image batch [1, C, H, W] (NCHW) "
+                        "or [1, H, W, C] (NHWC) with 3 color or 1 gray channel(s)")
 
 
 @dataclasses.dataclass
@@ -189,16 +198,19 @@ class ToleranceOptions:
                                   min_top1=self.min_top1, max_abs=self.max_abs, atol=self.atol, rtol=self.rtol)
 
 
-def _floats3(text: str | None, option: str) -> tuple[float, float, float] | None:
+def _floats(text: str | None, option: str, channels: int) -> tuple[float, ...] | None:
+    """--mean / --std: one number per channel (or one for all)."""
     if text is None:
         return None
     try:
         vals = tuple(float(x) for x in text.split(","))
     except ValueError:
         vals = ()
-    if len(vals) != 3:
-        raise OneByOneError(f"{option} {text!r}: expected three comma-separated numbers, e.g. 0.485,0.456,0.406")
-    return vals  # type: ignore[return-value]
+    if len(vals) not in (1, channels):
+        want = "one number (a gray input)" if channels == 1 else (
+            f"{channels} comma-separated numbers (one per channel, e.g. 0.485,0.456,0.406) or one for all")
+        raise OneByOneError(f"{option} {text!r}: expected {want}")
+    return vals
 
 
 def parse_input_shape(text: str) -> tuple[str, tuple[int, ...]]:

@@ -136,8 +136,9 @@ def test_verify_on_a_folder_of_images(lowrank_model, tmp_path):
 def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the_input(tmp_path):
     """--images on a bundled model preprocess as its own samples do (open_nsfw: NHWC, BGR, mean-subtracted pixels):
     the evaluation photos written to a folder come back as the bundled samples, to the bit (before, the generic
-    NCHW default made [1, 3, 224, 3] arrays of it); on any model the layout follows the input's axis of 3
-    channels, and a layout or a shape that is no image batch is a one-line error."""
+    NCHW default made [1, 3, 224, 3] arrays of it); on any model the layout follows the input's axis of 3 (or 1)
+    channels, a gray input gets luminance, a uint8 input raw pixels, a float16 input float16 (all three failed
+    before); a layout or a shape that is no image batch is a one-line error."""
     from PIL import Image
 
     from onebyone.models import photos
@@ -171,6 +172,26 @@ def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the
     onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
                                 opset_imports=[helper.make_opsetid("", 17)], ir_version=8), flat)
     one_line_error(cli("inputs", flat, "-o", npz, "--images", folder), "not an image batch")
+    for dtype, channels, layout in ((TensorProto.FLOAT, 1, "NCHW"), (TensorProto.UINT8, 3, "NHWC"),
+                                    (TensorProto.FLOAT16, 3, "NCHW")):  # gray, raw-pixel and half inputs
+        shape = [1, channels, 20, 24] if layout == "NCHW" else [1, 20, 24, channels]
+        x = helper.make_tensor_value_info("x", dtype, shape)
+        y = helper.make_tensor_value_info("y", dtype, shape)
+        path = tmp_path / f"{dtype}.onnx"
+        onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                                    opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+        cli("inputs", path, "-o", npz, "--images", folder, check_rc=0)
+        got = np.load(npz)["x"]
+        first = Image.fromarray(photos.photos(photos.EVALUATION)[0])
+        if channels == 1:  # PIL's luminance, resized, / 255
+            want = np.asarray(first.convert("L").resize((24, 20), Image.Resampling.BILINEAR), np.float32) / 255
+            assert got.dtype == np.float32 and np.allclose(got[0, 0, 0], want, atol=1e-6)
+        elif dtype == TensorProto.UINT8:  # raw RGB pixels
+            want = np.asarray(first.resize((24, 20), Image.Resampling.BILINEAR))
+            assert got.dtype == np.uint8 and np.array_equal(got[0, 0], want)
+            one_line_error(cli("inputs", path, "-o", npz, "--images", folder, "--scale", "2"), "uint8", "--scale")
+        else:
+            assert got.dtype == np.float16 and got.shape == (6, 1, 3, 20, 24)
 
 
 def test_bad_inputs_give_one_line_errors(lowrank_model, tmp_path):

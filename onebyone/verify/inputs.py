@@ -73,34 +73,46 @@ def npz_samples(path: str | Path, input_shapes: dict[str, tuple[int, ...]], dtyp
 
 @dataclasses.dataclass(frozen=True)
 class ImagePreprocess:
-    """How a photo becomes a model input: resize to (height, width), optional BGR order, then
-    (pixel * scale - mean) / std per channel, laid out NCHW or NHWC with a batch of 1."""
+    """How a photo becomes a model input: resize to (height, width), gray (`channels` 1) or color with optional BGR
+    order, then (pixel * scale - mean) / std per channel (a single mean or std serves every channel), laid out NCHW
+    or NHWC with a batch of 1, as `dtype`: a float type, or uint8 for models that take raw pixels (no scaling)."""
 
     height: int
     width: int
     layout: str = "NCHW"
     bgr: bool = False
     scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+    channels: int = 3
+    dtype: str = "float32"
 
     def __post_init__(self) -> None:
         if self.layout not in ("NCHW", "NHWC"):
             raise OneByOneError(f"image layout must be NCHW or NHWC, got {self.layout!r}")
+        if self.channels not in (1, 3):
+            raise OneByOneError(f"images have 1 (gray) or 3 (color) channels, not {self.channels}")
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, self.channels):
+                raise OneByOneError(f"image {name} {list(values)}: expected 1 or {self.channels} values")
+        if not (np.issubdtype(np.dtype(self.dtype), np.floating) or np.dtype(self.dtype) == np.uint8):
+            raise OneByOneError(f"images feed float or uint8 inputs, not {self.dtype}")
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
-        """An HxWx3 uint8 RGB image -> float32 [1, 3, H, W] (or [1, H, W, 3])."""
+        """An HxWx3 uint8 RGB image -> [1, C, H, W] (or [1, H, W, C]) of `dtype`."""
         from PIL import Image
 
-        img = Image.fromarray(rgb).convert("RGB").resize((self.width, self.height), Image.Resampling.BILINEAR)
-        x = np.asarray(img, dtype=np.float32)
-        if self.bgr:
+        img = Image.fromarray(rgb).convert("L" if self.channels == 1 else "RGB")
+        x = np.asarray(img.resize((self.width, self.height), Image.Resampling.BILINEAR), dtype=np.float32)
+        x = x.reshape(x.shape[0], x.shape[1], self.channels)
+        if self.bgr and self.channels == 3:
             x = x[..., ::-1]
-        x = (x * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        if np.dtype(self.dtype) != np.uint8:
+            x = (x * self.scale - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         x = x[None]
         if self.layout == "NCHW":
             x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x, dtype=np.float32)
+        return np.ascontiguousarray(x, dtype=self.dtype)
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
