@@ -58,14 +58,12 @@ def pins_subspace(vals: np.ndarray, count: int | None) -> bool:
     16-31% error on the held-out ones)."""
     if count is None or vals.size == 0:
         return True
-    top = max(float(vals.max()), 0.0)
-    rank = int(np.count_nonzero(vals > top * vals.size * np.finfo(np.float32).eps))
-    return SUBSPACE_POSITIONS * rank <= count
+    return SUBSPACE_POSITIONS * int(np.count_nonzero(above_noise(vals))) <= count
 
 
-def psd_sqrt(s: np.ndarray) -> np.ndarray:
-    """The symmetric PSD square root of s (negative rounding-noise eigenvalues clipped to 0, no regularization)."""
-    return trusted_sqrt(s, None)[0]
+def above_noise(vals: np.ndarray) -> np.ndarray:
+    """Which eigenvalues of a second moment lie above float32 noise (its numerical rank is their count)."""
+    return vals > max(float(vals.max()), 0.0) * vals.size * np.finfo(np.float32).eps
 
 
 def trusted_sqrt(s: np.ndarray, count: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -201,11 +199,10 @@ def factorize_on_subspace(weight: np.ndarray, groups: int, rank: int, s_hh: np.n
     """Factors exact for every input in the span of the calibration inputs: the truncated SVD of Mᵀ P, with P
     the projector onto the range of E[x̂x̂ᵀ] (eigenvalues above float32 noise). Used when the whitened weight's
     numerical rank is at most `rank`, i.e. when the rewrite is lossless on the calibration data."""
-    cpg = weight.shape[1]
     parts = []
     for m, sl in _groups(weight, groups, s_hh):
         vals, vecs = np.linalg.eigh((s_hh[sl, sl] + s_hh[sl, sl].T) / 2)
-        keep = vals > max(vals.max(), 0) * cpg * np.finfo(np.float32).eps
+        keep = above_noise(vals)
         proj = vecs[:, keep] @ vecs[:, keep].T
         u, sv, vt = np.linalg.svd(m.T @ proj, full_matrices=False)
         kk = min(rank, len(sv))

@@ -79,11 +79,6 @@ def values(model, name: str, samples: list[dict], label: str) -> list[np.ndarray
     return Probe(model, [name], label, only=True).by_name(samples)[name]
 
 
-def logits(model, name: str, samples: list[dict], label: str) -> np.ndarray:
-    """The value `name` of `model` on every sample, stacked ([items, classes])."""
-    return stacked(values(model, name, samples, label))
-
-
 def softmax_logits(reference, candidate) -> tuple[str, str] | None:
     """The names of the values both models' single output is the Softmax of, or None (either is not one, or is not
     an ir.Model)."""
