@@ -133,6 +133,15 @@ def test_verify_on_a_folder_of_images(lowrank_model, tmp_path):
     assert "3 image(s)" in proc.stdout
 
 
+def _identity_model(path, dtype: int, shape: list[int]):
+    """A model y = Identity(x) with x of `dtype` and `shape`, saved at `path` (returned)."""
+    x = helper.make_tensor_value_info("x", dtype, shape)
+    y = helper.make_tensor_value_info("y", dtype, shape)
+    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+    return path
+
+
 def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the_input(tmp_path):
     """--images on a bundled model preprocess as its own samples do (open_nsfw: NHWC, BGR, mean-subtracted pixels):
     the evaluation photos written to a folder come back as the bundled samples, to the bit (before, the generic
@@ -158,28 +167,16 @@ def test_images_of_a_bundled_model_take_its_preprocessing_and_layouts_follow_the
     cli("inputs", "opennsfw", "-o", scaled, "--images", folder, "--scale", "2", check_rc=0)
     mean = np.array([104.0, 117.0, 123.0])  # open_nsfw's: pixels x scale (1) - mean, BGR, NHWC kept
     assert np.allclose(np.load(scaled)["input:0"] + mean, 2 * (got + mean), atol=1e-3)
-    nhwc = tmp_path / "nhwc.onnx"
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 32, 32, 3])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 32, 32, 3])
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), nhwc)
+    nhwc = _identity_model(tmp_path / "nhwc.onnx", TensorProto.FLOAT, [1, 32, 32, 3])
     cli("inputs", nhwc, "-o", npz, "--images", folder, check_rc=0)
     assert np.load(npz)["x"].shape == (6, 1, 32, 32, 3)
     one_line_error(cli("inputs", nhwc, "-o", npz, "--images", folder, "--layout", "NCHW"), "not NCHW with 3 color")
-    flat = tmp_path / "flat.onnx"
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])
-    onnx.save(helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
-                                opset_imports=[helper.make_opsetid("", 17)], ir_version=8), flat)
+    flat = _identity_model(tmp_path / "flat.onnx", TensorProto.FLOAT, [1, 8])
     one_line_error(cli("inputs", flat, "-o", npz, "--images", folder), "not an image batch")
     for dtype, channels, layout in ((TensorProto.FLOAT, 1, "NCHW"), (TensorProto.UINT8, 3, "NHWC"),
                                     (TensorProto.FLOAT16, 3, "NCHW")):  # gray, raw-pixel and half inputs
         shape = [1, channels, 20, 24] if layout == "NCHW" else [1, 20, 24, channels]
-        x = helper.make_tensor_value_info("x", dtype, shape)
-        y = helper.make_tensor_value_info("y", dtype, shape)
-        path = tmp_path / f"{dtype}.onnx"
-        onnx.save(helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
-                                    opset_imports=[helper.make_opsetid("", 17)], ir_version=8), path)
+        path = _identity_model(tmp_path / f"{dtype}.onnx", dtype, shape)
         cli("inputs", path, "-o", npz, "--images", folder, check_rc=0)
         got = np.load(npz)["x"]
         first = Image.fromarray(photos.photos(photos.EVALUATION)[0])
