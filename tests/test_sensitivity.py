@@ -9,7 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 from conftest import run_ort
 from onebyone import RankPolicy, optimize
 from onebyone.calibrated import moments as calibration
-from onebyone.calibrated import sensitivity, whitening
+from onebyone.calibrated import probe_walk, sensitivity, whitening
 from onebyone.passes import plan
 from onebyone.verify.onnxruntime_run import with_outputs
 from onebyone.passes.analysis import analyze
@@ -101,7 +101,7 @@ def test_a_softmax_outputs_gains_are_measured_on_its_top_class_margins(rng):
     for rank in ranks:
         rewritten = model.clone()
         node = next(n for n in rewritten.graph if n.name == "conv_a")
-        insert(rewritten.graph, node, sensitivity._probe_factors(d)(rank), UniqueNames(rewritten.graph), {})
+        insert(rewritten.graph, node, probe_walk.probe_factors(d)(rank), UniqueNames(rewritten.graph), {})
         got = [run_ort(with_outputs(rewritten, ["logits", "ya"]), s) for s in samples]
         want, have = (_top_margins([r[1] for r in runs], [r[1] for r in ref]) for runs in (ref, got))
         local = np.linalg.norm(np.concatenate([(g[2] - r[2]).ravel() for g, r in zip(got, ref)]))

@@ -31,12 +31,12 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.atomic import atomic_file
-from onebyone.calibrated import moments, whitening
+from onebyone.calibrated import linear_gains, moments, probe_walk
+from onebyone.calibrated.backward import measured_types
+from onebyone.calibrated.vjp import Unsupported
+from onebyone.errors import OneByOneError
 from onebyone.calibrated.blas_threads import alongside_onnxruntime
-from onebyone.calibrated.stream import Stream
 from onebyone.passes.plan import Decision, candidate_ranks
-from onebyone.passes import factorize
-from onebyone.passes.rewrite import UniqueNames, insert, remove
 from onebyone.verify.logits import softmax_input, top_margins_rel_l2
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
@@ -46,7 +46,7 @@ PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted lo
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
 PROBE_SAMPLES = 8
 # in the cache key
-SETTINGS = f"probes v3 (top margins): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"
+SETTINGS = f"probes v4 (top margins, first order when cheaper): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"
 
 
 def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
@@ -106,7 +106,7 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     PROBE_SAMPLES samples; of the activations, only the stream's frontier and one conv's outputs are held at a time."""
     live = _live(decisions)
     with alongside_onnxruntime():
-        measured = _measure(model, live, samples[:PROBE_SAMPLES], round_to, progress)
+        measured = _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress)
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
     out = {}
     for d in live:
@@ -121,18 +121,6 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     return out
 
 
-def _probe_factors(d: Decision):
-    """The factors a conv is probed with, as a function of the rank: whitened by its input statistics in the input
-    and pointwise forms; weight factors in the others (there the gain is a measured ratio, weight factors probe it)."""
-    info, m = d.info, d.moments
-    if d.form not in ("input", "pointwise"):
-        return lambda rank: factorize.svd_factors(info.weight, info.groups, rank, d.form)
-    s = m.second_moment
-    svd = whitening.whitened_svd(info.weight, info.groups, s, s)
-    return lambda rank: whitening.factorize_data(info.weight, info.groups, rank, s, s, s, m.mean, m.mean, svd=svd,
-                                                 predict=False)
-
-
 def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits, softmax) -> float:
     """The worst output part's relative error, as verified; behind a Softmax (`softmax`), the relative error of its
     logits' margins among each row's top classes (verify.logits.top_margins_rel_l2): probabilities near 0 or 1 would
@@ -142,46 +130,34 @@ def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits,
     return worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)
 
 
-def _measure(model: ir.Model, live: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
-    """Per conv name, (probe ranks, gains measured there): the model is run with only that conv rewritten (whitened
-    factors) at each probe rank; gain = the model-output error (_output_error) / the conv's own relative error."""
+def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
+    """Per conv name, (probe ranks, gains measured there): the model-output error (_output_error) / the conv's own
+    relative error, with only that conv rewritten (whitened factors) at each probe rank; to first order
+    (linear_gains) when that costs less and the model's ops all have gradient rules, else by running the model."""
     softmax = softmax_input(model)
     outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
     splits = output_splits(model)
+    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in _live(decisions)]
+    try:
+        shapes, _ = measured_types(model, samples[0])
+        if linear_gains.cheaper(model, decisions, plans,
+                                linear_gains.directions_per_sample(shapes, softmax, outputs, splits)):
+            return linear_gains.measure(model, plans, samples, softmax, outputs, splits, progress)
+    except (Unsupported, OneByOneError):
+        pass  # an op without a gradient rule on the way to the outputs: the exact probes measure every model
     reference = Probe(model, outputs, "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
     del reference  # its session (weights repacked, arena) is not needed past here
-    work = model.clone()
-    nodes = list(work.graph)
-    index = {id(n): i for i, n in enumerate(model.graph)}
-    names = UniqueNames(work.graph)
-    plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in live]
     total, done = sum(len(p) for _, p in plans), 0
     measured: dict[str, tuple[list[int], list[float]]] = {}
-    with Stream(work, samples, "original (sensitivity)", keep=outputs) as stream:
-        for d, ranks in plans:
-            if not ranks:
-                continue
-            node = nodes[index[id(d.info.node)]]
-            stream.advance(node)
-            conv_out = node.outputs[0].name
-            original_local = stream.peek([conv_out])  # the conv's own output, before it is rewritten
-            factors_at = _probe_factors(d)
-            for rank in ranks:
-                done_ = insert(work.graph, node, factors_at(rank), names, {})
-                try:  # the rewritten conv alone, then the model's tail from its output (one session for all ranks)
-                    local = [got[conv_out] for got in stream.peek([conv_out])]
-                    got = stream.peek(outputs + ([conv_out] if conv_out not in outputs else []),
-                                      given={conv_out: local}, reuse=True)
-                finally:
-                    remove(work.graph, done_)
-                final = _output_error(refs, got, outputs, splits, softmax)
-                local = worst_part_rel_l2(_by_name(original_local, [conv_out]), _by_name(got, [conv_out]))
-                if local > 1e-6:
-                    rs, gs = measured.setdefault(d.info.name, ([], []))
-                    rs.append(rank)
-                    gs.append(final / local)
-                done += 1
-                if progress:
-                    progress(done, total)
+    for d, rank, conv_out, original_local, got in probe_walk.walk(model, plans, samples, outputs):
+        final = _output_error(refs, got, outputs, splits, softmax)
+        local = worst_part_rel_l2(_by_name(original_local, [conv_out]), _by_name(got, [conv_out]))
+        if local > 1e-6:
+            rs, gs = measured.setdefault(d.info.name, ([], []))
+            rs.append(rank)
+            gs.append(final / local)
+        done += 1
+        if progress:
+            progress(done, total)
     return measured

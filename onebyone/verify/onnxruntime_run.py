@@ -20,16 +20,18 @@ ort.set_default_logger_severity(4)  # fatal only: its error lines would print be
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
             threads: int | None = None, spinning: bool = True,
-            initializers: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+            initializers: dict[str, np.ndarray] | None = None, arena: bool = True) -> ort.InferenceSession:
     """A CPU onnxruntime session for a model object or file (with `threads` intra-op threads, one inter-op thread,
     when given; 0: onnxruntime's choice; `spinning` False: its idle threads sleep instead of spinning); OneByOneError
     when onnxruntime cannot load it. `initializers`: the data of initializers the model marks as external, taken
-    from these arrays in memory (which must outlive the session)."""
+    from these arrays in memory (which must outlive the session). `arena` False: memory is freed after each run
+    instead of kept in onnxruntime's arena (for a session whose runs need much memory once)."""
     opts = ort.SessionOptions()
     if initializers:
         names = list(initializers)
         opts.add_external_initializers(names, [ort.OrtValue.ortvalue_from_numpy(initializers[n]) for n in names])
     opts.log_severity_level = 4  # fatal only (its errors reach the user in the exception)
+    opts.enable_cpu_mem_arena = arena
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -90,10 +92,11 @@ class Probe:
     default, or any intermediate values: `names`; with `only`, just those, so the rest of the graph is pruned), fed
     from sample dicts that may hold more inputs than it takes. Every failure is a OneByOneError naming `label`."""
 
-    def __init__(self, model, names: list[str] | None = None, label: str = "model", only: bool = False) -> None:
+    def __init__(self, model, names: list[str] | None = None, label: str = "model", only: bool = False,
+                 arena: bool = True) -> None:
         self.label = label
         source = with_outputs(model, names, only) if names else model
-        self.session = session(source, label)
+        self.session = session(source, label, arena=arena)
         self.names = list(names) if names and only else [o.name for o in self.session.get_outputs()]
         self.inputs = {i.name for i in self.session.get_inputs()}
 

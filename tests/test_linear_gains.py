@@ -1,0 +1,182 @@
+"""First-order output gains: the backward model (calibrated.backward, vjp) against finite differences in float64, and
+the gains it gives against an independent numpy computation and the exact probes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from onnx.reference import ReferenceEvaluator
+
+from conftest import run_ort
+from onebyone.calibrated import linear_gains, probe_walk, sensitivity
+from onebyone.calibrated.backward import Backward, backward_model, measured_types
+from onebyone.calibrated.vjp import Unsupported
+from onebyone.passes.rewrite import UniqueNames, insert
+from onebyone.verify.onnxruntime_run import session
+from test_sensitivity import _decisions, _samples
+
+
+def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
+    """One input through every kind of op the rules cover (strided, dilated, grouped and transposed convs, pools,
+    nearest resize, activations, broadcasts, shuffles, matrix products), to one output of 5 values; `dtype` float32
+    or float64 (the same numbers)."""
+    t = TensorProto.FLOAT if dtype == np.float32 else TensorProto.DOUBLE
+    r = np.random.default_rng(0)
+
+    def init(name, *shape, scale=0.3):
+        return numpy_helper.from_array((r.standard_normal(shape) * scale).astype(dtype), name)
+
+    inits = [init("w1", 8, 4, 3, 3), init("w2", 8, 2, 3, 3), init("w3", 8, 8, 2, 2), init("w4", 6, 8, 1, 1),
+             init("bn_s", 8), init("bn_b", 8), init("bn_m", 8), numpy_helper.from_array(
+                 (np.abs(r.standard_normal(8)) + 0.5).astype(dtype), "bn_v"), init("g", 6, 5), init("gb", 5),
+             init("m", 48, 6), numpy_helper.from_array(np.array([1, 6, 8, 8], np.int64), "shape"),
+             numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
+             numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "st"), numpy_helper.from_array(np.array([7, 7], np.int64), "en"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "ax"), numpy_helper.from_array(np.array(6, dtype), "six"),
+             numpy_helper.from_array(np.array(-1, dtype), "lo"), numpy_helper.from_array(np.array(1.5, dtype), "hi")]
+    n = helper.make_node
+    nodes = [
+        n("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),                     # 4x16x16 -> 8x8x8
+        n("BatchNormalization", ["c1", "bn_s", "bn_b", "bn_m", "bn_v"], ["b1"]),
+        n("HardSigmoid", ["b1"], ["h1"]), n("Mul", ["b1", "h1"], ["s1"]),                       # a swish of two values
+        n("Conv", ["s1", "w2"], ["c2"], group=4, dilations=[2, 2], pads=[2, 2, 2, 2]),
+        n("Clip", ["c2", "lo", "hi"], ["k2"]), n("Div", ["k2", "six"], ["d2"]),
+        n("MaxPool", ["d2"], ["p2"], kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 1, 1]),  # -> 8x4x4
+        n("ConvTranspose", ["p2", "w3"], ["u2"], strides=[2, 2]),                      # -> 8x8x8
+        n("Resize", ["p2", "", "scales"], ["r2"], mode="nearest", coordinate_transformation_mode="asymmetric",
+          nearest_mode="floor"),
+        n("Add", ["u2", "r2"], ["a2"]), n("Sigmoid", ["a2"], ["g2"]), n("Mul", ["a2", "g2"], ["e2"]),
+        n("Concat", ["e2", "s1"], ["cat"], axis=1), n("Slice", ["cat", "st", "en", "ax"], ["sl"]),   # 16x6x6
+        n("Pad", ["sl", "pads"], ["pd"]), n("AveragePool", ["pd"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+        n("Split", ["ap"], ["h_a", "h_b"], axis=1, num_outputs=2),
+        n("Conv", ["h_a", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]), n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
+        n("Reshape", ["t4", "shape"], ["f4"]), n("Tanh", ["f4"], ["th"]),
+        n("GlobalAveragePool", ["th"], ["gp"]), n("Flatten", ["gp"], ["fl"]),
+        n("Gemm", ["fl", "g", "gb"], ["logits"]), n("Softmax", ["logits"], ["y"], axis=-1),
+    ]
+    graph = helper.make_graph(nodes, "many", [helper.make_tensor_value_info("x", t, [1, 4, 16, 16])],
+                              [helper.make_tensor_value_info("y", t, [1, 5])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8)
+
+
+def test_the_backward_model_is_the_transposed_jacobian_by_finite_differences_in_float64(rng):
+    """For every target, (Jᵀu)·δ from the backward model equals the central finite difference of u·y along δ at the
+    target, computed in float64 by the ONNX reference evaluator on the same model (every op the rules cover)."""
+    model = ir.serde.deserialize_model(_many_ops_model(rng))
+    x = rng.standard_normal((1, 4, 16, 16)).astype(np.float32)
+    shapes, dtypes = measured_types(model, {"x": x})
+    targets = ["c1", "c2", "u2", "c4", "s1"]
+    bw = backward_model(model, ["y"], targets, shapes, dtypes)
+    forward = run_ort(_with_outputs(_many_ops_model(rng), bw.forward), {"x": x})
+    values = dict(zip(bw.forward, forward[1:]))
+    u = rng.standard_normal((1, 5)).astype(np.float32)
+    grads = session(bw.proto).run(None, {**values, Backward.seed_input("y"): u})
+    double = _many_ops_model(rng, np.float64)
+    for target, g in zip(targets, grads):
+        delta = rng.standard_normal(shapes[target])
+        eps = 1e-6
+        plus, minus = (_perturbed(double, target, x, s * eps * delta) for s in (1, -1))
+        fd = float(np.sum((plus - minus) * u)) / (2 * eps)
+        assert float(np.sum(g * delta)) == pytest.approx(fd, rel=1e-3, abs=1e-6), target
+
+
+def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    for name in names:
+        out.graph.output.add().name = name
+    return out
+
+
+def _perturbed(proto: onnx.ModelProto, target: str, x: np.ndarray, delta: np.ndarray) -> np.ndarray:
+    """The model's output with `delta` added to the value `target` (float64, reference evaluator)."""
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    for node in p.graph.node:
+        node.input[:] = [f"{target}.moved" if i == target else i for i in node.input]
+    at = next(i for i, node in enumerate(p.graph.node) if target in node.output)
+    p.graph.node.insert(at + 1, helper.make_node("Add", [target, "delta"], [f"{target}.moved"]))
+    p.graph.input.append(helper.make_tensor_value_info("delta", TensorProto.DOUBLE, delta.shape))
+    return ReferenceEvaluator(p).run(None, {"x": x.astype(np.float64), "delta": delta})[0]
+
+
+def test_an_op_without_a_rule_is_named():
+    """A tail through an op without a gradient rule cannot be built, and the error names the op."""
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Erf", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+                              [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")])
+    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    shapes, dtypes = measured_types(model, {"x": np.ones((1, 2, 4, 4), np.float32)})
+    with pytest.raises(Unsupported, match="Erf"):
+        backward_model(model, ["y"], ["c"], shapes, dtypes)
+
+
+def _pooled_head_model(rng):
+    """out[1, 3] = Gemm(GlobalAveragePool(conv_a(x) + conv_b(x))): a linear tail from each conv, 3 outputs (probed
+    along a basis: exact to first order, and first order is exact here)."""
+    w = (rng.standard_normal((16, 16, 3, 3)) / 12).astype(np.float32)
+    head = rng.standard_normal((16, 3)).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "wa"), numpy_helper.from_array(w.copy() * 0.5, "wb"),
+             numpy_helper.from_array(head, "head")]
+    nodes = [helper.make_node("Conv", ["x", "wa"], ["ya"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "wb"], ["yb"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["ya", "yb"], ["s"]), helper.make_node("GlobalAveragePool", ["s"], ["p"]),
+             helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "head"], ["out"])]
+    graph = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])], inits)
+    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)), head
+
+
+def _gains_both_ways(model, decisions, samples, monkeypatch):
+    """output_gains with the first-order estimate chosen, then with the exact probes chosen."""
+    monkeypatch.setattr(linear_gains, "cheaper", lambda *a: True)
+    first = sensitivity.output_gains(model, decisions, samples)
+    monkeypatch.setattr(linear_gains, "cheaper", lambda *a: False)
+    return first, sensitivity.output_gains(model, decisions, samples)
+
+
+def test_first_order_gains_equal_a_numpy_computation_and_the_exact_probes_on_a_linear_tail(rng, monkeypatch):
+    """With a linear tail, the first-order gain at each probe rank is the exact one: ‖head·mean(δ)‖ / ‖out‖ over
+    ‖δ‖ / ‖ya‖, with δ the rewritten conv's change measured by onnxruntime and the tail applied in numpy; the exact
+    probes (forced) measure the same."""
+    model, head = _pooled_head_model(rng)
+    samples = _samples(rng)
+    decisions = _decisions(model, samples)
+    first, exact = _gains_both_ways(model, decisions, samples, monkeypatch)
+    outs = [run_ort(model, s)[0] for s in samples]
+    d = next(d for d in decisions if d.info.name == "conv_a")
+    ranks = [r for r in sensitivity.probe_ranks(d) if r < d.numerical]
+    assert len(ranks) > 1
+    for rank in ranks:
+        rewritten = model.clone()
+        node = next(n for n in rewritten.graph if n.name == "conv_a")
+        insert(rewritten.graph, node, probe_walk.probe_factors(d)(rank), UniqueNames(rewritten.graph), {})
+        ya = [run_ort(_with_outputs(ir.serde.serialize_model(model), ["ya"]), s)[1] for s in samples]
+        ya_new = [run_ort(_with_outputs(ir.serde.serialize_model(rewritten), ["ya"]), s)[1] for s in samples]
+        deltas = [(b - a).astype(np.float64) for a, b in zip(ya, ya_new)]
+        moved = np.concatenate([(dl.mean(axis=(2, 3)) @ head).ravel() for dl in deltas])
+        final = np.linalg.norm(moved) / np.linalg.norm(np.concatenate([o.ravel() for o in outs]))
+        local = np.linalg.norm(np.concatenate([x.ravel() for x in deltas])) / np.linalg.norm(
+            np.concatenate([a.ravel() for a in ya]))
+        assert first["conv_a"][rank] == pytest.approx(max(final / local, exact["conv_a"][ranks[-1]]), rel=2e-3)
+    np.testing.assert_allclose(first["conv_a"][ranks[0]:], exact["conv_a"][ranks[0]:], rtol=2e-3)
+
+
+def test_the_exact_probes_measure_a_model_the_rules_do_not_cover(rng, monkeypatch):
+    """A tail through an op without a rule: output_gains falls back to the exact probes even when the first-order
+    estimate would be the cheaper."""
+    model, _ = _pooled_head_model(rng)
+    tail = next(n for n in model.graph if n.op_type == "Flatten")
+    erf = ir.node("Erf", [tail.inputs[0]])
+    model.graph.insert_before(tail, erf)
+    tail.replace_input_with(0, erf.outputs[0])
+    samples = _samples(rng)
+    chosen, exact = _gains_both_ways(model, _decisions(model, samples), samples, monkeypatch)
+    assert set(chosen) == set(exact)
+    for name in exact:
+        np.testing.assert_allclose(chosen[name], exact[name], rtol=1e-6)
