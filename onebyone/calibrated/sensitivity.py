@@ -16,11 +16,12 @@ model after the conv: one stream walks the original model from conv to conv; eac
 from that frontier, then the model's tail from its output, in one onnxruntime session per conv for all its probe
 ranks (the tail is the same graph at every rank).
 
-The probes' cost grows with the square of the depth (each runs the model's tail), and stays so on purpose: carrying
-an error to the outputs through checkpoints (the relative error at a cut a few convs on, times a gain measured once
-per cut) was measured to misstate gains by up to 6x on open_nsfw, because the error's direction, not only its size,
-decides how much of it the tail keeps, and that direction changes with the conv and with the rank (README,
-"Calibration speed").
+The exact probes' cost grows with the square of the depth (each runs the model's tail). Carrying an error to the
+outputs through checkpoints (the relative error at a cut a few convs on, times a gain measured once per cut) was
+measured to misstate gains by up to 6x on open_nsfw, because the error's direction, not only its size, decides how
+much of it the tail keeps (README, "Calibration speed"). What keeps the direction at a cost linear in depth is a
+gradient: where it costs less and every op on the way has a rule, the gains are taken to first order from one
+backward model (calibrated.linear_gains), at the same probe ranks, on the same samples.
 """
 
 from __future__ import annotations
@@ -101,9 +102,11 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     rank between them (held constant outside) and never below the gain at the top probe. Convs that cannot be
     probed get the median gain of the others at every rank.
 
-    Guarantees: `model` is not modified; per probed conv, one onnxruntime session of the model's tail after it
-    (shared by its probe ranks), one of the conv and one of the rewritten conv per probe rank, on at most
-    PROBE_SAMPLES samples; of the activations, only the stream's frontier and one conv's outputs are held at a time."""
+    Guarantees: `model` is not modified; on at most PROBE_SAMPLES samples; exact probes: per probed conv, one
+    onnxruntime session of the model's tail after it (shared by its probe ranks), one of the conv and one of the
+    rewritten conv per probe rank; first order (when cheaper, see _measure): one forward and one backward session
+    for all convs, and the conv sessions; of the activations, only the stream's frontier, one conv's outputs and
+    the gradients (past linear_gains.GRADIENT_MEMORY on disk) are held at a time."""
     live = _live(decisions)
     with alongside_onnxruntime():
         measured = _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress)
