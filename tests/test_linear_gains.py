@@ -53,7 +53,8 @@ def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
         n("Concat", ["e2", "s1"], ["cat"], axis=1), n("Slice", ["cat", "st", "en", "ax"], ["sl"]),   # 16x6x6
         n("Pad", ["sl", "pads"], ["pd"]), n("AveragePool", ["pd"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         n("Split", ["ap"], ["h_a", "h_b"], axis=1, num_outputs=2),
-        n("Conv", ["h_a", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]), n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
+        n("AveragePool", ["h_b"], ["ab"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
+        n("Add", ["h_a", "ab"], ["hs"]), n("Conv", ["hs", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]), n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
         n("Reshape", ["t4", "shape"], ["f4"]), n("Tanh", ["f4"], ["th"]),
         n("GlobalAveragePool", ["th"], ["gp"]), n("Flatten", ["gp"], ["fl"]),
         n("Gemm", ["fl", "g", "gb"], ["logits"]), n("Softmax", ["logits"], ["y"], axis=-1),

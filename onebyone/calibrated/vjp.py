@@ -207,7 +207,7 @@ def _batch_norm(e, node, grads):
 
 
 # ---- convolutions and pools -----------------------------------------------------------------------------------------
-def _window(e: Emitter, node: ir.Node, kernel: list[int], x_shape, y_shape) -> tuple[list, list, list, list]:
+def _window(node: ir.Node, kernel: list[int], x_shape, y_shape) -> tuple[list, list, list, list]:
     """Strides, dilations and the begin pads of a windowed op (auto_pad resolved), and the end pads of the
     transposed op that give back the input's size (negative: output padding)."""
     n = len(kernel)
@@ -242,7 +242,7 @@ def _conv(e, node, grads):
         raise Unsupported("Conv with a weight computed at run time")
     x_shape, y_shape = e.shape(node.inputs[0])[2:], e.shape(node.outputs[0])[2:]
     kernel = list(w.shape[2:])
-    strides, dilations, begins, ends = _window(e, node, kernel, x_shape, y_shape)
+    strides, dilations, begins, ends = _window(node, kernel, x_shape, y_shape)
     group = _attr(node, "group", 1)
     reach = [d * (k - 1) for d, k in zip(dilations, kernel)]
     pads = [r - b for r, b in zip(reach, begins)] + [r - v for r, v in zip(reach, ends)]
@@ -305,7 +305,7 @@ def _max_pool(e, node, grads):
 def _average_pool(e, node, grads):
     x_shape, y_shape = e.shape(node.inputs[0]), e.shape(node.outputs[0])
     kernel = list(_attr(node, "kernel_shape", None))
-    strides, _, begins, ends = _window(e, node, kernel, x_shape[2:], y_shape[2:])
+    strides, _, begins, ends = _window(node, kernel, x_shape[2:], y_shape[2:])
     dilations = [1] * len(kernel)
     counts = _window_counts(x_shape[2:], y_shape[2:], kernel, strides, begins)
     if _attr(node, "count_include_pad", 0):
