@@ -133,10 +133,10 @@ def _pooled_head_model(rng):
     return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)), head
 
 
-def _gains_both_ways(model, decisions, samples, monkeypatch):
-    """output_gains with the first-order estimate chosen, then with the exact probes chosen."""
+def _gains_both_ways(model, decisions, samples, monkeypatch, notes=None):
+    """output_gains with the first-order estimate chosen (`notes` filled), then with the exact probes chosen."""
     monkeypatch.setattr(linear_gains, "cheaper", lambda *a: True)
-    first = sensitivity.output_gains(model, decisions, samples)
+    first = sensitivity.output_gains(model, decisions, samples, notes=notes)
     monkeypatch.setattr(linear_gains, "cheaper", lambda *a: False)
     return first, sensitivity.output_gains(model, decisions, samples)
 
@@ -148,7 +148,9 @@ def test_first_order_gains_equal_a_numpy_computation_and_the_exact_probes_on_a_l
     model, head = _pooled_head_model(rng)
     samples = _samples(rng)
     decisions = _decisions(model, samples)
-    first, exact = _gains_both_ways(model, decisions, samples, monkeypatch)
+    notes = {}
+    first, exact = _gains_both_ways(model, decisions, samples, monkeypatch, notes)
+    assert notes["gains_method"] == sensitivity.FIRST_ORDER
     outs = [run_ort(model, s)[0] for s in samples]
     d = next(d for d in decisions if d.info.name == "conv_a")
     ranks = [r for r in sensitivity.probe_ranks(d) if r < d.numerical]
@@ -170,14 +172,16 @@ def test_first_order_gains_equal_a_numpy_computation_and_the_exact_probes_on_a_l
 
 def test_the_exact_probes_measure_a_model_the_rules_do_not_cover(rng, monkeypatch):
     """A tail through an op without a rule: output_gains falls back to the exact probes even when the first-order
-    estimate would be the cheaper."""
+    estimate would be the cheaper, and says why."""
     model, _ = _pooled_head_model(rng)
     tail = next(n for n in model.graph if n.op_type == "Flatten")
     erf = ir.node("Erf", [tail.inputs[0]])
     model.graph.insert_before(tail, erf)
     tail.replace_input_with(0, erf.outputs[0])
     samples = _samples(rng)
-    chosen, exact = _gains_both_ways(model, _decisions(model, samples), samples, monkeypatch)
+    notes = {}
+    chosen, exact = _gains_both_ways(model, _decisions(model, samples), samples, monkeypatch, notes)
+    assert "exact probes" in notes["gains_method"] and "Erf" in notes["gains_method"]
     assert set(chosen) == set(exact)
     for name in exact:
         np.testing.assert_allclose(chosen[name], exact[name], rtol=1e-6)

@@ -142,16 +142,17 @@ def test_gains_are_cached_on_disk_per_model_data_and_rounding(rng, tmp_path, mon
     model = _two_branch_model(rng, 1.0, 1.0, offset=3.0)
     samples = _samples(rng)
     decisions = _decisions(model, samples)
-    first, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path)
-    assert not cached and list(tmp_path.glob("gains-*.npz"))
+    notes, notes_again = {}, {}
+    first, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path, notes=notes)
+    assert not cached and list(tmp_path.glob("gains-*.npz")) and notes["gains_method"]
 
     def no_probes(*args, **kwargs):
         raise AssertionError("probes ran although the gains were cached")
 
     real = sensitivity._measure
     monkeypatch.setattr(sensitivity, "_measure", no_probes)
-    again, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path)
-    assert cached and set(again) == set(first)
+    again, cached = sensitivity.output_gains_cached(model, decisions, samples, 1, tmp_path, notes=notes_again)
+    assert cached and set(again) == set(first) and notes_again == notes
     assert all(np.array_equal(again[n], first[n]) for n in first)
     monkeypatch.setattr(sensitivity, "_measure", real)
     _, cached = sensitivity.output_gains_cached(model, decisions, samples, 4, tmp_path)

@@ -87,7 +87,10 @@ def backward_model(model: ir.Model, seeds: list[str], targets: list[str], shapes
         outs = [_total(e, flows.get(v.name)) if v is not None else None for v in node.outputs]
         if all(g is None for g in outs) or not any(v is not None and v.name in on_path for v in node.inputs):
             continue
-        grads = rule_for(node)(e, node, outs)
+        try:
+            grads = rule_for(node)(e, node, outs)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:  # a form of the op its rule does not cover
+            raise Unsupported(f"{node.op_type} {node.name!r}: {type(exc).__name__} {exc}") from None
         for v, g in zip(node.inputs, grads):
             if v is not None and v.name in on_path:
                 if g is None:

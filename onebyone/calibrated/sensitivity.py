@@ -46,6 +46,7 @@ from onebyone.verify.parts import output_splits
 PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted local error is at most this
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
 PROBE_SAMPLES = 8
+FIRST_ORDER = "first order (one backward model)"
 # in the cache key
 SETTINGS = f"probes v4 (top margins, first order when cheaper): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"
 
@@ -65,24 +66,28 @@ def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
 
 
 def output_gains_cached(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
-                        cache_dir, progress=None, data=None) -> tuple[dict[str, np.ndarray], bool]:
+                        cache_dir, progress=None, data=None,
+                        notes: dict | None = None) -> tuple[dict[str, np.ndarray], bool]:
     """`output_gains` with an on-disk cache in `cache_dir` (None: no cache), keyed like the calibration statistics
     (the model, all calibration samples, the probed convs; `data`: see moments.cache_key) plus `round_to` and the
     probe settings, so that every policy and budget run on the same model and data measures them once. Returns
-    (gains, loaded_from_cache)."""
+    (gains, loaded_from_cache); `notes`: see output_gains (kept in the cache too)."""
     if cache_dir is None:
-        return output_gains(model, decisions, samples, round_to, progress), False
+        return output_gains(model, decisions, samples, round_to, progress, notes), False
     names = sorted(d.info.name for d in _live(decisions))
     other_forms = sorted(f"{d.info.name}:{d.form}" for d in _live(decisions) if d.form != "input")
     key = moments.cache_key(model, samples, names + [f"round_to={round_to}", SETTINGS] + other_forms, data)
     path = Path(cache_dir) / f"gains-{key}.npz"
+    notes = {} if notes is None else notes
     if path.is_file():
         with np.load(path) as data:
+            notes["gains_method"] = str(data["method"]) if "method" in data else "unknown"
             return {n: data[f"{i}"] for i, n in enumerate(names)}, True
-    gains = output_gains(model, decisions, samples, round_to, progress)
+    gains = output_gains(model, decisions, samples, round_to, progress, notes)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path, suffix=".npz") as tmp:
-        np.savez(tmp, **{f"{i}": gains[n] for i, n in enumerate(names)})
+        arrays = {f"{i}": gains[n] for i, n in enumerate(names)}
+        np.savez(tmp, method=np.array(notes.get("gains_method", "")), **arrays)
     return gains, False
 
 
@@ -97,10 +102,11 @@ def _by_name(runs: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, li
 
 
 def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int = 1,
-                 progress=None) -> dict[str, np.ndarray]:
+                 progress=None, notes: dict | None = None) -> dict[str, np.ndarray]:
     """Per candidate conv name, the gain at every rank 0..C/g: measured at `probe_ranks`, interpolated linearly in
     rank between them (held constant outside) and never below the gain at the top probe. Convs that cannot be
-    probed get the median gain of the others at every rank.
+    probed get the median gain of the others at every rank. `notes` (a dict) receives "gains_method": how they were
+    measured and, for the exact probes, why not to first order.
 
     Guarantees: `model` is not modified; on at most PROBE_SAMPLES samples; exact probes: per probed conv, one
     onnxruntime session of the model's tail after it (shared by its probe ranks), one of the conv and one of the
@@ -109,7 +115,9 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     the gradients (past linear_gains.GRADIENT_MEMORY on disk) are held at a time."""
     live = _live(decisions)
     with alongside_onnxruntime():
-        measured = _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress)
+        measured, how = _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress)
+    if notes is not None:
+        notes["gains_method"] = how
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
     out = {}
     for d in live:
@@ -133,21 +141,23 @@ def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits,
     return worst_part_rel_l2(_by_name(refs, outputs), _by_name(got, outputs), splits)
 
 
-def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int, progress) -> dict:
-    """Per conv name, (probe ranks, gains measured there): the model-output error (_output_error) / the conv's own
+def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
+             progress) -> tuple[dict, str]:
+    """(per conv name, (probe ranks, gains measured there); how they were measured): the model-output error (_output_error) / the conv's own
     relative error, with only that conv rewritten (whitened factors) at each probe rank; to first order
     (linear_gains) when that costs less and the model's ops all have gradient rules, else by running the model."""
     softmax = softmax_input(model)
     outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
     splits = output_splits(model)
     plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in _live(decisions)]
+    how = "exact probes (cheaper here than first order)"
     try:
         shapes, _ = measured_types(model, samples[0])
         if linear_gains.cheaper(model, decisions, plans,
                                 linear_gains.directions_per_sample(shapes, softmax, outputs, splits)):
-            return linear_gains.measure(model, plans, samples, softmax, outputs, splits, progress)
-    except (Unsupported, OneByOneError):
-        pass  # an op without a gradient rule on the way to the outputs: the exact probes measure every model
+            return linear_gains.measure(model, plans, samples, softmax, outputs, splits, progress), FIRST_ORDER
+    except (Unsupported, OneByOneError) as exc:  # e.g. an op without a gradient rule: exact probes measure any model
+        how = f"exact probes (first order not possible: {exc})"
     reference = Probe(model, outputs, "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
     del reference  # its session (weights repacked, arena) is not needed past here
@@ -163,4 +173,4 @@ def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], ro
         done += 1
         if progress:
             progress(done, total)
-    return measured
+    return measured, how

@@ -120,10 +120,12 @@ class DataSource:
     def gains(self, model, decisions, round_to, progress=None):
         key = (round_to, tuple(d.form for d in decisions))  # probes are taken in each conv's form
         if key not in self._gains:
+            notes: dict = {}
             self._gains[key], cached = sensitivity.output_gains_cached(
-                model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"), self._hash(model))
+                model, decisions, self.samples, round_to, self.cache_dir, self._tick("sensitivity"), self._hash(model),
+                notes)
             if self.info is not None:
-                self.info = {**self.info, "gains_from_cache": cached}
+                self.info = {**self.info, "gains_from_cache": cached, **notes}
         return self._gains[key]
 
     def factors(self, d, model, rewritten_so_far):
