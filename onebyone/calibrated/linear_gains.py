@@ -25,7 +25,7 @@ from onebyone.calibrated.probe_walk import difference, walk
 from onebyone.calibrated.stream import Column, SpillFiles
 from onebyone.passes.plan import Decision
 from onebyone.verify.logits import TOP_CLASSES, SoftmaxInput
-from onebyone.verify.onnxruntime_run import Probe, session
+from onebyone.verify.onnxruntime_run import Probe, session, weights_in_memory
 from onebyone.verify.parts import Split
 
 EXACT_DIRECTIONS = 8  # measured spaces of at most this many dimensions per sample are probed along a basis
@@ -138,7 +138,8 @@ class Gradients:
         # without onnxruntime's arenas: their memory would stay held through the stream walk that follows
         forward = Probe(model, sorted(set(bw.forward) | set(outputs)), "original (first-order gains)", only=True,
                         arena=False)
-        backward = session(bw.proto, "backward model (first-order gains)", arena=False)
+        weights = weights_in_memory(bw.proto)
+        backward = session(bw.proto, "backward model (first-order gains)", initializers=weights, arena=False)
         names = [Backward.gradient_output(t) for t in bw.targets]
         rng = np.random.default_rng(0)
         masks = None if softmax else part_masks(outputs, shapes, splits)

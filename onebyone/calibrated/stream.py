@@ -22,7 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.errors import OneByOneError, first_line
-from onebyone.verify.onnxruntime_run import session
+from onebyone.verify.onnxruntime_run import in_memory_stub, session
 
 MEMORY_LIMIT = 512 * 2**20  # bytes of activations a stream keeps in memory before it spills new ones to disk
 EXTERNAL_BYTES = 4096  # float initializers from this size on are handed to onnxruntime from memory, not serialized
@@ -320,12 +320,7 @@ class Stream:
         if array is None or array[0] is not tensor:
             array = self._arrays[name] = (tensor, np.ascontiguousarray(tensor.numpy()))
         weights[name] = array[1]
-        proto = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array[1].dtype),
-                                 dims=array[1].shape)
-        proto.data_location = onnx.TensorProto.EXTERNAL
-        entry = proto.external_data.add()
-        entry.key, entry.value = "location", "in-memory"
-        return proto
+        return in_memory_stub(name, array[1])
 
 
 def _is_constant(node: ir.Node) -> bool:

@@ -58,6 +58,28 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
         raise OneByOneError(f"onnxruntime cannot load {label}: {text[:300]}") from None
 
 
+def in_memory_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
+    """An initializer whose data onnxruntime takes from `array` in memory (handed to `session` in `initializers`)."""
+    proto = onnx.TensorProto(name=name, data_type=onnx.helper.np_dtype_to_tensor_dtype(array.dtype), dims=array.shape)
+    proto.data_location = onnx.TensorProto.EXTERNAL
+    entry = proto.external_data.add()
+    entry.key, entry.value = "location", "in-memory"
+    return proto
+
+
+def weights_in_memory(proto: onnx.ModelProto, min_bytes: int = 4096) -> dict[str, np.ndarray]:
+    """Replace `proto`'s float initializers of at least `min_bytes` by in-memory stubs; returns their arrays (for
+    `session(..., initializers=...)`), so that the model's weights are not held twice, in the protobuf and in
+    onnxruntime."""
+    arrays = {}
+    for i, tensor in enumerate(proto.graph.initializer):
+        if tensor.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE) and tensor.raw_data and \
+                len(tensor.raw_data) >= min_bytes:
+            arrays[tensor.name] = onnx.numpy_helper.to_array(tensor)
+            proto.graph.initializer[i].CopyFrom(in_memory_stub(tensor.name, arrays[tensor.name]))
+    return arrays
+
+
 def with_outputs(model: ir.Model | onnx.ModelProto, names: list[str], only: bool = False) -> onnx.ModelProto:
     """A protobuf copy of `model` that also outputs the named values (with `only`, outputs just those, so
     onnxruntime prunes everything downstream of them)."""
