@@ -16,7 +16,7 @@ from onebyone.calibrated.stream import Column, SpillFiles, Stream
 from onebyone.models import generators
 from onebyone.passes.analysis import analyze
 from onebyone.passes.plan import start
-from onebyone.verify.onnxruntime_run import Probe
+from onebyone.verify.onnxruntime_run import Probe, session, weights_in_memory
 
 
 def _samples(rng, count, size=16):
@@ -226,3 +226,22 @@ def test_data_aware_fit_on_an_external_data_model_equals_the_in_memory_one(tmp_p
     for name in a:
         np.testing.assert_allclose(a[name], b[name], rtol=1e-5, atol=1e-6)
     assert before == (src.read_bytes(), (tmp_path / "in.onnx.data").read_bytes())
+
+
+def test_weights_in_memory_leave_the_protobuf_and_give_the_same_outputs(rng):
+    """The large float initializers leave the protobuf (stubs read from memory), the small ones stay, and onnxruntime
+    computes the same outputs from the arrays handed to it."""
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)  # 9,216 bytes
+    b = rng.standard_normal(16).astype(np.float32)  # 64 bytes
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1])], "conv",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [onnx.numpy_helper.from_array(w, "w"), onnx.numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    x = rng.standard_normal((1, 16, 8, 8)).astype(np.float32)
+    want = session(proto).run(None, {"x": x})[0]
+    arrays = weights_in_memory(proto)
+    assert set(arrays) == {"w"} and np.array_equal(arrays["w"], w)
+    stub = next(t for t in proto.graph.initializer if t.name == "w")
+    assert not stub.raw_data and stub.data_location == TensorProto.EXTERNAL
+    np.testing.assert_array_equal(session(proto, initializers=arrays).run(None, {"x": x})[0], want)
