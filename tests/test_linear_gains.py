@@ -37,7 +37,10 @@ def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
              numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
              numpy_helper.from_array(np.array([1, 1], np.int64), "st"), numpy_helper.from_array(np.array([7, 7], np.int64), "en"),
              numpy_helper.from_array(np.array([2, 3], np.int64), "ax"), numpy_helper.from_array(np.array(6, dtype), "six"),
-             numpy_helper.from_array(np.array(-1, dtype), "lo"), numpy_helper.from_array(np.array(1.5, dtype), "hi")]
+             numpy_helper.from_array(np.array(-1, dtype), "lo"), numpy_helper.from_array(np.array(1.5, dtype), "hi"),
+             numpy_helper.from_array(np.array(0.1, dtype), "tenth"), numpy_helper.from_array(np.array(1, dtype), "one"),
+             numpy_helper.from_array(np.array(0, dtype), "zero"), numpy_helper.from_array(np.array(1.5, dtype), "p"),
+             numpy_helper.from_array(np.array([1, 6], np.int64), "wide"), init("slope", 6)]
     n = helper.make_node
     nodes = [
         n("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),                     # 4x16x16 -> 8x8x8
@@ -57,7 +60,15 @@ def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
         n("Add", ["h_a", "ab"], ["hs"]), n("Conv", ["hs", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]), n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
         n("Reshape", ["t4", "shape"], ["f4"]), n("Tanh", ["f4"], ["th"]),
         n("GlobalAveragePool", ["th"], ["gp"]), n("Flatten", ["gp"], ["fl"]),
-        n("Gemm", ["fl", "g", "gb"], ["logits"]), n("Softmax", ["logits"], ["y"], axis=-1),
+        # elementwise: every rule on one branch each, summed (Erf apart: the reference evaluator's is float32)
+        n("Mul", ["fl", "tenth"], ["f10"]), n("Exp", ["f10"], ["z2"]),
+        n("Softplus", ["fl"], ["z3"]), n("Elu", ["fl"], ["z4"], alpha=0.7), n("PRelu", ["fl", "slope"], ["z5"]),
+        n("Abs", ["fl"], ["fa"]), n("Add", ["fa", "one"], ["fa1"]), n("Sqrt", ["fa1"], ["z6"]),
+        n("Log", ["fa1"], ["z7"]), n("Reciprocal", ["fa1"], ["z8"]), n("Pow", ["fa1", "p"], ["z9"]),
+        n("Greater", ["fl", "zero"], ["pos"]), n("Where", ["pos", "fl", "f10"], ["z10"]),
+        n("Expand", ["f10", "wide"], ["z11"]),
+        n("Sum", ["z2", "z3", "z4", "z5", "z6", "z7", "z8", "z9", "z10", "z11"], ["zs"]),
+        n("Gemm", ["zs", "g", "gb"], ["logits"]), n("Softmax", ["logits"], ["y"], axis=-1),
     ]
     graph = helper.make_graph(nodes, "many", [helper.make_tensor_value_info("x", t, [1, 4, 16, 16])],
                               [helper.make_tensor_value_info("y", t, [1, 5])], inits)
@@ -85,6 +96,25 @@ def test_the_backward_model_is_the_transposed_jacobian_by_finite_differences_in_
         assert float(np.sum(g * delta)) == pytest.approx(fd, rel=1e-3, abs=1e-6), target
 
 
+def test_the_erf_gradient_by_finite_differences():
+    """Erf's rule against central differences in float64 (a wider step: the reference evaluator's Erf is float32)."""
+    graph = helper.make_graph([helper.make_node("Erf", ["x"], ["y"])], "erf",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    model = ir.serde.deserialize_model(proto)
+    x = np.array([[-1.5, -0.3, 0.0, 0.4, 2.0]], np.float32)
+    shapes, dtypes = measured_types(model, {"x": x})
+    bw = backward_model(model, ["y"], ["x"], shapes, dtypes)
+    u = np.float32([[0.5, -1.0, 2.0, 1.0, 3.0]])
+    (g,) = session(bw.proto).run(None, {**{n: x for n in bw.forward}, Backward.seed_input("y"): u})
+    graph.input[0].type.tensor_type.elem_type = graph.output[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    evaluator, h = ReferenceEvaluator(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])), 1e-3
+    x64 = x.astype(np.float64)
+    fd = (evaluator.run(None, {"x": x64 + h})[0] - evaluator.run(None, {"x": x64 - h})[0]) * u / (2 * h)
+    np.testing.assert_allclose(g, fd, rtol=1e-3)
+
+
 def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)
@@ -107,13 +137,13 @@ def _perturbed(proto: onnx.ModelProto, target: str, x: np.ndarray, delta: np.nda
 
 def test_an_op_without_a_rule_is_named():
     """A tail through an op without a gradient rule cannot be built, and the error names the op."""
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Erf", ["c"], ["y"])]
-    graph = helper.make_graph(nodes, "erf", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1]), helper.make_node("Sin", ["c"], ["y"])]
+    graph = helper.make_graph(nodes, "sin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
                               [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")])
     model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     shapes, dtypes = measured_types(model, {"x": np.ones((1, 2, 4, 4), np.float32)})
-    with pytest.raises(Unsupported, match="Erf"):
+    with pytest.raises(Unsupported, match="Sin"):
         backward_model(model, ["y"], ["c"], shapes, dtypes)
 
 
@@ -175,13 +205,13 @@ def test_the_exact_probes_measure_a_model_the_rules_do_not_cover(rng, monkeypatc
     estimate would be the cheaper, and says why."""
     model, _ = _pooled_head_model(rng)
     tail = next(n for n in model.graph if n.op_type == "Flatten")
-    erf = ir.node("Erf", [tail.inputs[0]])
-    model.graph.insert_before(tail, erf)
-    tail.replace_input_with(0, erf.outputs[0])
+    sin = ir.node("Sin", [tail.inputs[0]])
+    model.graph.insert_before(tail, sin)
+    tail.replace_input_with(0, sin.outputs[0])
     samples = _samples(rng)
     notes = {}
     chosen, exact = _gains_both_ways(model, _decisions(model, samples), samples, monkeypatch, notes)
-    assert "exact probes" in notes["gains_method"] and "Erf" in notes["gains_method"]
+    assert "exact probes" in notes["gains_method"] and "Sin" in notes["gains_method"]
     assert set(chosen) == set(exact)
     for name in exact:
         np.testing.assert_allclose(chosen[name], exact[name], rtol=1e-6)

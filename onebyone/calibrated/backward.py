@@ -72,9 +72,10 @@ def backward_model(model: ir.Model, seeds: list[str], targets: list[str], shapes
 
     def declare(name: str) -> ir.Value:
         if name not in inputs:
-            if dtypes.get(name) != np.float32:
-                raise Unsupported(f"{name!r} is not float32")
-            inputs[name] = ir.Value(name=name, type=ir.TensorType(FLOAT), shape=ir.Shape(shapes[name]))
+            if name not in dtypes:
+                raise Unsupported(f"the type of {name!r} is unknown")
+            dtype = ir.DataType.from_numpy(dtypes[name])
+            inputs[name] = ir.Value(name=name, type=ir.TensorType(dtype), shape=ir.Shape(shapes[name]))
         return inputs[name]
 
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 1))

@@ -172,6 +172,101 @@ def _neg(e, node, grads):
     return [e.op("Neg", [grads[0]])]
 
 
+def _times(e: Emitter, grad: ir.Value, slope: ir.Value) -> list:
+    return [e.op("Mul", [grad, slope])]
+
+
+def _f32(value: float) -> np.ndarray:
+    return np.float32(value)
+
+
+@rule("Exp")
+def _exp(e, node, grads):
+    return _times(e, grads[0], e.forward(node.outputs[0]))
+
+
+@rule("Log")
+def _log(e, node, grads):
+    return [e.op("Div", [grads[0], e.forward(node.inputs[0])])]
+
+
+@rule("Sqrt")
+def _sqrt(e, node, grads):  # 1 / (2·y)
+    return [e.op("Div", [grads[0], e.op("Mul", [e.forward(node.outputs[0]), e.const(_f32(2))])])]
+
+
+@rule("Reciprocal")
+def _reciprocal(e, node, grads):  # -y²
+    y = e.forward(node.outputs[0])
+    return _times(e, grads[0], e.op("Neg", [e.op("Mul", [y, y])]))
+
+
+@rule("Abs")
+def _abs(e, node, grads):
+    return _times(e, grads[0], e.op("Sign", [e.forward(node.inputs[0])]))
+
+
+@rule("Erf")
+def _erf(e, node, grads):  # 2/√π · exp(-x²)
+    x = e.forward(node.inputs[0])
+    bell = e.op("Exp", [e.op("Neg", [e.op("Mul", [x, x])])])
+    return _times(e, grads[0], e.op("Mul", [bell, e.const(_f32(2 / np.sqrt(np.pi)))]))
+
+
+@rule("Softplus")
+def _softplus(e, node, grads):
+    return _times(e, grads[0], e.op("Sigmoid", [e.forward(node.inputs[0])]))
+
+
+@rule("Elu")
+def _elu(e, node, grads):  # 1 above 0, y + alpha below
+    x, y = e.forward(node.inputs[0]), e.forward(node.outputs[0])
+    below = e.op("Add", [y, e.const(_f32(_attr(node, "alpha", 1.0)))])
+    return _times(e, grads[0], e.op("Where", [e.op("Greater", [x, e.const(_f32(0))]), e.const(_f32(1)), below]))
+
+
+@rule("PRelu")
+def _prelu(e, node, grads):
+    slope = constant(node.inputs[1])
+    if slope is None:
+        raise Unsupported("PRelu with a slope computed at run time")
+    x = e.forward(node.inputs[0])
+    low = e.op("Mul", [grads[0], e.const(slope.astype(np.float32))])
+    return [e.op("Where", [e.op("Greater", [x, e.const(_f32(0))]), grads[0], low]), None]
+
+
+@rule("Pow")
+def _pow(e, node, grads):  # constant exponent p: p·x^(p-1)
+    p = constant(node.inputs[1])
+    if p is None or p.size != 1:
+        raise Unsupported("Pow with an exponent computed at run time or not a scalar")
+    p = float(p.reshape(()))
+    x = e.forward(node.inputs[0])
+    slope = e.op("Mul", [e.op("Pow", [x, e.const(_f32(p - 1))]), e.const(_f32(p))])
+    return [e.op("Mul", [grads[0], slope]), None]
+
+
+@rule("Where")
+def _where(e, node, grads):
+    cond, a, b = node.inputs
+    out, zero = e.shape(node.outputs[0]), e.const(_f32(0))
+    c = e.forward(cond) if constant(cond) is None else e.const(constant(cond))
+    ga = e.unbroadcast(e.op("Where", [c, grads[0], zero]), e.shape(a), out) if e.wants(a) else None
+    gb = e.unbroadcast(e.op("Where", [c, zero, grads[0]]), e.shape(b), out) if e.wants(b) else None
+    return [None, ga, gb]
+
+
+@rule("Sum")
+def _sum(e, node, grads):
+    out = e.shape(node.outputs[0])
+    return [e.unbroadcast(grads[0], e.shape(v), out) if e.wants(v) else None for v in node.inputs]
+
+
+@rule("Expand")
+def _expand(e, node, grads):
+    return [e.unbroadcast(grads[0], e.shape(node.inputs[0]), e.shape(node.outputs[0])), None]
+
+
 @rule("Add", "Sub", "Mul", "Div")
 def _arithmetic(e, node, grads):
     a, b = node.inputs
