@@ -35,8 +35,10 @@ def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
              init("m", 48, 6), numpy_helper.from_array(np.array([1, 6, 8, 8], np.int64), "shape"),
              numpy_helper.from_array(np.array([1, 1, 2, 2], np.float32), "scales"),
              numpy_helper.from_array(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads"),
-             numpy_helper.from_array(np.array([1, 1], np.int64), "st"), numpy_helper.from_array(np.array([7, 7], np.int64), "en"),
-             numpy_helper.from_array(np.array([2, 3], np.int64), "ax"), numpy_helper.from_array(np.array(6, dtype), "six"),
+             numpy_helper.from_array(np.array([1, 1], np.int64), "st"),
+             numpy_helper.from_array(np.array([7, 7], np.int64), "en"),
+             numpy_helper.from_array(np.array([2, 3], np.int64), "ax"),
+             numpy_helper.from_array(np.array(6, dtype), "six"),
              numpy_helper.from_array(np.array(-1, dtype), "lo"), numpy_helper.from_array(np.array(1.5, dtype), "hi"),
              numpy_helper.from_array(np.array(0.1, dtype), "tenth"), numpy_helper.from_array(np.array(1, dtype), "one"),
              numpy_helper.from_array(np.array(0, dtype), "zero"), numpy_helper.from_array(np.array(1.5, dtype), "p"),
@@ -57,7 +59,8 @@ def _many_ops_model(rng, dtype=np.float32) -> onnx.ModelProto:
         n("Pad", ["sl", "pads"], ["pd"]), n("AveragePool", ["pd"], ["ap"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
         n("Split", ["ap"], ["h_a", "h_b"], axis=1, num_outputs=2),
         n("AveragePool", ["h_b"], ["ab"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], count_include_pad=1),
-        n("Add", ["h_a", "ab"], ["hs"]), n("Conv", ["hs", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]), n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
+        n("Add", ["h_a", "ab"], ["hs"]), n("Conv", ["hs", "w4"], ["c4"]), n("Relu", ["c4"], ["q4"]),
+        n("Transpose", ["q4"], ["t4"], perm=[0, 2, 3, 1]),
         n("Reshape", ["t4", "shape"], ["f4"]), n("Tanh", ["f4"], ["th"]),
         n("GlobalAveragePool", ["th"], ["gp"]), n("Flatten", ["gp"], ["fl"]),
         # elementwise: every rule on one branch each, summed (Erf apart: the reference evaluator's is float32)
@@ -141,7 +144,8 @@ def test_an_op_without_a_rule_is_named():
     graph = helper.make_graph(nodes, "sin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
                               [numpy_helper.from_array(np.ones((2, 2, 3, 3), np.float32), "w")])
-    model = ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
+    model = ir.serde.deserialize_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8))
     shapes, dtypes = measured_types(model, {"x": np.ones((1, 2, 4, 4), np.float32)})
     with pytest.raises(Unsupported, match="Sin"):
         backward_model(model, ["y"], ["c"], shapes, dtypes)
@@ -160,7 +164,8 @@ def _pooled_head_model(rng):
              helper.make_node("Flatten", ["p"], ["f"]), helper.make_node("Gemm", ["f", "head"], ["out"])]
     graph = helper.make_graph(nodes, "pooled", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 12, 12])],
                               [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])], inits)
-    return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)), head
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    return ir.serde.deserialize_model(proto), head
 
 
 def _gains_both_ways(model, decisions, samples, monkeypatch, notes=None):

@@ -48,7 +48,8 @@ PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank
 PROBE_SAMPLES = 8
 FIRST_ORDER = "first order (one backward model)"
 # in the cache key
-SETTINGS = f"probes v4 (top margins, first order when cheaper): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, {PROBE_SAMPLES} samples"
+SETTINGS = (f"probes v4 (top margins, first order when cheaper): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, "
+            f"{PROBE_SAMPLES} samples")
 
 
 def probe_ranks(d: Decision, round_to: int = 1) -> list[int]:
@@ -143,9 +144,10 @@ def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits,
 
 def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
              progress) -> tuple[dict, str]:
-    """(per conv name, (probe ranks, gains measured there); how they were measured): the model-output error (_output_error) / the conv's own
-    relative error, with only that conv rewritten (whitened factors) at each probe rank; to first order
-    (linear_gains) when that costs less and the model's ops all have gradient rules, else by running the model."""
+    """(per conv name, (probe ranks, gains measured there); how they were measured): the model-output error
+    (_output_error) / the conv's own relative error, with only that conv rewritten (whitened factors) at each probe
+    rank; to first order (linear_gains) when that costs less and the model's ops all have gradient rules, else by
+    running the model."""
     softmax = softmax_input(model)
     outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
     splits = output_splits(model)

@@ -464,7 +464,7 @@ def _resize(e, node, grads):
     return [e.op("Mul", [summed, e.const(np.float32(np.prod(factors)))])] + [None] * (len(node.inputs) - 1)
 
 
-# ---- shuffles and linear maps -----------------------------------------------------------------------------------------
+# ---- shuffles and linear maps ---------------------------------------------------------------------------------------
 @rule("Transpose")
 def _transpose(e, node, grads):
     perm = _attr(node, "perm", None)
