@@ -1,4 +1,4 @@
-"""First-order output gains: the backward model (calibrated.backward, vjp) against finite differences in float64, and
+"""First-order output gains: the backward model (calibrated.backward, gradients) against finite differences in float64, and
 the gains it gives against an independent numpy computation and the exact probes."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from onnx.reference import ReferenceEvaluator
 from conftest import run_ort
 from onebyone.calibrated import linear_gains, probe_walk, sensitivity
 from onebyone.calibrated.backward import Backward, backward_model, measured_types
-from onebyone.calibrated.vjp import Unsupported
+from onebyone.calibrated.gradients import Unsupported
 from onebyone.passes.rewrite import UniqueNames, insert
 from onebyone.verify.onnxruntime_run import session
 from test_sensitivity import _decisions, _samples

@@ -1,7 +1,7 @@
 """The backward (vector-Jacobian) model of an ONNX model: given a vector at each of some of its outputs (the seeds),
 the gradient of their dot product with those outputs at each of some intermediate values (the targets), for one
-sample. onnxruntime's inference build has no autodiff; this builds it from `vjp`'s rules as a plain ONNX model that
-reads the forward values it needs, so one forward and one backward run give every target's gradient at once.
+sample. onnxruntime's inference build has no autodiff; this builds it from the `gradients` rules as a plain ONNX
+model that reads the forward values it needs, so one forward and one backward run give every target's gradient at once.
 
 Only the nodes on a path from a target to a seed take part. Shapes are fixed to those of the sample they were
 measured on.
@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from onebyone.calibrated.vjp import BACKWARD_OPSET, FLOAT, NO_GRADIENT, Emitter, Unsupported, rule_for
+from onebyone.calibrated.gradients import BACKWARD_OPSET, FLOAT, NO_GRADIENT, Emitter, Unsupported, rule_for
 from onebyone.verify.onnxruntime_run import Probe
 
 

@@ -194,7 +194,7 @@ class Gradients:
 def measure(model: ir.Model, plans: list[tuple[Decision, list[int]]], samples: list[dict],
             softmax: SoftmaxInput | None, outputs: list[str], splits: dict, progress=None) -> dict:
     """Per conv name, (probe ranks, first-order gains there), as sensitivity._measure returns exact ones. Raises
-    vjp.Unsupported (naming the op) when the model's backward model cannot be built."""
+    gradients.Unsupported (naming the op) when the model's backward model cannot be built."""
     shapes, dtypes = measured_types(model, samples[0])
     targets = [d.info.node.outputs[0].name for d, ranks in plans if ranks]
     bw = backward_model(model, outputs, targets, shapes, dtypes)

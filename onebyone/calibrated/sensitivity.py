@@ -34,7 +34,7 @@ import onnx_ir as ir
 from onebyone.atomic import atomic_file
 from onebyone.calibrated import linear_gains, moments, probe_walk
 from onebyone.calibrated.backward import measured_types
-from onebyone.calibrated.vjp import Unsupported
+from onebyone.calibrated.gradients import Unsupported
 from onebyone.errors import OneByOneError
 from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.passes.plan import Decision, candidate_ranks
