@@ -20,11 +20,12 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.calibrated.backward import Backward, backward_model, measured_types
+from onebyone.calibrated.backward import Backward, backward_model
 from onebyone.calibrated.probe_walk import difference, walk
 from onebyone.calibrated.stream import Column, SpillFiles
 from onebyone.passes.plan import Decision
 from onebyone.verify.logits import TOP_CLASSES, SoftmaxInput
+from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe, session, weights_in_memory
 from onebyone.verify.parts import Split
 
@@ -192,10 +193,12 @@ class Gradients:
 
 
 def measure(model: ir.Model, plans: list[tuple[Decision, list[int]]], samples: list[dict],
-            softmax: SoftmaxInput | None, outputs: list[str], splits: dict, progress=None) -> dict:
-    """Per conv name, (probe ranks, first-order gains there), as sensitivity._measure returns exact ones. Raises
-    gradients.Unsupported (naming the op) when the model's backward model cannot be built."""
-    shapes, dtypes = measured_types(model, samples[0])
+            softmax: SoftmaxInput | None, outputs: list[str], splits: dict, types: tuple[dict, dict],
+            progress=None) -> dict:
+    """Per conv name, (probe ranks, first-order gains there), as sensitivity._measure returns exact ones; `types`:
+    every value's (shapes, dtypes), as backward.measured_types gives them. Raises gradients.Unsupported (naming the
+    op) when the model's backward model cannot be built."""
+    shapes, dtypes = types
     targets = [d.info.node.outputs[0].name for d, ranks in plans if ranks]
     bw = backward_model(model, outputs, targets, shapes, dtypes)
     total, done = sum(len(r) for _, r in plans) + len(samples), 0
@@ -210,10 +213,10 @@ def measure(model: ir.Model, plans: list[tuple[Decision, list[int]]], samples: l
     measured: dict[str, tuple[list[int], list[float]]] = {}
     try:
         for d, rank, conv_out, original, got in walk(model, plans, samples):
-            deltas = difference(original, got, conv_out)
-            norm = np.sqrt(sum(float(np.sum(np.asarray(o[conv_out], np.float64) ** 2)) for o in original))
-            local = np.sqrt(sum(float(np.sum(x * x)) for x in deltas)) / max(norm, 1e-12)
+            local = worst_part_rel_l2({conv_out: [o[conv_out] for o in original]},
+                                      {conv_out: [g[conv_out] for g in got]})
             if local > 1e-6:
+                deltas = difference(original, got, conv_out)
                 rs, gs = measured.setdefault(d.info.name, ([], []))
                 rs.append(rank)
                 gs.append(grads.relative_error(conv_out, deltas) / local)

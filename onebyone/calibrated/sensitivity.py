@@ -154,10 +154,11 @@ def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], ro
     plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in _live(decisions)]
     how = "exact probes (cheaper here than first order)"
     try:
-        shapes, _ = measured_types(model, samples[0])
+        types = measured_types(model, samples[0])
         if linear_gains.cheaper(model, decisions, plans,
-                                linear_gains.directions_per_sample(shapes, softmax, outputs, splits)):
-            return linear_gains.measure(model, plans, samples, softmax, outputs, splits, progress), FIRST_ORDER
+                                linear_gains.directions_per_sample(types[0], softmax, outputs, splits)):
+            return (linear_gains.measure(model, plans, samples, softmax, outputs, splits, types, progress),
+                    FIRST_ORDER)
     except (Unsupported, OneByOneError) as exc:  # e.g. an op without a gradient rule: exact probes measure any model
         how = f"exact probes (first order not possible: {exc})"
     reference = Probe(model, outputs, "original (sensitivity)", only=True)

@@ -22,10 +22,9 @@ import onnx
 import onnx_ir as ir
 
 from onebyone.errors import OneByOneError, first_line
-from onebyone.verify.onnxruntime_run import in_memory_stub, session
+from onebyone.verify.onnxruntime_run import IN_MEMORY_BYTES, in_memory_stub, session
 
 MEMORY_LIMIT = 512 * 2**20  # bytes of activations a stream keeps in memory before it spills new ones to disk
-EXTERNAL_BYTES = 4096  # float initializers from this size on are handed to onnxruntime from memory, not serialized
 
 
 class SpillFiles:
@@ -299,7 +298,7 @@ class Stream:
                 inputs.append(name)
             elif name in initializers and initializers[name].const_value is not None:
                 tensor = initializers[name].const_value
-                if tensor.dtype.is_floating_point() and tensor.nbytes >= EXTERNAL_BYTES:
+                if tensor.dtype.is_floating_point() and tensor.nbytes >= IN_MEMORY_BYTES:
                     graph.initializer.append(self._weight(name, tensor, weights))
                 else:  # small or integer data (shapes, indices) stays in the model: onnxruntime reads it when loading
                     proto = ir.serde.serialize_tensor(ir.tensor(tensor.numpy(), name=name))

@@ -16,6 +16,7 @@ from onebyone.errors import OneByOneError, first_line
 from onebyone.modelio import has_external_data, unsupported_ops
 
 ort.set_default_logger_severity(4)  # fatal only: its error lines would print before onebyone's one-line errors
+IN_MEMORY_BYTES = 4096  # float initializers from this size on are handed to onnxruntime from memory, not serialized
 
 
 def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = "model",
@@ -67,7 +68,7 @@ def in_memory_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
     return proto
 
 
-def weights_in_memory(proto: onnx.ModelProto, min_bytes: int = 4096) -> dict[str, np.ndarray]:
+def weights_in_memory(proto: onnx.ModelProto, min_bytes: int = IN_MEMORY_BYTES) -> dict[str, np.ndarray]:
     """Replace `proto`'s float initializers of at least `min_bytes` by in-memory stubs; returns their arrays (for
     `session(..., initializers=...)`), so that the model's weights are not held twice, in the protobuf and in
     onnxruntime."""
