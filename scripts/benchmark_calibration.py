@@ -5,11 +5,13 @@ For each model (the bundled ones and a generated ResNet-50-shaped model, 53 conv
 twice the depth) and each sample count, one child process loads the model, times plain onnxruntime inference over
 the calibration samples, runs the data-aware budget (`--macs 0.67`, no cache), times inference again (the ratio is to
 the mean of the two: this machine's speed drifts by tens of percent within minutes) and reports the run's seconds,
-its peak memory (the child's max RSS) and the output error on the evaluation inputs (bundled models). Printed as a table;
-written as JSON and a plot (seconds against samples, and the ratio to inference).
+its peak memory (the child's max RSS) and the output error on the evaluation inputs (bundled models). The depth
+ratio (resnet50x2 / resnet50, smallest sample count) comes from `--depth-pairs` alternated pairs of runs, per pair
+and pooled, beside the same ratio of plain inference. Printed as a table; written as JSON and a plot (seconds
+against samples, and the ratio to inference).
 
     python scripts/benchmark_calibration.py [--samples 32 128 512] [--models opennsfw ppocr-det basic-pitch
-                                             resnet50 resnet50x2] [--out benchmarks]
+                                             resnet50 resnet50x2] [--depth-pairs 2] [--out benchmarks]
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ def main() -> None:
     ap.add_argument("--models", nargs="*", default=["opennsfw", "ppocr-det", "basic-pitch", "resnet50", "resnet50x2"])
     ap.add_argument("--fraction", type=float, default=0.67)
     ap.add_argument("--out", default="benchmarks")
+    ap.add_argument("--depth-pairs", type=int, default=2,
+                    help="resnet50/resnet50x2 runs at the smallest sample count, alternated, for the depth ratio")
     ap.add_argument("--one", nargs=2, metavar=("MODEL", "SAMPLES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -103,19 +107,26 @@ def main() -> None:
     console = Console(width=200)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, pairs = [], []
+    depth = "resnet50" in args.models and "resnet50x2" in args.models
     for name in args.models:
-        counts = args.samples if name != "resnet50x2" else args.samples[:1]  # depth scaling: the smallest count
+        counts = args.samples if name != "resnet50x2" else []  # resnet50x2: in the depth pairs below
         for count in counts:
-            done = subprocess.run([sys.executable, __file__, "--one", name, str(count), "--fraction", str(args.fraction)],
-                                  capture_output=True, text=True)
-            if done.returncode != 0:
-                console.print(f"{name} x{count}: failed\n{done.stderr[-2000:]}", style="red")
-                continue
-            row = json.loads(done.stdout.strip().splitlines()[-1])
-            rows.append(row)
-            console.print(f"{name} x{count}: {row['data_aware_s']:.1f} s ({row['ratio']:.1f}x inference), "
-                          f"peak {row['peak_rss_mb']:.0f} MB", style="dim")
+            row = _child(console, name, count, args.fraction)
+            if row is not None:
+                rows.append(row)
+                if depth and name == "resnet50" and count == args.samples[0]:
+                    pairs.append([row])
+    for k in range(args.depth_pairs if depth and pairs else 0):  # alternated: the machine's speed drifts
+        base = pairs[-1][0] if k == 0 else _child(console, "resnet50", args.samples[0], args.fraction)
+        deep = _child(console, "resnet50x2", args.samples[0], args.fraction)
+        if base is None or deep is None:
+            continue
+        if k == 0:
+            rows.append(deep)
+            pairs[-1].append(deep)
+        else:
+            pairs.append([base, deep])
     table = Table(title=f"data-aware budget {args.fraction} (no cache) vs plain onnxruntime inference, same samples")
     for col in ("model", "convs", "samples", "inference s", "data-aware s", "ratio", "peak MB", "error", "task"):
         table.add_column(col)
@@ -126,22 +137,39 @@ def main() -> None:
                       f"{r['output_rel_error']:.4f}" if "output_rel_error" in r else "",
                       ("unchanged" if task.get("unchanged") else "changed") if isinstance(task, dict) else "")
     console.print(table)
-    scaling = _depth_scaling(rows)
+    scaling = _depth_scaling([p for p in pairs if len(p) == 2])
     if scaling:
-        console.print(f"depth x2 (resnet50 -> resnet50x2, {scaling['samples']} samples): {scaling['ratio']:.2f}x the time")
+        console.print(f"depth x2 (resnet50 -> resnet50x2, {scaling['samples']} samples, {len(scaling['pairs'])} "
+                      f"alternated pairs): {scaling['ratio']:.2f}x the time (pairs: "
+                      f"{', '.join(f'{p:.2f}x' for p in scaling['pairs'])}; inference {scaling['inference_ratio']:.2f}x)")
     write_json_atomic(out / "calibration-speed.json", {"fraction": args.fraction, "rows": rows, "depth_scaling": scaling})
     _plot(rows, out / "calibration-speed.png")
     console.print(f"wrote {out / 'calibration-speed.json'} and {out / 'calibration-speed.png'}")
 
 
-def _depth_scaling(rows: list[dict]) -> dict | None:
-    deep = [r for r in rows if r["model"] == "resnet50x2"]
-    if not deep:
+def _child(console, name: str, count: int, fraction: float) -> dict | None:
+    """One (model, sample count) measured in a child process (its own peak memory); None when it failed."""
+    done = subprocess.run([sys.executable, __file__, "--one", name, str(count), "--fraction", str(fraction)],
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        console.print(f"{name} x{count}: failed\n{done.stderr[-2000:]}", style="red")
         return None
-    base = next((r for r in rows if r["model"] == "resnet50" and r["samples"] == deep[0]["samples"]), None)
-    if base is None:
+    row = json.loads(done.stdout.strip().splitlines()[-1])
+    console.print(f"{name} x{count}: {row['data_aware_s']:.1f} s ({row['ratio']:.1f}x inference), "
+                  f"peak {row['peak_rss_mb']:.0f} MB", style="dim")
+    return row
+
+
+def _depth_scaling(pairs: list[list[dict]]) -> dict | None:
+    """The time ratio resnet50x2 / resnet50 over alternated (resnet50, resnet50x2) runs: per pair and pooled (sum
+    over sum), with the same for plain inference (how far the machine's speed moved it)."""
+    if not pairs:
         return None
-    return {"samples": base["samples"], "ratio": deep[0]["data_aware_s"] / base["data_aware_s"]}
+    t = lambda key, i: sum(p[i][key] for p in pairs)  # noqa: E731
+    return {"samples": pairs[0][0]["samples"], "pairs": [p[1]["data_aware_s"] / p[0]["data_aware_s"] for p in pairs],
+            "seconds": [[p[0]["data_aware_s"], p[1]["data_aware_s"]] for p in pairs],
+            "ratio": t("data_aware_s", 1) / t("data_aware_s", 0),
+            "inference_ratio": t("inference_s", 1) / t("inference_s", 0)}
 
 
 def _plot(rows: list[dict], path: Path) -> None:

@@ -58,6 +58,43 @@ def test_walking_conv_to_conv_gives_every_conv_input_and_output_of_a_whole_model
         assert spill_dir is not None and not os.path.exists(spill_dir)
 
 
+@pytest.mark.parametrize("memory_limit", [2**40, 0], ids=["in memory", "spilled"])
+def test_a_stream_adopting_another_s_frontier_runs_only_the_rest_of_its_own_model(rng, memory_limit, monkeypatch):
+    """A copy of the model, changed after the stop (a later conv's weight scaled), adopts the original stream's
+    progress: it runs none of the nodes before the stop, and its outputs equal a whole run of the changed model."""
+    model = ir.serde.deserialize_model(generators.GENERATORS["resnet"](size=16, seed=3))
+    samples = _samples(rng, 3)
+    convs = [n for n in model.graph if n.op_type == "Conv"]
+    stop, later = convs[2], convs[-1]
+    copy = model.clone()
+    index = {id(n): i for i, n in enumerate(copy.graph)}
+    originals = list(model.graph)
+    changed = list(copy.graph)[originals.index(later)]
+    weight = changed.inputs[1].const_value.numpy()
+    changed.inputs[1].const_value = ir.tensor(weight * 0.5, name=changed.inputs[1].name)
+    first = Stream(model, samples, "original", memory_limit=memory_limit)
+    first.advance(stop)
+    second = Stream(copy, samples, "copy", memory_limit=memory_limit)
+    ran: list[int] = []
+    run = Stream._run
+    monkeypatch.setattr(Stream, "_run", lambda self, nodes, outputs: (ran.extend(id(n) for n in nodes),
+                                                                       run(self, nodes, outputs))[1])
+    second.adopt(first, lambda n: originals[index[id(n)]] if id(n) in index else None)
+    first.advance(stop, through=True)  # the original stream goes on; the copy keeps the columns it took
+    outputs = second.peek([v.name for v in copy.graph.outputs])
+    second.advance(None)
+    before = {id(n) for n in list(copy.graph)[:originals.index(stop)]}
+    assert not before & set(ran)
+    reference = Probe(copy).by_name(samples)
+    for i in range(len(samples)):
+        for name, arrays in reference.items():
+            np.testing.assert_allclose(outputs[i][name], arrays[i], rtol=1e-5, atol=1e-5)
+    unchanged = Probe(model).by_name(samples)
+    assert any(not np.allclose(unchanged[k][0], reference[k][0], atol=1e-4) for k in reference)
+    second.close()
+    first.close()
+
+
 def test_a_dropped_spilled_column_gives_its_file_to_the_next(rng):
     """A spilled column's file is written over by the next spilled column once the first is dropped, and the second
     reads back its own arrays (shorter than what the file held); a column takes the smallest free file that holds

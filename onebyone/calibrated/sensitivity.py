@@ -47,6 +47,7 @@ PROBE_ERROR = 0.1  # one probe at the smallest candidate rank whose predicted lo
 PROBES_PER_CONV = 3  # ... and others spread down to the smallest candidate rank (errors are not linear in rank)
 PROBE_SAMPLES = 8
 FIRST_ORDER = "first order (one backward model)"
+EXACT = "exact probes"
 # in the cache key
 SETTINGS = (f"probes v4 (top margins, first order when cheaper): error {PROBE_ERROR}, {PROBES_PER_CONV} per conv, "
             f"{PROBE_SAMPLES} samples")
@@ -102,6 +103,16 @@ def _by_name(runs: list[dict[str, np.ndarray]], keys: list[str]) -> dict[str, li
     return {k: [run[k] for run in runs] for k in keys}
 
 
+def measured_gains(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int = 1,
+                   method: str | None = None, progress=None) -> tuple[dict[str, tuple[list[int], list[float]]], str]:
+    """Per probed conv name, (its probe ranks, the gains measured there), on at most PROBE_SAMPLES of `samples`, and
+    how they were measured: `method` None, the cheaper way (as output_gains); EXACT or FIRST_ORDER, that way (first
+    order raises gradients.Unsupported or OneByOneError where it cannot be taken). Both ways at the same ranks on
+    the same samples, for comparing them (scripts/benchmark_gains.py)."""
+    with alongside_onnxruntime():
+        return _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress, method)
+
+
 def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int = 1,
                  progress=None, notes: dict | None = None) -> dict[str, np.ndarray]:
     """Per candidate conv name, the gain at every rank 0..C/g: measured at `probe_ranks`, interpolated linearly in
@@ -115,8 +126,7 @@ def output_gains(model: ir.Model, decisions: list[Decision], samples: list[dict]
     for all convs, and the conv sessions; of the activations, only the stream's frontier, one conv's outputs and
     the gradients (past linear_gains.GRADIENT_MEMORY on disk) are held at a time."""
     live = _live(decisions)
-    with alongside_onnxruntime():
-        measured, how = _measure(model, decisions, samples[:PROBE_SAMPLES], round_to, progress)
+    measured, how = measured_gains(model, decisions, samples, round_to, progress=progress)
     if notes is not None:
         notes["gains_method"] = how
     fallback = float(np.median([g for _, gs in measured.values() for g in gs])) if measured else 1.0
@@ -143,24 +153,33 @@ def _output_error(refs: list[dict], got: list[dict], outputs: list[str], splits,
 
 
 def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], round_to: int,
-             progress) -> tuple[dict, str]:
+             progress, method: str | None = None) -> tuple[dict, str]:
     """(per conv name, (probe ranks, gains measured there); how they were measured): the model-output error
     (_output_error) / the conv's own relative error, with only that conv rewritten (whitened factors) at each probe
     rank; to first order (linear_gains) when that costs less and the model's ops all have gradient rules, else by
-    running the model."""
+    running the model. `method` EXACT or FIRST_ORDER forces one (first order then raises what stops it)."""
     softmax = softmax_input(model)
     outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
     splits = output_splits(model)
     plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in _live(decisions)]
-    how = "exact probes (cheaper here than first order)"
-    try:
-        types = measured_types(model, samples[0])
-        if linear_gains.cheaper(model, decisions, plans,
-                                linear_gains.directions_per_sample(types[0], softmax, outputs, splits)):
-            return (linear_gains.measure(model, plans, samples, softmax, outputs, splits, types, progress),
-                    FIRST_ORDER)
-    except (Unsupported, OneByOneError) as exc:  # e.g. an op without a gradient rule: exact probes measure any model
-        how = f"exact probes (first order not possible: {exc})"
+    how = "exact probes (cheaper here than first order)" if method is None else "exact probes (asked for)"
+    if method != EXACT:
+        try:
+            types = measured_types(model, samples[0])
+            if method == FIRST_ORDER or linear_gains.cheaper(
+                    model, decisions, plans, linear_gains.directions_per_sample(types[0], softmax, outputs, splits)):
+                return (linear_gains.measure(model, plans, samples, softmax, outputs, splits, types, progress),
+                        FIRST_ORDER)
+        except (Unsupported, OneByOneError) as exc:  # e.g. an op without a gradient rule: exact probes measure any
+            if method == FIRST_ORDER:
+                raise
+            how = f"exact probes (first order not possible: {exc})"
+    return _exact(model, plans, samples, softmax, outputs, splits, progress), how
+
+
+def _exact(model: ir.Model, plans: list[tuple[Decision, list[int]]], samples: list[dict], softmax, outputs, splits,
+           progress) -> dict:
+    """Per conv name, (probe ranks, gains) from running the rewritten conv and the model's tail at each probe."""
     reference = Probe(model, outputs, "original (sensitivity)", only=True)
     refs = [reference.run(f) for f in samples]
     del reference  # its session (weights repacked, arena) is not needed past here
@@ -176,4 +195,4 @@ def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], ro
         done += 1
         if progress:
             progress(done, total)
-    return measured, how
+    return measured

@@ -131,7 +131,9 @@ class DataSource:
     def factors(self, d, model, rewritten_so_far):
         if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
             self._close_walk()
-            self._walk = _Walk(self.original, model, self.fit_set)
+            originals = list(self.original.graph)
+            self._walk = _Walk(self.original, model, self.fit_set,
+                               lambda n: originals[self._index[id(n)]] if id(n) in self._index else None)
         original_node = list(self.original.graph)[self._index[id(d.info.node)]]
         fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
             d.form, fitting.fit)
@@ -194,21 +196,28 @@ class Mapped:
 
 class _Walk:
     """The original model and the model being rewritten, streamed over the calibration samples in step, stopping at
-    each conv to be fitted. Each fitted conv's output error is measured when the rewritten stream next runs it."""
+    each conv to be fitted. Each fitted conv's output error is measured when the rewritten stream next runs it. Up to
+    the first fitted conv the two models are the same: the rewritten stream starts there, from the original's
+    frontier (`counterpart`: a node of `model` -> the same node of `original`, None for nodes `original` lacks)."""
 
-    def __init__(self, original, model, samples) -> None:
+    def __init__(self, original, model, samples, counterpart) -> None:
         limit = MEMORY_LIMIT // 2  # the two streams together keep at most MEMORY_LIMIT of activations in memory
         self.original = Stream(original, samples, "original (fitting)", memory_limit=limit)
         self.rewritten = Stream(model, samples, "rewritten (fitting)", memory_limit=limit)
         self.pending: dict[str, object] = {}  # conv output name -> its original output, until measured
         self.measured: dict[str, float] = {}
-        self.diverged = False  # whether the rewritten stream has run a rewritten conv yet
+        self.diverged = False  # whether a conv has been fitted yet (the streams differ from there on)
+        self.counterpart = counterpart
 
     def data_at(self, node, original_node, op=None) -> fitting.ConvData:
         """The conv's data: its input x (original), x̂ (rewritten so far; None while nothing was rewritten) and
         its original output (a matrix op's `op`: in conv layout, see passes.matrix)."""
         x_name, y_name = original_node.inputs[0].name, original_node.outputs[0].name
-        self._measure(self.rewritten.advance(node, capture=list(self.pending)))
+        if self.diverged:
+            self._measure(self.rewritten.advance(node, capture=list(self.pending)))
+        else:  # the prefix is run once, by the original stream
+            self.original.advance(original_node)
+            self.rewritten.adopt(self.original, self.counterpart)
         got = self.original.advance(original_node, through=True, capture=[x_name, y_name])
         x, y = got[x_name], got[y_name]
         x_hat = self.rewritten.state[node.inputs[0].name] if self.diverged else None

@@ -187,6 +187,18 @@ class Stream:
         self._drop_unread(later)
         return captured
 
+    def adopt(self, other: Stream, counterpart) -> None:
+        """Take `other`'s progress as this stream's: its frontier (the same columns, shared) and, as run, every node
+        whose `counterpart` (a node of `other`'s model, or None) `other` has run. For a stream of a model that equals
+        `other`'s up to there (a copy being rewritten after that point). `other` must outlive the shared columns'
+        use (its spill files hold them)."""
+        for n in self.model.graph:
+            twin = counterpart(n)
+            if twin is not None and id(twin) in other._done:
+                self._done[id(n)] = n
+        self.state = dict(other.state)
+        self._drop_unread()
+
     def peek(self, names: list[str], given: dict[str, list[np.ndarray]] | None = None,
              reuse: bool = False) -> list[dict[str, np.ndarray]]:
         """Per sample, the named values computed from the frontier by the nodes not yet run, without advancing
