@@ -118,6 +118,40 @@ def test_the_erf_gradient_by_finite_differences():
     np.testing.assert_allclose(g, fd, rtol=1e-3)
 
 
+def _pool_model(op: str, dtype: int, attrs: dict) -> onnx.ModelProto:
+    nodes = [helper.make_node("Identity", ["x"], ["xi"]), helper.make_node(op, ["xi"], ["y"], **attrs)]
+    graph = helper.make_graph(nodes, "pool", [helper.make_tensor_value_info("x", dtype, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("y", dtype, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)], ir_version=9)
+
+
+@pytest.mark.parametrize("op, attrs", [
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1, count_include_pad=0)),
+    ("AveragePool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[0, 0, 0, 0], ceil_mode=1, count_include_pad=1)),
+    ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2], pads=[1, 1, 0, 0], ceil_mode=1, count_include_pad=1)),
+    ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], ceil_mode=1)),
+], ids=["avg-pads-counted", "avg-pads-not-counted", "avg-no-pads", "avg-begin-pads", "max"])
+def test_pool_gradients_where_ceil_mode_adds_windows_past_the_pads(rng, op, attrs):
+    """With ceil_mode a last window reaches past the padded input (8x8, stride 2): the divisor there (counted pads,
+    not the grid beyond them: the rule had counted that grid) and the max's position come out of the rule as finite
+    differences of the forward pass give them (float64, reference evaluator, which onnxruntime matches to 1e-7 on
+    these)."""
+    model = ir.serde.deserialize_model(_pool_model(op, TensorProto.FLOAT, attrs))
+    x = rng.standard_normal((1, 2, 8, 8)).astype(np.float32)
+    shapes, dtypes = measured_types(model, {"x": x})
+    (k, s), pads = attrs["kernel_shape"][:1] + attrs["strides"][:1], attrs["pads"]
+    assert shapes["y"][2] > (8 + pads[0] + pads[2] - k) // s + 1  # ceil_mode added a window
+    bw = backward_model(model, ["y"], ["xi"], shapes, dtypes)
+    forward = run_ort(_with_outputs(_pool_model(op, TensorProto.FLOAT, attrs), bw.forward), {"x": x})
+    u = rng.standard_normal(shapes["y"]).astype(np.float32)
+    (g,) = session(bw.proto).run(None, {**dict(zip(bw.forward, forward[1:])), Backward.seed_input("y"): u})
+    reference = ReferenceEvaluator(_pool_model(op, TensorProto.DOUBLE, attrs))
+    delta, eps = rng.standard_normal(x.shape), 1e-6
+    plus, minus = (reference.run(None, {"x": x.astype(np.float64) + s * eps * delta})[0] for s in (1, -1))
+    assert float(np.sum(g * delta)) == pytest.approx(float(np.sum((plus - minus) * u)) / (2 * eps), rel=1e-4)
+
+
 def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     out = onnx.ModelProto()
     out.CopyFrom(proto)

@@ -109,13 +109,24 @@ def _average_pool(e, node, grads):
     strides, _, begins, ends = _window(node, kernel, x_shape[2:], y_shape[2:])
     dilations = [1] * len(kernel)
     counts = _window_counts(x_shape[2:], y_shape[2:], kernel, strides, begins)
-    if attr(node, "count_include_pad", 0):
-        pads_end = [(o - 1) * s + k - b - i for i, o, s, k, b in zip(x_shape[2:], y_shape[2:], strides, kernel, begins)]
-        counts = _window_counts([i + b + max(p, 0) for i, b, p in zip(x_shape[2:], begins, pads_end)], y_shape[2:],
-                                kernel, strides, [0] * len(kernel))  # padded grid: every window full but past it
+    if attr(node, "count_include_pad", 0):  # the pads count, the grid a ceil_mode window reaches past them does not
+        padded = [i + b + e for i, b, e in zip(x_shape[2:], begins, _end_pads(node, x_shape[2:], begins, ends))]
+        counts = _window_counts(padded, y_shape[2:], kernel, strides, [0] * len(kernel))
     scaled = e.op("Div", [grads[0], e.const(counts.astype(np.float32))])
     ones = np.ones((x_shape[1], 1, *kernel), np.float32)
     return [_transposed_window(e, scaled, e.const(ones), x_shape[1], kernel, strides, dilations, begins, ends)]
+
+
+def _end_pads(node: ir.Node, x_size, begins, ends) -> list[int]:
+    """The end pads a windowed op declares (auto_pad resolved; `ends`: _window's, which reach past them under
+    ceil_mode)."""
+    auto = text(node, "auto_pad", "NOTSET")
+    if auto == "VALID":
+        return [0] * len(begins)
+    if auto in ("SAME_UPPER", "SAME_LOWER"):
+        return [max(e, 0) for e in ends]  # SAME: the pads are what the output size needs
+    declared = list(attr(node, "pads", [0] * 2 * len(begins)))[len(begins):]
+    return [min(d, max(e, 0)) for d, e in zip(declared, ends)]
 
 
 def _window_counts(x_size, y_size, kernel, strides, begins) -> np.ndarray:
