@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.calibrated import linear_gains, sensitivity
-from onebyone.calibrated.backward import measured_types
+from onebyone.calibrated import sensitivity
+from onebyone.calibrated.gradients import Unsupported
 from onebyone.calibrated.search import rewrite
 from onebyone.calibrated.source import DataSource
+from onebyone.errors import OneByOneError
 from onebyone.passes.policies import RankPolicy
-from onebyone.verify.logits import softmax_input
-from onebyone.verify.parts import output_splits
 
 
 class _Recording(DataSource):
@@ -50,21 +49,13 @@ def _both_ways(model, decisions, samples, round_to) -> dict:
         t0 = time.perf_counter()
         try:
             got, _ = sensitivity.measured_gains(model, decisions, samples, round_to, method=method)
-        except Exception as exc:  # noqa: BLE001 - first order's reason is the result
-            row[f"{key}_error"] = " ".join(str(exc).split())[:200]
+        except (Unsupported, OneByOneError) as exc:
+            if method != sensitivity.FIRST_ORDER:
+                raise
+            row[f"{key}_error"] = " ".join(str(exc).split())[:200]  # why first order cannot be taken: a result
             continue
         row[f"{key}_s"] = time.perf_counter() - t0
         row[key] = {name: [list(map(int, rs)), list(map(float, gs))] for name, (rs, gs) in got.items()}
-    softmax = softmax_input(model)
-    outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
-    plans = [(d, [r for r in sensitivity.probe_ranks(d, round_to) if r < d.numerical])
-             for d in sensitivity._live(decisions)]
-    try:
-        types = measured_types(model, samples[0])
-        directions = linear_gains.directions_per_sample(types[0], softmax, outputs, output_splits(model))
-        row["tool_takes"] = "first order" if linear_gains.cheaper(model, decisions, plans, directions) else "exact"
-    except Exception:  # noqa: BLE001 - first order not possible
-        row["tool_takes"] = "exact"
     return row
 
 
@@ -94,7 +85,9 @@ def one(name: str, count: int) -> dict:
         shapes = real.input_shapes
     source = _Recording(calib)
     rewrite(original, name, RankPolicy("budget", macs=0.67), shapes, source)
-    row = {"model": name, "samples": count, **source.record}
+    took = (source.describe() or {}).get("gains_method", "")
+    row = {"model": name, "samples": count, **source.record,
+           "tool_takes": "first order" if took == sensitivity.FIRST_ORDER else "exact"}
     pairs = _ratios(row)
     row["probes"] = len(pairs)
     if pairs:
