@@ -25,7 +25,7 @@ from onebyone.calibrated.probe_walk import difference, walk
 from onebyone.calibrated.stream import Column, SpillFiles
 from onebyone.passes.plan import Decision
 from onebyone.verify.logits import TOP_CLASSES, SoftmaxInput
-from onebyone.verify.metrics import worst_part_rel_l2
+from onebyone.verify.metrics import rel_l2_denominator, worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe, session, weights_in_memory
 from onebyone.verify.parts import Split
 
@@ -166,8 +166,7 @@ class Gradients:
         else:
             self.norms = np.array([np.sqrt(sum(float(np.sum((np.asarray(r[o], np.float64) * m) ** 2)) for r in refs))
                                    for o, m in masks])
-            sizes = np.array([m.sum() * len(refs) for _, m in masks])
-            self.norms = np.maximum(self.norms, 1e-6 * np.sqrt(np.maximum(sizes, 1)))
+            self.norms = rel_l2_denominator(self.norms, np.array([m.sum() * len(refs) for _, m in masks]))
 
     def _store(self, targets: list[str], arrays: list[np.ndarray], count: int) -> None:
         for t, a in zip(targets, arrays):

@@ -66,11 +66,17 @@ class OutputMetrics:
     below_floor: list[str] = dataclasses.field(default_factory=list)  # parts whose reference is below the floor
 
 
+def rel_l2_denominator(norm, size, atol: float = 1e-6):
+    """What rel_l2 divides by for a reference of L2 norm `norm` and `size` values: max(norm, atol·sqrt(size))
+    (elementwise for arrays), so that a reference near zero is not divided by its noise."""
+    return np.maximum(norm, atol * np.sqrt(np.maximum(size, 1)))
+
+
 def rel_l2(ref: np.ndarray, got: np.ndarray, atol: float = 1e-6) -> float:
     """‖ref - got‖ / max(‖ref‖, atol·sqrt(ref.size)) in float64."""
     r = ref.astype(np.float64).ravel()
     g = got.astype(np.float64).ravel()
-    denom = max(float(np.linalg.norm(r)), atol * np.sqrt(max(r.size, 1)))
+    denom = float(rel_l2_denominator(float(np.linalg.norm(r)), r.size, atol))
     return float(np.linalg.norm(r - g) / denom) if denom > 0 else 0.0
 
 
