@@ -64,7 +64,7 @@ class DataSource:
         self._progress = None
         self._gains: dict[tuple, dict] = {}
         self._walk: _Walk | None = None
-        self._index: dict[int, int] = {}
+        self._twins: dict[int, object] = {}
         self._data_hash = None  # of the model and the samples, for the cache keys (hashed once per model)
         self.held_outputs: dict = {}  # the model's outputs on the held-out samples, from the moments pass
         self._spectra: dict = {}  # statistics' spectra per (moments, forms, groups, weight and bias)
@@ -75,7 +75,7 @@ class DataSource:
     def prepare(self, model, candidates, progress=None) -> None:
         self._progress = progress
         self.original = model.clone()
-        self._index = {id(n): i for i, n in enumerate(model.graph)}  # node of `model` -> position in the original
+        self._twins = dict(zip(map(id, model.graph), self.original.graph))  # node of `model` -> its clone
         names = sorted({i.node.inputs[0].name for i in candidates}
                        | {i.node.outputs[0].name for i in candidates if set(OUTPUT_SIDE) & set(i.forms)})
         if self.info is not None and set(names) <= set(self.moments):
@@ -129,12 +129,10 @@ class DataSource:
         return self._gains[key]
 
     def factors(self, d, model, rewritten_so_far):
-        if not rewritten_so_far or self._walk is None:  # a new pass: start both streams at the model's inputs
+        if not rewritten_so_far or self._walk is None:  # a new pass: a new walk from the model's inputs
             self._close_walk()
-            originals = list(self.original.graph)
-            self._walk = _Walk(self.original, model, self.fit_set,
-                               lambda n: originals[self._index[id(n)]] if id(n) in self._index else None)
-        original_node = list(self.original.graph)[self._index[id(d.info.node)]]
+            self._walk = _Walk(self.original, model, self.fit_set, lambda n: self._twins.get(id(n)))
+        original_node = self._twins[id(d.info.node)]
         fit = {"output": output_fitting.fit, "spatial": spatial_fitting.fit, "tucker2": tucker2_fitting.fit}.get(
             d.form, fitting.fit)
         return fit(d, self._walk.data_at(d.info.node, original_node, d.info.matrix))
