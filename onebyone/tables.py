@@ -10,6 +10,9 @@ from rich.table import Table
 
 from onebyone.report import Report
 
+WEIGHT_SOURCES = {"initializer": "init", "Constant node": "const", "initializer through Identity": "init (Identity)",
+                  "Constant node through Identity": "const (Identity)"}  # the table's short names
+
 
 def short_name(name: str, width: int = 34) -> str:
     """`name`, or its head and tail around an ellipsis when longer than `width`."""
@@ -53,7 +56,7 @@ def layer_table(report: Report, planned: bool = False) -> Table:
             f"{l.in_channels}→{l.out_channels}" + (f" /{l.groups}" if l.groups > 1 else ""),
             "x".join(map(str, l.strides)),
             spatial,
-            {"initializer": "init", "Constant node": "const"}.get(l.weight_source, l.weight_source),
+            WEIGHT_SOURCES.get(l.weight_source, l.weight_source),
             rank,
             macs,
             *([_errs(l), l.fit or "-"] if data else []),

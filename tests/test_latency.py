@@ -136,6 +136,16 @@ def test_rewrites_are_backed_off_until_the_whole_model_is_faster(monkeypatch):
                for n in backed)
 
 
+def test_a_model_with_nothing_rewritten_is_never_called_faster(monkeypatch):
+    """Every pair is slower than its conv, so nothing is rewritten: even when the end-to-end timing of the two
+    (identical) models comes out 2x apart, as two sessions' noise can, the model is not called faster."""
+    monkeypatch.setattr(end_to_end, "time_pair", lambda *a, **k: (Timing(1.0, 0.01), Timing(0.5, 0.01)))
+    _, report = optimize(_ir(_model()), RankPolicy("budget", time=0.5), latency=StubLatency(lambda r: 2.0),
+                         verify=False, raise_on_failure=False)
+    assert report.totals.rewritten == 0 and report.timing["speedup"] == pytest.approx(2.0)
+    assert not report.timing["faster"]
+
+
 def test_cli_cost_time_reports_measured_and_predicted_speedups(tmp_path):
     model = tmp_path / "vgg.onnx"
     onnx.save(_model(), model)

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from onebyone.calibrated import fitting, whitening
 from onebyone.calibrated.stream import Column, SpillFiles, Stream
@@ -93,6 +93,43 @@ def test_a_stream_adopting_another_s_frontier_runs_only_the_rest_of_its_own_mode
     assert any(not np.allclose(unchanged[k][0], reference[k][0], atol=1e-4) for k in reference)
     second.close()
     first.close()
+
+
+def _scalar_shape_model() -> onnx.ModelProto:
+    """x -> conv -> Reshape to a shape built from a 0-d value (Gather of Shape(x) with a scalar index, then
+    Unsqueeze and Concat, as torch.onnx writes an upsampling to the input's size): the 0-d value is computed before
+    the conv and read after it."""
+    w = np.random.default_rng(0).standard_normal((4, 4, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Gather", ["shape", "two"], ["h"], axis=0),  # 0-d
+        helper.make_node("Conv", ["x", "w"], ["a"], pads=[1, 1, 1, 1]),
+        helper.make_node("Unsqueeze", ["h", "zero"], ["h1"]),
+        helper.make_node("Concat", ["lead", "h1", "h1"], ["target"], axis=0),
+        helper.make_node("Reshape", ["a", "target"], ["y"]),
+    ]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(2, np.int64), "two"),
+             numpy_helper.from_array(np.array([0], np.int64), "zero"),
+             numpy_helper.from_array(np.array([1, 4], np.int64), "lead")]
+    graph = helper.make_graph(nodes, "scalar", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("memory_limit", [2**40, 0], ids=["in memory", "spilled"])
+def test_a_0d_value_on_the_frontier_stays_0d(rng, memory_limit):
+    """A 0-d value kept across a stop is handed to the next segment as 0-d (it came back 1-d, and onnxruntime
+    refused the segment: torch.onnx exports of DeepLabV3 and FCN)."""
+    model = ir.serde.deserialize_model(_scalar_shape_model())
+    samples = [{"x": rng.standard_normal((1, 4, 8, 8)).astype(np.float32)} for _ in range(2)]
+    conv = next(n for n in model.graph if n.op_type == "Conv")
+    with Stream(model, samples, "test", memory_limit=memory_limit) as stream:
+        stream.advance(conv)
+        assert stream.state["h"][0].shape == () and stream.state["h"][1].shape == ()
+        got = stream.peek(["y"])
+    reference = Probe(model).by_name(samples)["y"]
+    for i in range(len(samples)):
+        np.testing.assert_allclose(got[i]["y"], reference[i], rtol=1e-5, atol=1e-5)
 
 
 def test_a_dropped_spilled_column_gives_its_file_to_the_next(rng):

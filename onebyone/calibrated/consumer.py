@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.passes.graph_edits import constant_tensor
+
 PASS_THROUGH = {"Relu", "LeakyRelu", "Clip", "HardSwish", "Sigmoid", "Elu"}
 FLOOR = 1e-3  # relative to the mean eigenvalue: directions the consumer ignores still count a little
 
@@ -24,7 +26,7 @@ def metric(node: ir.Node) -> np.ndarray | None:
         user = _only_user(user.outputs[0])
     if user is None or user.op_type != "Conv" or user.attributes.get_int("group", 1) != 1 or len(user.inputs) < 2:
         return None
-    tensor = ir.convenience.get_const_tensor(user.inputs[1]) if user.inputs[1] is not None else None
+    tensor = constant_tensor(user.inputs[1]) if user.inputs[1] is not None else None
     if tensor is None:
         return None
     w = tensor.numpy().astype(np.float64)

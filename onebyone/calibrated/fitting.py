@@ -18,6 +18,7 @@ from onebyone.calibrated import patches as patches_mod
 from onebyone.calibrated import whitening
 from onebyone.calibrated.holdout import is_held_out
 from onebyone.passes import factorize
+from onebyone.passes.graph_edits import constant_tensor
 from onebyone.passes.plan import Decision
 from onebyone.verify.onnxruntime_run import Probe
 
@@ -121,7 +122,7 @@ def bias_of(info) -> np.ndarray:
         return info.matrix.bias.astype(np.float64)
     node = info.node
     if len(node.inputs) > 2 and node.inputs[2] is not None:
-        t = ir.convenience.get_const_tensor(node.inputs[2])
+        t = constant_tensor(node.inputs[2])
         if t is not None:
             return t.numpy().astype(np.float64)
     return np.zeros(info.out_channels)

@@ -92,7 +92,7 @@ class Column:
         return col
 
     def __setitem__(self, i: int, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # not np.ascontiguousarray: it makes a 0-d value (a Gather of a shape) 1-d
         self.nbytes += array.nbytes
         if self._file is None:
             self._items[i] = array
@@ -174,7 +174,8 @@ class Stream:
         the stream drops them)."""
         nodes = list(self.model.graph)
         end = len(nodes) if stop is None else nodes.index(stop) + (1 if through else 0)
-        run = [n for n in nodes[:end] if id(n) not in self._done and not _is_constant(n)]
+        constant = {id(n) for n in constant_nodes(self.model.graph).values()}
+        run = [n for n in nodes[:end] if id(n) not in self._done and id(n) not in constant]
         capture = list(capture)
         later = self._reads(n for n in nodes[end:] if id(n) not in self._done)
         produced = {v.name for n in run for v in n.outputs if v is not None and v.name}
@@ -207,7 +208,8 @@ class Stream:
         serves again when it would run the same nodes on the same inputs (one session for many peeks that differ
         only in `given`)."""
         state = {**self.state, **{k: Column.of(v) for k, v in (given or {}).items()}}
-        nodes = [n for n in self.model.graph if id(n) not in self._done and not _is_constant(n)]
+        constant = {id(n) for n in constant_nodes(self.model.graph).values()}
+        nodes = [n for n in self.model.graph if id(n) not in self._done and id(n) not in constant]
         needed, run = set(names), []
         for n in reversed(nodes):
             if any(v is not None and v.name in needed and v.name not in state for v in n.outputs):
@@ -297,9 +299,10 @@ class Stream:
         the constants; the names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they
         are, not serialized)."""
         graph = onnx.GraphProto(name="segment")
-        constants = {v.name: n for n in self.model.graph if _is_constant(n) for v in n.outputs}
-        carried = [constants[name] for name in sorted(needed) if name in constants and name not in state]
-        graph.node.extend(ir.serde.serialize_node(n) for n in carried + nodes)
+        constants = constant_nodes(self.model.graph)
+        carried, needed = _carried(constants, needed, state)
+        graph.node.extend(ir.serde.serialize_node(n) for n in self.model.graph if id(n) in carried)
+        graph.node.extend(ir.serde.serialize_node(n) for n in nodes)
         initializers = self.model.graph.initializers
         inputs, weights = [], {}
         for name in sorted(needed):
@@ -336,3 +339,50 @@ class Stream:
 
 def _is_constant(node: ir.Node) -> bool:
     return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not node.inputs
+
+
+def constant_nodes(graph: ir.Graph) -> dict[str, ir.Node]:
+    """Value name -> producer, for the nodes whose outputs are the same for every sample: Constant nodes and nodes
+    reading only constants (initializers that are not graph inputs, or such nodes' outputs; e.g. the Identity nodes
+    through which exporters share a bias), without subgraphs or randomness, and not producing a model output.
+    A stream never runs them per sample: a segment that reads one carries it, so onnxruntime sees constants (it
+    folds and fuses them as in the whole model; a conv whose bias came in as a segment input once made
+    onnxruntime 1.31 drop an output it was asked for)."""
+    known = {name for name, v in graph.initializers.items() if v.const_value is not None and not v.is_graph_input()}
+    outputs = {v.name for v in graph.outputs}
+    found: dict[str, ir.Node] = {}
+    for node in graph:
+        names = [v.name for v in node.outputs if v is not None and v.name]
+        if not names or outputs.intersection(names) or node.domain not in ("", "ai.onnx"):
+            continue
+        if not _is_constant(node) and not (
+                node.inputs and node.op_type not in RANDOM and not any(
+                    a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+                and all(v is None or v.name in known for v in node.inputs)):
+            continue
+        for name in names:
+            found[name] = node
+            known.add(name)
+    return found
+
+
+RANDOM = ("RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")
+
+
+def _carried(constants: dict[str, ir.Node], needed: set[str], state: dict) -> tuple[set[int], set[str]]:
+    """The constant nodes a segment needing `needed` carries (ids; with the constant nodes they read in turn), and
+    what it needs besides them (their initializers added)."""
+    carried: set[int] = set()
+    rest = {name for name in needed if name not in constants or name in state}
+    todo = [constants[name] for name in needed if name in constants and name not in state]
+    while todo:
+        node = todo.pop()
+        if id(node) in carried:
+            continue
+        carried.add(id(node))
+        for name in reads(node):
+            if name in constants:
+                todo.append(constants[name])
+            else:
+                rest.add(name)
+    return carried, rest

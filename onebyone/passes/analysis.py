@@ -12,6 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.passes import cost, factorize, matrix
+from onebyone.passes.graph_edits import constant_tensor, identity_source
 from onebyone.passes.shapes import static_shapes
 
 QUANTIZED_PRODUCERS = {"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"}
@@ -197,7 +198,7 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
         info.weight_source = "graph input"
         info.skip_reason = "weight is a graph input (can be overridden at run time), not a constant"
         return None
-    tensor = ir.convenience.get_const_tensor(w)
+    tensor = constant_tensor(w)
     producer = w.producer()
     if tensor is None:
         if producer is not None and producer.op_type in QUANTIZED_PRODUCERS:
@@ -213,7 +214,10 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
             info.weight_source = "computed"
             info.skip_reason = "weight is not constant (computed at run time)"
         return None
-    info.weight_source = "initializer" if w.is_initializer() else "Constant node"
+    source = identity_source(w)
+    info.weight_source = "initializer" if source.is_initializer() else "Constant node"
+    if source is not w:  # an exporter's deduplicated tensor: rewriting gives this conv its own factors
+        info.weight_source += " through Identity"
     info.weight_dtype = tensor.dtype.name.lower()
     if tensor.dtype == ir.DataType.BFLOAT16:
         info.skip_reason = "bfloat16 weight: not supported yet (convert the model to float32 or float16)"

@@ -29,6 +29,30 @@ class UniqueNames:
         return name
 
 
+def identity_source(value: ir.Value | None) -> ir.Value | None:
+    """The value an Identity chain ending in `value` copies (`value` itself when no Identity produces it):
+    exporters share one tensor among several users through Identity nodes (torch.onnx deduplicates equal
+    initializers so)."""
+    for _ in range(64):  # a chain of Identity nodes, not a cycle (a valid graph has none)
+        producer = value.producer() if value is not None else None
+        if producer is None or producer.op_type != "Identity" or producer.domain not in ("", "ai.onnx") \
+                or not producer.inputs or producer.inputs[0] is None:
+            return value
+        value = producer.inputs[0]
+    return value
+
+
+def constant_tensor(value: ir.Value | None) -> ir.TensorProtocol | None:
+    """The constant `value` holds: an initializer's or a Constant node's tensor, directly or through Identity nodes;
+    None when it is computed at run time, or when an Identity copies a graph input (overridable at run time)."""
+    if value is None:
+        return None
+    source = identity_source(value)
+    if source is not value and source.is_graph_input():
+        return None
+    return ir.convenience.get_const_tensor(source)
+
+
 def initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     """A new initializer `name` holding `array`, registered in `graph`."""
     value = ir.Value(name=name, const_value=ir.tensor(np.ascontiguousarray(array), name=name))

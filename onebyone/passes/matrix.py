@@ -14,6 +14,8 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.passes.graph_edits import constant_tensor
+
 MATRIX_OPS = ("Gemm", "MatMul")
 
 
@@ -113,7 +115,7 @@ def _gemm_bias(node: ir.Node, n: int, beta: float) -> tuple[np.ndarray | None, s
     c = node.inputs[2] if len(node.inputs) > 2 else None
     if c is None:
         return np.zeros(n), None
-    tensor = ir.convenience.get_const_tensor(c)
+    tensor = constant_tensor(c)
     if tensor is None:
         return None, "Gemm's C is not a constant (a bias computed at run time)"
     array = tensor.numpy().astype(np.float64)
@@ -133,7 +135,7 @@ def _bias_add(node: ir.Node, n: int) -> tuple[ir.Node, int] | None:
     if add.op_type != "Add" or add.domain not in ("", "ai.onnx") or len(add.inputs) != 2:
         return None
     other = 1 - uses[0].idx
-    tensor = ir.convenience.get_const_tensor(add.inputs[other]) if add.inputs[other] is not None else None
+    tensor = constant_tensor(add.inputs[other]) if add.inputs[other] is not None else None
     if tensor is None or tensor.size != n or (tensor.shape and tensor.shape[-1] != n):
         return None
     if not tensor.dtype.is_floating_point():

@@ -12,7 +12,7 @@ import onnx_ir as ir
 
 from onebyone.passes import matrix
 from onebyone.passes.factorize import Factors
-from onebyone.passes.graph_edits import Inserted, UniqueNames, initializer
+from onebyone.passes.graph_edits import Inserted, UniqueNames, constant_tensor, initializer
 
 
 def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> Inserted:
@@ -51,7 +51,7 @@ def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames,
     elif delta is not None and op.bias_add is not None:
         add, index = op.bias_add
         old = add.inputs[index]
-        array = ir.convenience.get_const_tensor(old).numpy()
+        array = constant_tensor(old).numpy()
         new = initializer(graph, names(f"{node.name}.bias.corrected"),
                           (array.astype(np.float64) + delta.reshape(array.shape)).astype(array.dtype))
         add.replace_input_with(index, new)

@@ -9,7 +9,7 @@ import onnx_ir as ir
 
 from onebyone.passes import matrix_rewrite
 from onebyone.passes.factorize import Factors
-from onebyone.passes.graph_edits import Inserted, UniqueNames, initializer
+from onebyone.passes.graph_edits import Inserted, UniqueNames, constant_tensor, identity_source, initializer
 
 
 def insert_bottleneck(
@@ -89,7 +89,7 @@ def _correct_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: Uniq
     constant is left as it is."""
     old = node.inputs[2] if len(node.inputs) > 2 else None
     if old is not None:
-        tensor = ir.convenience.get_const_tensor(old)
+        tensor = constant_tensor(old)
         if tensor is None:
             return
         base = tensor.numpy().astype(np.float64)
@@ -102,7 +102,8 @@ def _correct_bias(graph: ir.Graph, node: ir.Node, delta: np.ndarray, names: Uniq
 
 
 def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
-    """Drop an initializer or Constant node output that nothing uses any more (graph inputs/outputs stay)."""
+    """Drop an initializer, a Constant node output or an Identity copy of a constant that nothing uses any more
+    (graph inputs/outputs stay; an Identity's source is dropped too when nothing else uses it)."""
     if value.uses() or value.is_graph_output() or value.is_graph_input():
         return
     if value.is_initializer():
@@ -111,6 +112,11 @@ def remove_if_unused(graph: ir.Graph, value: ir.Value) -> None:
     producer = value.producer()
     if producer is not None and producer.op_type == "Constant" and producer.graph is graph:
         graph.remove(producer, safe=True)
+    elif producer is not None and producer.graph is graph and identity_source(value) is not value \
+            and constant_tensor(value) is not None:
+        source = producer.inputs[0]  # an Identity copying a constant (an exporter's shared tensor)
+        graph.remove(producer, safe=True)
+        remove_if_unused(graph, source)
 
 
 def insert(graph: ir.Graph, node: ir.Node, factors: Factors, names: UniqueNames, shared: dict) -> Inserted:

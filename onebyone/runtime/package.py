@@ -210,7 +210,7 @@ def device_args(manifest: dict[str, Any], feed: dict[str, np.ndarray], device) -
     """The feed's arrays, in the manifest's input order and dtypes, as tensors on `device` (local or remote)."""
     import tvm
 
-    return [tvm.runtime.tensor(np.ascontiguousarray(feed[i["name"]], dtype=i["dtype"]), device) for i in manifest["inputs"]]
+    return [tvm.runtime.tensor(np.asarray(feed[i["name"]], dtype=i["dtype"], order="C"), device) for i in manifest["inputs"]]
 
 
 def as_outputs(result) -> list:
