@@ -11,7 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onebyone import RankPolicy, optimize
 from onebyone.calibrated.stream import Stream, constant_nodes
-from onebyone.verify.onnxruntime_run import Probe
+from onebyone.errors import OneByOneError
+from onebyone.verify.onnxruntime_run import Probe, session
 
 C, SIZE = 8, 12
 
@@ -104,3 +105,32 @@ def test_a_data_aware_budget_corrects_a_bias_shared_through_identity(rng):
     assert corrected  # (a conv whose winning candidate is the plain weight SVD has no correction to make)
     if len(corrected) == 2:  # neither conv reads the shared bias any more: its copies and itself are gone
         assert not [n for n in optimized.graph if n.op_type == "Identity"] and "b" not in optimized.graph.initializers
+
+
+def test_a_session_onnxruntime_cannot_build_fails_with_its_own_error_and_prints_nothing(rng, capfd):
+    """The graph onnxruntime 1.31's optimizer broke on (two convs whose biases are graph inputs, added, one conv's
+    output also a graph output): it loads, or fails with onnxruntime's first error in one line, and nothing is
+    printed (onnxruntime's Python wrapper printed "EP Error" to stdout and retried, raising an unrelated
+    external-data error for segments with weights in memory)."""
+    def weight(name, *shape):
+        return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+
+    def typed(name, shape):
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+    nodes = [helper.make_node("Conv", ["x2", "wb"], ["m"]),
+             helper.make_node("Conv", ["m", "w", "b1"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x1", "wd", "b2"], ["d"]),
+             helper.make_node("Add", ["a", "d"], ["s"]), helper.make_node("Relu", ["s"], ["y"])]
+    graph = helper.make_graph(
+        nodes, "g",
+        [typed("x1", [1, 4, SIZE, SIZE]), typed("x2", [1, C, SIZE, SIZE]), typed("b1", [C]), typed("b2", [C])],
+        [typed("a", None), typed("y", None)],
+        [weight("wb", 4, C, 1, 1), weight("w", C, 4, 3, 3), weight("wd", C, 4, 1, 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    try:
+        session(model, "segment")
+    except OneByOneError as exc:
+        assert "\n" not in str(exc) and "retry" not in str(exc).lower()
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err

@@ -40,16 +40,16 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         if isinstance(model, onnx.ModelProto):
-            return ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            return _open(model.SerializeToString(), opts)
         if isinstance(model, ir.Model):
             if has_external_data(model):
                 with tempfile.TemporaryDirectory() as tmp:
                     path = Path(tmp) / "model.onnx"
                     ir.save(model, path, external_data="model.onnx.data")
-                    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                    return _open(str(path), opts)
             data = ir.serde.serialize_model(model).SerializeToString()
-            return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
-        return ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+            return _open(data, opts)
+        return _open(str(model), opts)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types; all mean "cannot run"
         if isinstance(model, ir.Model) and (ops := unsupported_ops(model)):
             raise OneByOneError(f"onnxruntime cannot load {label}: unsupported op(s) {', '.join(ops)}") from None
@@ -57,6 +57,12 @@ def session(model: ir.Model | onnx.ModelProto | str | os.PathLike, label: str = 
         if "onnxruntime_src" in text:  # drop the C++ source location, keep the message
             text = text.rsplit(") ", 1)[-1]
         raise OneByOneError(f"onnxruntime cannot load {label}: {text[:300]}") from None
+
+
+def _open(model, opts: ort.SessionOptions) -> ort.InferenceSession:
+    """A CPU session; a failure raises onnxruntime's own error (its Python wrapper would otherwise print to stdout,
+    retry on the same CPU provider and raise the retry's error, which hid the real one)."""
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"], enable_fallback=0)
 
 
 def in_memory_stub(name: str, array: np.ndarray) -> onnx.TensorProto:
