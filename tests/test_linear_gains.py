@@ -239,6 +239,27 @@ def test_first_order_gains_equal_a_numpy_computation_and_the_exact_probes_on_a_l
     np.testing.assert_allclose(first["conv_a"][ranks[0]:], exact["conv_a"][ranks[0]:], rtol=2e-3)
 
 
+def test_first_order_gains_read_weights_shared_through_identity(rng, monkeypatch):
+    """The linear-tail model with its weights and head read through Identity copies (as torch.onnx shares equal
+    tensors): the backward model takes them as the constants they are ("weight computed at run time" before), and
+    its first-order gains equal the exact probes, as without the copies."""
+    model, _ = _pooled_head_model(rng)
+    for node in list(model.graph):
+        for index, name in ((1, "wa"), (1, "wb"), (1, "head")):
+            value = node.inputs[index] if len(node.inputs) > index else None
+            if value is not None and value.name == name:
+                copy = ir.node("Identity", [value])
+                model.graph.insert_before(node, copy)
+                node.replace_input_with(index, copy.outputs[0])
+    assert sum(n.op_type == "Identity" for n in model.graph) == 3
+    samples = _samples(rng)
+    notes = {}
+    first, exact = _gains_both_ways(model, _decisions(model, samples), samples, monkeypatch, notes)
+    assert notes["gains_method"] == sensitivity.FIRST_ORDER
+    for name in ("conv_a", "conv_b"):
+        np.testing.assert_allclose(first[name], exact[name], rtol=2e-3)
+
+
 def test_the_exact_probes_measure_a_model_the_rules_do_not_cover(rng, monkeypatch):
     """A tail through an op without a rule: output_gains falls back to the exact probes even when the first-order
     estimate would be the cheaper, and says why."""

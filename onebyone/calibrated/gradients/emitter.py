@@ -12,6 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.passes.graph_edits import constant_tensor
+
 BACKWARD_OPSET = 17
 FLOAT = ir.DataType.FLOAT
 
@@ -68,10 +70,9 @@ class Emitter:
 
 
 def constant(value: ir.Value | None) -> np.ndarray | None:
-    """The array of a value known before the model runs (an initializer or a Constant's output), else None."""
-    if value is None:
-        return None
-    tensor = ir.convenience.get_const_tensor(value)
+    """The array of a value known before the model runs (an initializer or a Constant's output, also through Identity
+    copies), else None."""
+    tensor = constant_tensor(value)
     return None if tensor is None else tensor.numpy()
 
 
