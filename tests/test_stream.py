@@ -77,8 +77,8 @@ def test_a_stream_adopting_another_s_frontier_runs_only_the_rest_of_its_own_mode
     second = Stream(copy, samples, "copy", memory_limit=memory_limit)
     ran: list[int] = []
     run = Stream._run
-    monkeypatch.setattr(Stream, "_run", lambda self, nodes, outputs: (ran.extend(id(n) for n in nodes),
-                                                                       run(self, nodes, outputs))[1])
+    monkeypatch.setattr(Stream, "_run", lambda self, nodes, *rest: (ran.extend(id(n) for n in nodes),
+                                                                     run(self, nodes, *rest))[1])
     second.adopt(first, lambda n: originals[index[id(n)]] if id(n) in index else None)
     first.advance(stop, through=True)  # the original stream goes on; the copy keeps the columns it took
     outputs = second.peek([v.name for v in copy.graph.outputs])

@@ -174,14 +174,15 @@ class Stream:
         the stream drops them)."""
         nodes = list(self.model.graph)
         end = len(nodes) if stop is None else nodes.index(stop) + (1 if through else 0)
-        constant = {id(n) for n in constant_nodes(self.model.graph).values()}
+        constants = constant_nodes(self.model.graph)
+        constant = {id(n) for n in constants.values()}
         run = [n for n in nodes[:end] if id(n) not in self._done and id(n) not in constant]
         capture = list(capture)
         later = self._reads(n for n in nodes[end:] if id(n) not in self._done)
         produced = {v.name for n in run for v in n.outputs if v is not None and v.name}
         wanted = [name for name in produced if name in later or name in self.keep or name in capture]
         if run:
-            self._run(run, sorted(wanted))
+            self._run(run, sorted(wanted), constants)
         for n in run:
             self._done[id(n)] = n
         captured = {name: self.state[name] for name in capture if name in self.state}
@@ -208,7 +209,8 @@ class Stream:
         serves again when it would run the same nodes on the same inputs (one session for many peeks that differ
         only in `given`)."""
         state = {**self.state, **{k: Column.of(v) for k, v in (given or {}).items()}}
-        constant = {id(n) for n in constant_nodes(self.model.graph).values()}
+        constants = constant_nodes(self.model.graph)
+        constant = {id(n) for n in constants.values()}
         nodes = [n for n in self.model.graph if id(n) not in self._done and id(n) not in constant]
         needed, run = set(names), []
         for n in reversed(nodes):
@@ -217,7 +219,8 @@ class Stream:
                 needed |= reads(n)
         run.reverse()
         have = [name for name in names if name in state]
-        results = self._execute(run, [name for name in names if name not in have], state, reuse) if run else None
+        results = (self._execute(run, [name for name in names if name not in have], constants, state, reuse)
+                   if run else None)
         out = []
         for i in range(self.count):
             got = {name: state[name][i] for name in have}
@@ -251,14 +254,15 @@ class Stream:
         for name in [k for k in self.state if k not in needed and k not in self.keep]:
             del self.state[name]
 
-    def _run(self, nodes: list[ir.Node], outputs: list[str]) -> None:
-        self.state.update(self._execute(nodes, outputs))
+    def _run(self, nodes: list[ir.Node], outputs: list[str], constants: dict[str, ir.Node]) -> None:
+        self.state.update(self._execute(nodes, outputs, constants))
         self.peak_in_memory = max(self.peak_in_memory, sum(c.in_memory for c in self.state.values()))
 
-    def _execute(self, nodes: list[ir.Node], outputs: list[str], state: dict[str, Column] | None = None,
-                 reuse: bool = False) -> dict[str, Column]:
+    def _execute(self, nodes: list[ir.Node], outputs: list[str], constants: dict[str, ir.Node],
+                 state: dict[str, Column] | None = None, reuse: bool = False) -> dict[str, Column]:
         """Run `nodes` (in order) on every sample from the frontier (`state`: the frontier with values added), one
-        run per sample; columns of `outputs`. With `reuse`: see peek."""
+        run per sample, carrying the `constants` (constant_nodes of the model) they read; columns of `outputs`.
+        With `reuse`: see peek."""
         if not outputs:
             return {}
         state = self.state if state is None else state
@@ -267,7 +271,7 @@ class Stream:
         if reuse and self._reused is not None and self._reused[0] == key:
             sess, inputs = self._reused[2], self._reused[3]
         else:
-            proto, inputs, weights = self._segment(nodes, outputs, state, needed)
+            proto, inputs, weights = self._segment(nodes, outputs, state, needed, constants)
             sess = session(proto, f"{self.label} (segment)", initializers=weights)
             if reuse:  # the nodes are held, so that their ids stay theirs while the key is compared
                 self._reused = (key, list(nodes), sess, inputs, weights)
@@ -293,13 +297,12 @@ class Stream:
         produced = {v.name for n in nodes for v in n.outputs if v is not None and v.name}
         return self._reads(nodes) - produced
 
-    def _segment(self, nodes: list[ir.Node], outputs: list[str], state: dict[str, Column],
-                 needed: set[str]) -> tuple[onnx.ModelProto, list[str], dict]:
+    def _segment(self, nodes: list[ir.Node], outputs: list[str], state: dict[str, Column], needed: set[str],
+                 constants: dict[str, ir.Node]) -> tuple[onnx.ModelProto, list[str], dict]:
         """A model of `nodes` reading the frontier values it needs (`needed`: see _needed; typed from sample 0) and
         the constants; the names of its frontier inputs; its initializers' arrays (handed to onnxruntime as they
         are, not serialized)."""
         graph = onnx.GraphProto(name="segment")
-        constants = constant_nodes(self.model.graph)
         carried, needed = _carried(constants, needed, state)
         graph.node.extend(ir.serde.serialize_node(n) for n in self.model.graph if id(n) in carried)
         graph.node.extend(ir.serde.serialize_node(n) for n in nodes)
@@ -341,6 +344,9 @@ def _is_constant(node: ir.Node) -> bool:
     return node.op_type == "Constant" and node.domain in ("", "ai.onnx") and not node.inputs
 
 
+RANDOM = ("RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")  # ops whose outputs differ per run
+
+
 def constant_nodes(graph: ir.Graph) -> dict[str, ir.Node]:
     """Value name -> producer, for the nodes whose outputs are the same for every sample: Constant nodes and nodes
     reading only constants (initializers that are not graph inputs, or such nodes' outputs; e.g. the Identity nodes
@@ -355,18 +361,18 @@ def constant_nodes(graph: ir.Graph) -> dict[str, ir.Node]:
         names = [v.name for v in node.outputs if v is not None and v.name]
         if not names or outputs.intersection(names) or node.domain not in ("", "ai.onnx"):
             continue
-        if not _is_constant(node) and not (
-                node.inputs and node.op_type not in RANDOM and not any(
-                    a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
-                and all(v is None or v.name in known for v in node.inputs)):
-            continue
-        for name in names:
-            found[name] = node
-            known.add(name)
+        if _is_constant(node) or _computed_from(node, known):
+            for name in names:
+                found[name] = node
+                known.add(name)
     return found
 
 
-RANDOM = ("RandomNormalLike", "RandomUniformLike", "Bernoulli", "Multinomial")
+def _computed_from(node: ir.Node, known: set[str]) -> bool:
+    """Whether `node` reads only the constants named in `known` and computes the same outputs from them every run."""
+    subgraphs = any(a.type in (ir.AttributeType.GRAPH, ir.AttributeType.GRAPHS) for a in node.attributes.values())
+    return bool(node.inputs) and node.op_type not in RANDOM and not subgraphs and all(
+        v is None or v.name in known for v in node.inputs)
 
 
 def _carried(constants: dict[str, ir.Node], needed: set[str], state: dict) -> tuple[set[int], set[str]]:
