@@ -100,6 +100,40 @@ def test_exactly_low_rank_matmul_is_rewritten_losslessly_for_any_input_rank(rng,
     assert [n.op_type for n in proto.graph.node][:2] == ["MatMul", "MatMul"]
 
 
+
+def _reshaped(rng, x_shape, to, k=48, n=40):
+    """x → Reshape to `to` [..., K] → MatMul(W [K, N]) + b: a projection over rows an exporter laid out its way."""
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["flat"]), helper.make_node("MatMul", ["flat", "W"], ["h"],
+                                                                                   name="fc"),
+             helper.make_node("Add", ["h", "b"], ["y"])]
+    model = _model(nodes, x_shape, {"W": _low_rank(n, k, 5, rng).T, "b": rng.standard_normal(n)})
+    model.graph.initializer.append(numpy_helper.from_array(np.array(to, np.int64), "shape"))
+    return onnx.shape_inference.infer_shapes(model)
+
+
+@pytest.mark.parametrize("x_shape, to, per_item", [
+    ((1, 197, 48), (197, 48), 197),  # a ViT's tokens flattened at batch 1: every row runs for the one item
+    ((1, 197, 48), (197, 1, 48), 197),  # ... or kept sequence-first [T, B, E] (torch's attention in-projection)
+    ((2, 7, 48), (14, 48), 7),  # batch 2 of 7 tokens: 7 rows per item
+    ((1, 64 * 49, 48), (64, 49, 48), 64 * 49),  # a Swin's 64 windows of 49 tokens: the windows are not a batch
+    ((8, 3, 4, 4), (8, 48), 1),  # a static batch of 8 flattened for a classifier head: one row per item
+    ((1, 100, 48), (100, 48), 100),  # a detector's 100 regions of one image
+])
+def test_a_matmul_counts_the_rows_of_one_batch_item(rng, x_shape, to, per_item):
+    """A MatMul counts all its rows divided by the model's batch (the leading dim of its input) per batch item,
+    however the exporter laid them out (before, the leading dim was read as the batch: one token of a flattened or
+    sequence-first projection, one window of a Swin): its MACs per item are rows·K·N, the timing micro-models run
+    those rows (and hold those MACs), and the exact rewrite stays exact against onnxruntime."""
+    model = _reshaped(rng, x_shape, to)
+    (info,) = analyze(ir.serde.deserialize_model(model), {"x": x_shape}, forms=("pointwise",))
+    assert info.macs == per_item * 48 * 40 and info.spatial_in == info.spatial_out == per_item
+    assert info.macs_of("pointwise", 6) == per_item * 6 * (48 + 40)
+    x = rng.standard_normal(micro.input_shape(info)).astype(np.float32)
+    assert x.shape == (per_item, 48)
+    assert run_ort(micro.original(info), {"x": x})[0].shape == (per_item, 40)
+    report, err, _ = _exact(model, rng)
+    assert report.layers[0].lossless and report.layers[0].macs_before == per_item * 48 * 40 and err <= 1e-5
+
 def test_layers_that_are_no_pointwise_layer_are_skipped_with_a_reason_or_not_listed(rng):
     """A MatMul of two activations (attention's kind) is not a layer; a batched 3-D weight, a Gemm whose C varies
     along the batch, and a Gemm before opset 11 are skipped with reasons; without the pointwise form no matrix op is

@@ -32,14 +32,14 @@ def _model(nodes, inits, input_shape) -> onnx.ModelProto:
 
 
 def input_shape(info) -> tuple[int, ...]:
-    """The micro-models' input: the conv's input for one batch item (a Gemm/MatMul: its data input's graph shape,
-    one row of a Gemm, one batch item of a MatMul)."""
+    """The micro-models' input: the conv's input for one batch item (a Gemm/MatMul: the rows of one batch item,
+    passes.matrix.rows_per_item, as a matrix [rows, K]; Gemm with transA: [K, rows])."""
     op = info.matrix
     if op is None:
         return (1, *info.input_shape[1:])
     if op.op_type == "Gemm":
-        return (op.raw_input[0], 1) if op.trans_a else (1, op.raw_input[1])
-    return (1, *op.raw_input[1:])
+        return (op.raw_input[0], op.positions) if op.trans_a else (op.positions, op.raw_input[1])
+    return op.positions, op.raw_input[-1]
 
 
 def _matrix(info, rank: int | None, rng) -> onnx.ModelProto:

@@ -58,10 +58,16 @@ class ConvInfo:
 
     @property
     def spatial_in(self) -> int:
+        """Input positions per batch item (a matrix op: its rows per item, passes.matrix.rows_per_item)."""
+        if self.matrix is not None and self.input_shape:
+            return self.matrix.positions
         return math.prod(self.input_shape[2:]) if self.input_shape else 0
 
     @property
     def spatial_out(self) -> int:
+        """Output positions per batch item (a matrix op: its rows per item)."""
+        if self.matrix is not None and self.output_shape:
+            return self.matrix.positions
         return math.prod(self.output_shape[2:]) if self.output_shape else 0
 
     @property
@@ -279,17 +285,28 @@ def analyze(model: ir.Model, input_shapes: dict[str, tuple[int, ...]], measure_s
     wanted = {n.inputs[0].name for n in nodes if n.inputs and n.inputs[0] is not None}
     wanted |= {n.outputs[0].name for n in nodes}
     shapes = static_shapes(model, input_shapes, wanted, measure_shapes) if nodes else {}
-    return [_analyze_one(n, model, shapes, forms, with_data) for n in nodes]
+    batch = batch_size(model, input_shapes)
+    return [_analyze_one(n, model, shapes, forms, with_data, batch) for n in nodes]
+
+
+def batch_size(model: ir.Model, input_shapes: dict[str, tuple[int, ...]]) -> int:
+    """The batch size the model is analyzed at: the leading dim of its first input of rank 2 or more (1 when none
+    has a static one). MACs are counted per batch item of it."""
+    for value in model.graph.inputs:
+        shape = input_shapes.get(value.name)
+        if shape is not None and len(shape) >= 2 and isinstance(shape[0], int) and shape[0] > 0:
+            return int(shape[0])
+    return 1
 
 
 def _analyze_one(node: ir.Node, model: ir.Model, shapes: dict[str, tuple[int, ...]], forms,
-                 with_data: bool = True) -> ConvInfo:
+                 with_data: bool = True, batch: int = 1) -> ConvInfo:
     info = ConvInfo(name=node.name, node=node)
     weight = _weight_tensor(node, info)
     info.input_shape = shapes.get(node.inputs[0].name) if node.inputs[0] is not None else None
     info.output_shape = shapes.get(node.outputs[0].name)
     if node.op_type in matrix.MATRIX_OPS:
-        weight = _matrix_geometry(info, node, weight, model)
+        weight = _matrix_geometry(info, node, weight, model, batch)
     else:
         _conv_geometry(info, node, weight)
         _check_valid(info, node)
@@ -338,15 +355,16 @@ def _conv_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None) -> 
     info.auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
 
 
-def _matrix_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None, model: ir.Model) -> np.ndarray | None:
-    """A Gemm/MatMul as the pointwise conv it is (passes.matrix): its fields in conv layout; returns the weight in
-    conv layout (None where it is not a pointwise layer, with skip_reason set)."""
+def _matrix_geometry(info: ConvInfo, node: ir.Node, weight: np.ndarray | None, model: ir.Model,
+                     batch: int = 1) -> np.ndarray | None:
+    """A Gemm/MatMul as the pointwise conv it is (passes.matrix) in a model run at `batch`: its fields in conv layout;
+    returns the weight in conv layout (None where it is not a pointwise layer, with skip_reason set)."""
     if node.graph is not model.graph:  # its shapes are not known there: say why it is skipped
         info.skip_reason = info.skip_reason or SUBGRAPH
         info.input_shape = info.output_shape = None
         return None
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 0))
-    info.matrix, fields, reason = matrix.describe(node, weight, info.input_shape, opset)
+    info.matrix, fields, reason = matrix.describe(node, weight, info.input_shape, opset, batch)
     canonical = fields.pop("weight", None)
     if "input_shape" not in fields:  # the graph's shapes are not a conv's: none to report
         info.input_shape = info.output_shape = None

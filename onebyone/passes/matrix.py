@@ -34,6 +34,7 @@ class MatrixOp:
     beta: float = 1.0
     bias: np.ndarray | None = dataclasses.field(default=None, repr=False)
     bias_add: tuple[ir.Node, int] | None = dataclasses.field(default=None, repr=False)
+    positions: int = 1  # rows of the op per batch item: what its MACs per batch item count (see rows_per_item)
 
     @property
     def has_bias_slot(self) -> bool:
@@ -58,10 +59,22 @@ def canonical_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return (shape[0], shape[1], 1) if len(shape) == 2 else (shape[0], shape[-1], *shape[1:-1])
 
 
-def describe(node: ir.Node, weight: np.ndarray | None, x_shape, opset: int) -> tuple[MatrixOp | None, dict, str | None]:
+def rows_per_item(shape_in: tuple[int, ...], batch: int) -> int:
+    """The rows a matrix op with (transA-resolved) input shape `shape_in` [..., K] computes per batch item of a model
+    run at batch size `batch`: all its rows (the product of the leading dims) divided by the batch — all of them when
+    they are not a multiple of it. Exporters lay rows out every way: a ViT's tokens flattened to [197, 768] or kept
+    sequence-first [197, 1, 768], a Swin's windows [64, 49, 96], a detector's regions [100, 1024], a static batch
+    [8, 2048] (one row per item) or [B, T, K] (T per item); all of them run for every item."""
+    rows = int(np.prod(shape_in[:-1], dtype=np.int64))
+    return rows // batch if batch > 0 and rows % batch == 0 else rows
+
+
+def describe(node: ir.Node, weight: np.ndarray | None, x_shape, opset: int,
+             batch: int = 1) -> tuple[MatrixOp | None, dict, str | None]:
     """(MatrixOp, the ConvInfo fields of the pointwise conv it is, skip reason or None) for a Gemm or MatMul whose
-    constant weight is `weight` (None: not constant) and whose data input has static shape `x_shape` (None: unknown).
-    A contradiction between the weight and the input raises OneByOneError (no runtime can run such a model)."""
+    constant weight is `weight` (None: not constant) and whose data input has static shape `x_shape` (None: unknown),
+    in a model run at batch size `batch` (see rows_per_item). A contradiction between the weight and the input raises
+    OneByOneError (no runtime can run such a model)."""
     gemm = node.op_type == "Gemm"
     trans_a, trans_b = (bool(node.attributes.get_int(k, 0)) if gemm else False for k in ("transA", "transB"))
     if weight is None:
@@ -87,6 +100,8 @@ def describe(node: ir.Node, weight: np.ndarray | None, x_shape, opset: int) -> t
         return None, fields, reason
     op.raw_input = tuple(x_shape)
     shape_in = x_shape[::-1] if trans_a else x_shape
+    own = node.inputs[0].is_graph_input() and shape_in[0] > 0  # a model's own input: its leading dim is the batch
+    op.positions = rows_per_item(tuple(shape_in), shape_in[0] if own else batch)
     out_shape = (*shape_in[:-1], w.shape[0])
     nd = len(canonical_shape(shape_in)) - 2
     fields.update(kernel=(1,) * nd, strides=(1,) * nd, dilations=(1,) * nd, pads=(0,) * (2 * nd),
