@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import onnx
 import onnx_ir as ir
+import onnx_ir.passes.common as common_passes
 from google.protobuf.message import DecodeError
 
 from onebyone.atomic import atomic_file, atomic_pair
@@ -40,13 +42,45 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise OneByOneError(f"{p}: not an ONNX model (no IR version or no graph nodes)")
     check_opset(proto, str(p))
     check_external_data(proto, p)
+    serde_log = logging.getLogger(ir.serde.__name__)
+    level = serde_log.level
+    serde_log.setLevel(logging.ERROR)  # its warning on an undefined input: the error below names it, in one line
     try:
         model = ir.serde.deserialize_model(proto)
-        model.clone()  # fails on graphs that are not well-formed (a dangling input, a cycle)
+        undefined = _undefined_input(model)
+        if undefined:
+            raise OneByOneError(f"{p}: corrupt ONNX model ({undefined})")
+        _well_formed(model)
+    except OneByOneError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any deserialization failure is a corrupt model
         raise OneByOneError(f"{p}: corrupt ONNX model ({_short(exc)})") from None
+    finally:
+        serde_log.setLevel(level)
     ir.external_data.set_base_dir(model.graph, str(p.parent))
     return model
+
+
+def _undefined_input(model: ir.Model) -> str | None:
+    """The first node input that no node produces and no graph declares (as an input or an initializer), described;
+    None when there is none."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for v in node.inputs:
+            if v is not None and v.producer() is None and not v.is_graph_input() and not v.is_initializer():
+                return (f"input {v.name!r} of {node.op_type} node {node.name!r} is produced by no node and is not a "
+                        "graph input or initializer")
+    return None
+
+
+def _well_formed(model: ir.Model) -> None:
+    """Raise unless the graph is well-formed (a dangling input, a cycle); nodes out of topological order are
+    sorted in place first — onnxruntime runs such graphs, and converters write them (onnxruntime's and
+    onnxconverter-common's float16 conversion with keep_io_types appends the input Casts after their readers)."""
+    try:
+        model.clone()
+    except Exception:  # noqa: BLE001 - retried once sorted; a second failure is the model's
+        common_passes.TopologicalSortPass()(model)
+        model.clone()
 
 
 def check_external_data(proto: onnx.ModelProto, path: Path) -> None:
