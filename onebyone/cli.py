@@ -115,7 +115,9 @@ def _samples(arg, model, shapes, src: InputOptions, img: ImageOptions, bundled: 
         base = arg.bundled.image_preprocess if arg.bundled is not None else None
         prep = img.preprocess(resolved[names[0]], names[0], base, dtypes[names[0]])
         own = f" ({arg.bundled.name}'s preprocessing)" if base is not None else ""
-        return image_samples(images, names[0], prep), f"image(s) from {src.images}{own}"
+        batch = resolved[names[0]][0]  # a static batch > 1 takes the images that many at a time
+        what = f"batches of {batch} of the {len(images)} images" if batch > 1 else "image(s)"
+        return image_samples(images, names[0], prep, batch), f"{what} from {src.images}{own}"
     if bundled and arg.bundled is not None:
         return arg.bundled.samples(), "bundled real"
     return random_samples(resolved, dtypes, count=src.samples), "random"

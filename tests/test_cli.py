@@ -133,6 +133,36 @@ def test_verify_on_a_folder_of_images(lowrank_model, tmp_path):
     assert "3 image(s)" in proc.stdout
 
 
+
+def test_images_feed_a_model_of_static_batch_that_many_at_a_time(tmp_path):
+    """A model exported at a fixed batch of 2 takes a folder's images two at a time (5 images: 3 samples, the last
+    filled up with the first image again), for verification and for calibration; before, each image went alone and
+    onnxruntime refused the feed."""
+    from PIL import Image
+
+    from onebyone.verify.inputs import ImagePreprocess, image_samples
+
+    rgb = [np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8) for i in range(5)]
+    prep = ImagePreprocess(32, 32, mean=(0.0,) * 3, std=(1.0,) * 3)
+    batched = image_samples(rgb, "input", prep, batch=2)
+    assert [s["input"].shape for s in batched] == [(2, 3, 32, 32)] * 3
+    np.testing.assert_array_equal(batched[2]["input"][1], prep.apply(rgb[0])[0])
+    np.testing.assert_array_equal(batched[1]["input"][0], prep.apply(rgb[2])[0])
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, image in enumerate(rgb):
+        Image.fromarray(image).save(folder / f"{i}.png")
+    model = generators.resnet(low_rank=0.5)
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2  # a static batch of 2
+    path, out = tmp_path / "b2.onnx", tmp_path / "out.onnx"
+    onnx.save(model, path)
+    proc = cli("optimize", path, "-o", out, "--images", folder, check_rc=0)
+    assert "on 3 batches of 2 of the 5 images from" in proc.stdout
+    proc = cli("optimize", path, "-o", tmp_path / "cal.onnx", "--calibration", folder, "--macs", "0.8", check_rc=0)
+    assert "3 held-out calibration samples" in proc.stdout
+    x = np.random.default_rng(1).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    assert rel_err(run_ort(model, {"input": x})[0], run_ort(onnx.load(out), {"input": x})[0]) < 1e-5
+
 def _identity_model(path, dtype: int, shape: list[int]):
     """A model y = Identity(x) with x of `dtype` and `shape`, saved at `path` (returned)."""
     x = helper.make_tensor_value_info("x", dtype, shape)

@@ -126,9 +126,15 @@ def load_rgb(path: str | Path) -> np.ndarray:
         raise OneByOneError(f"{path}: not a readable image ({exc})") from None
 
 
-def image_samples(images: list[np.ndarray], input_name: str, prep: ImagePreprocess) -> Samples:
-    """One sample per RGB image, fed to `input_name`."""
-    return [{input_name: prep.apply(img)} for img in images]
+def image_samples(images: list[np.ndarray], input_name: str, prep: ImagePreprocess, batch: int = 1) -> Samples:
+    """One sample per RGB image, fed to `input_name`; for an input of static batch `batch` > 1 (a model exported at a
+    fixed batch size), one sample per `batch` images stacked in order, the last one filled up from the first images
+    again (ceil(images / batch) samples)."""
+    xs = [prep.apply(img) for img in images]
+    if batch <= 1:
+        return [{input_name: x} for x in xs]
+    return [{input_name: np.concatenate([xs[(k * batch + j) % len(xs)] for j in range(batch)])}
+            for k in range(-(-len(xs) // batch))]
 
 
 def folder_images(folder: str | Path) -> list[np.ndarray]:
