@@ -53,6 +53,7 @@ class LayerReport:
     # shapes in conv layout [batch, channels, positions...])
     form_choice: str | None = None  # why this form won, when several forms applied (predicted errors compared)
     ranks: list[int] | None = None  # Tucker-2: the per-group ranks [input side, output side] of its rank knob `rank`
+    rows: int | None = None  # Gemm/MatMul: its rows per batch item (passes.matrix.rows_per_item), what its MACs count
 
 
 @dataclasses.dataclass

@@ -37,7 +37,8 @@ def layer_table(report: Report, planned: bool = False) -> Table:
         t.add_column(col, no_wrap=col != "reason", overflow="fold")
     for l in report.layers:
         spatial = (
-            f"{'x'.join(map(str, l.input_shape[2:]))}→{'x'.join(map(str, l.output_shape[2:]))}"
+            f"{l.rows} rows" if l.rows is not None
+            else f"{'x'.join(map(str, l.input_shape[2:]))}→{'x'.join(map(str, l.output_shape[2:]))}"
             if l.input_shape and l.output_shape
             else "?"
         )

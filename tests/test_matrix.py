@@ -123,7 +123,8 @@ def test_a_matmul_counts_the_rows_of_one_batch_item(rng, x_shape, to, per_item):
     """A MatMul counts all its rows divided by the model's batch (the leading dim of its input) per batch item,
     however the exporter laid them out (before, the leading dim was read as the batch: one token of a flattened or
     sequence-first projection, one window of a Swin): its MACs per item are rows·K·N, the timing micro-models run
-    those rows (and hold those MACs), and the exact rewrite stays exact against onnxruntime."""
+    those rows (and hold those MACs), the report's `rows` says so, and the exact rewrite stays exact against
+    onnxruntime."""
     model = _reshaped(rng, x_shape, to)
     (info,) = analyze(ir.serde.deserialize_model(model), {"x": x_shape}, forms=("pointwise",))
     assert info.macs == per_item * 48 * 40 and info.spatial_in == info.spatial_out == per_item
@@ -133,6 +134,7 @@ def test_a_matmul_counts_the_rows_of_one_batch_item(rng, x_shape, to, per_item):
     assert run_ort(micro.original(info), {"x": x})[0].shape == (per_item, 40)
     report, err, _ = _exact(model, rng)
     assert report.layers[0].lossless and report.layers[0].macs_before == per_item * 48 * 40 and err <= 1e-5
+    assert report.layers[0].rows == per_item  # the report says what the MACs count
 
 def test_layers_that_are_no_pointwise_layer_are_skipped_with_a_reason_or_not_listed(rng):
     """A MatMul of two activations (attention's kind) is not a layer; a batched 3-D weight, a Gemm whose C varies

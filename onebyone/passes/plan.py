@@ -228,6 +228,7 @@ def layer_report(d: Decision) -> LayerReport:
         singular_values=[s.tolist() for s in info.svals_of(d.form)] if info.svals_of(d.form) else None,
         data_singular_values=[s.tolist() for s in d.data_svals] if d.data_svals is not None else None,
         op=info.op_type,
+        rows=info.spatial_out if info.matrix is not None and info.output_shape else None,
         **_times(d),
     )
 
