@@ -59,6 +59,7 @@ POLICIES = {
     "energy0.9/time": RankPolicy("energy", energy=0.9),  # energy 0.9, every rewrite checked by time
     # /pw/: the pointwise form too (1x1 convs factored as well; --forms input,pointwise)
     "budget0.8/data/pw/time": RankPolicy("budget", time=0.8),
+    "budget0.75/data/pw/time": RankPolicy("budget", time=0.75),
     "budget0.7/data/pw/time": RankPolicy("budget", time=0.7),
     "budget0.65/data/pw/time": RankPolicy("budget", time=0.65),
     "budget0.6/data/pw/time": RankPolicy("budget", time=0.6),
