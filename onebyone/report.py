@@ -68,6 +68,7 @@ class Totals:
     macs_after: int
     params_before: int
     params_after: int
+    quantized: int = 0  # QLinearConv and ConvInteger nodes: convs already quantized, not rewritten (and not counted)
 
     @property
     def mac_ratio(self) -> float:

@@ -109,6 +109,9 @@ def totals_line(report: Report, planned: bool = False) -> str:
         f"conv MACs {_macs(t.macs_before)} → "
         f"{_macs(t.macs_after)} ({t.mac_ratio:.3f}x); params {t.params_before:,} → {t.params_after:,}"
     )
+    if t.quantized:
+        line += (f"\nnote: {t.quantized} quantized conv(s) (QLinearConv/ConvInteger) are not rewritten: factor the "
+                 "float model, then quantize it (--int8 does both, with calibration data)")
     c = report.method_check
     if c:
         other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples",

@@ -153,7 +153,8 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.report = Report(
             model=self.model_name, policy=self.policy.describe(), method=self.method,
             input_shapes={k: list(v) for k, v in shapes.items()}, layers=layers,
-            totals=_totals(layers, params_before, count_params(model)), calibration=self.source.describe(),
+            totals=_totals(layers, params_before, count_params(model), quantized_convs(model)),
+            calibration=self.source.describe(),
         )
         return ir.passes.PassResult(model, modified=bool(rewritten))
 
@@ -214,13 +215,23 @@ class BottleneckPass(ir.passes.InPlacePass):
             raise ir.passes.PostconditionError(f"rewritten model fails the ONNX checker: {exc}") from exc
 
 
-def _totals(layers, params_before: int, params_after: int) -> Totals:
+def _totals(layers, params_before: int, params_after: int, quantized: int = 0) -> Totals:
     rewritten = [l for l in layers if l.action == "rewritten"]
     return Totals(
         convs=len(layers), rewritten=len(rewritten), lossless=sum(l.lossless for l in rewritten),
         macs_before=sum(l.macs_before for l in layers), macs_after=sum(l.macs_after for l in layers),
-        params_before=params_before, params_after=params_after,
+        params_before=params_before, params_after=params_after, quantized=quantized,
     )
+
+
+QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
+
+
+def quantized_convs(model: ir.Model) -> int:
+    """How many default-domain convs of the model (subgraphs included) are quantized operators, which onebyone does
+    not rewrite: QLinearConv (onnxruntime's QOperator format) and ConvInteger (dynamic quantization)."""
+    return sum(n.op_type in QUANTIZED_CONVS and n.domain in ("", "ai.onnx")
+               for n in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _check(model: ir.Model) -> None:

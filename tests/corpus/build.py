@@ -23,6 +23,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 C, S = 8, 8  # channels and spatial size of the small models
 LOSSLESS = ("rewrite", "lossless")
+QUANTIZED_NOTE = "1 quantized conv(s) (QLinearConv/ConvInteger) are not rewritten"
 
 
 @dataclasses.dataclass
@@ -145,6 +146,18 @@ def _conv_integer() -> onnx.ModelProto:
     nodes = [helper.make_node("ConvInteger", ["x", "W", "x_zp"], ["y"], pads=[1, 1, 1, 1])]
     inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array(0, np.uint8), "x_zp")]
     return _model(nodes, [_x(dtype=TensorProto.UINT8)], [_y(dtype=TensorProto.INT32)], inits)
+
+
+def _qlinear_conv() -> onnx.ModelProto:
+    """A conv quantized in onnxruntime's QOperator format (uint8 activations, int8 weight, int32 bias)."""
+    w = np.random.default_rng(0).integers(-5, 5, (C, C, 3, 3)).astype(np.int8)
+    names = ["x", "xs", "xz", "W", "ws", "wz", "ys", "yz", "B"]
+    nodes = [helper.make_node("QLinearConv", names, ["y"], pads=[1, 1, 1, 1])]
+    arrays = {"xs": np.array(0.02, np.float32), "xz": np.array(128, np.uint8), "W": w, "ws": np.array(0.01, np.float32),
+              "wz": np.array(0, np.int8), "ys": np.array(0.05, np.float32), "yz": np.array(128, np.uint8),
+              "B": np.zeros(C, np.int32)}
+    inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    return _model(nodes, [_x(dtype=TensorProto.UINT8)], [_y(dtype=TensorProto.UINT8)], inits)
 
 
 def _conv_transpose() -> onnx.ModelProto:
@@ -279,7 +292,8 @@ CASES: list[Case] = [
     Case("weight-computed", _save(_computed_weight()), ("skip", "not constant")),
     Case("weight-qdq", _save(_qdq()), ("skip", "quantized weight")),
     Case("weight-cast-from-fp16", _save(_cast_fp16_weight()), ("skip", "cast at run time")),
-    Case("conv-integer", _save(_conv_integer()), ("ok", "0 of 0 convs")),
+    Case("conv-integer", _save(_conv_integer()), ("ok", QUANTIZED_NOTE)),
+    Case("qlinear-conv", _save(_qlinear_conv()), ("ok", QUANTIZED_NOTE)),
     Case("conv-transpose", _save(_conv_transpose()), ("ok", "0 of 0 convs")),
     Case("conv-in-if", _save(_subgraph_model("If")), ("skip", "control-flow")),
     Case("conv-in-loop", _save(_subgraph_model("Loop")), ("skip", "control-flow")),
