@@ -43,11 +43,12 @@ def inspect(
     cache_dir: str | os.PathLike | None = None,
     progress=None,
     forms: tuple[str, ...] = DEFAULT_FORMS,
+    exclude: tuple[str, ...] = (),
 ) -> Report:
     """What `optimize` would do to each conv under `policy`, without changing `model` (with calibration data the
     layers carry data-aware error-vs-rank curves)."""
     _, report = optimize(model, policy, input_shapes, verify=False, calibration=calibration, cache_dir=cache_dir,
-                         progress=progress, forms=forms)
+                         progress=progress, forms=forms, exclude=exclude)
     return report
 
 
@@ -67,6 +68,7 @@ def optimize(
     progress=None,
     forms: tuple[str, ...] = DEFAULT_FORMS,
     int8: bool = False,
+    exclude: tuple[str, ...] = (),
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
     factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output", "spatial", "tucker2" too: each
@@ -80,6 +82,8 @@ def optimize(
     `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8 (onebyone.int8, quantized on
     the calibration samples): convs timed as INT8, the end-to-end check and the error search on the quantized
     rewrite, "never slower" against INT8 alone; `report.int8`: the scheme, INT8 alone's verification and speed.
+    `exclude`: glob patterns of conv names left alone before any budget is spent (passes.exclusion; a pattern that
+    matches nothing is an error).
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
@@ -95,7 +99,8 @@ def optimize(
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
     reference = search.Reference(original, calibration, source) if checked else None
     rebuild = lambda keep=None: _deployed(quantizer, _rewrite(original, name, policy, input_shapes, source,  # noqa: E731
-                                                              reference, progress, latency, keep, forms, quantizer))
+                                                              reference, progress, latency, keep, forms, quantizer,
+                                                              exclude))
     optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes,
                                       tolerances)
     if verify:
@@ -210,12 +215,12 @@ def recorded_tolerances(model: ir.Model) -> tol.Tolerances | None:
 
 
 def _rewrite(original, name, policy, input_shapes, source, reference, progress, latency=None,
-             keep=None, forms=DEFAULT_FORMS, finish=None) -> tuple[ir.Model, Report]:
+             keep=None, forms=DEFAULT_FORMS, finish=None, exclude=()) -> tuple[ir.Model, Report]:
     """The rewrite for `policy`: weight-only without a data source; with one, data-aware (a MAC budget checked
     against weight-only at the same budget; an error target searched over budgets, on the rewrite as `finish` makes
     it, e.g. quantized; see calibrated.search), measured against `reference` (the original's outputs on the
-    calibration samples). `latency` and `keep` go to the pass."""
-    opts = {"latency": latency, "keep": keep, "forms": tuple(forms)}
+    calibration samples). `latency`, `keep` and `exclude` go to the pass."""
+    opts = {"latency": latency, "keep": keep, "forms": tuple(forms), "exclude": tuple(exclude)}
     if source is None:
         return search.rewrite(original, name, policy, input_shapes, progress=progress, **opts)
     if policy.searched:

@@ -146,7 +146,7 @@ def inspect(
     forms = pol.form_list()
     calib = _calibration(arg, m, shapes, cal, img, policy)
     with _Progress() as progress:
-        rep = api.inspect(m, policy, shapes, calib, cal.cache_dir, progress, forms=forms)
+        rep = api.inspect(m, policy, shapes, calib, cal.cache_dir, progress, forms=forms, exclude=pol.excluded())
     rep.model = arg.name
     console.print(tables.layer_table(rep, planned=True))
     console.print(tables.totals_line(rep, planned=True))
@@ -181,7 +181,7 @@ def optimize(
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,
                                       calibration=calib, cache_dir=cal.cache_dir, latency=latency, progress=progress,
-                                      forms=forms, int8=costs.int8,
+                                      forms=forms, int8=costs.int8, exclude=pol.excluded(),
                                       tolerances=tols.over(tol.APPROXIMATE) if costs.int8 else None)
     with console.status("verifying…"):
         tolerances = tols.over(api.default_tolerances(rep))

@@ -31,6 +31,12 @@ class PolicyOptions:
     time: Annotated[Optional[float], typer.Option("--time", help="budget policy: fraction of the targeted convs' measured time to keep (implies --cost time)")] = None
     forms: Annotated[str, typer.Option("--forms", help="factorization forms, comma-separated: " + ", ".join(FORMS) + " (output: kxk then 1x1; spatial: kh x 1 then 1 x kw, in 3D kd x 1 x 1 then 1 x kh x kw; tucker2: 1x1, kxk, 1x1; a budget chooses each conv's form and rank together by predicted error per MAC or ms saved, other policies the form of lower predicted error; pointwise: 1x1 convs, Gemm and constant-weight MatMul layers too)")] = ",".join(DEFAULT_FORMS)
 
+    exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="leave the convs whose name matches this glob alone (repeatable; names as inspect lists them, e.g. 'head/*'); a budget is then a fraction of the other convs")] = None
+
+    def excluded(self) -> tuple[str, ...]:
+        """The --exclude patterns given, in order."""
+        return tuple(self.exclude or ())
+
     def form_list(self) -> tuple[str, ...]:
         """--forms as a tuple; an unknown or empty form list is a one-line error."""
         try:

@@ -182,3 +182,27 @@ def test_input_model_object_is_not_modified():
     before = ir.serde.serialize_model(model).SerializeToString()
     optimize(model, RankPolicy("exact"))
     assert ir.serde.serialize_model(model).SerializeToString() == before
+
+
+def test_excluded_convs_are_left_alone_before_any_budget_is_spent():
+    """Convs whose names match an `exclude` glob are skipped with the pattern in the reason (a conv skipped for another
+    reason keeps it) under every policy; a budget is then a fraction of the other convs' MACs; the rewrite of the rest
+    verifies against onnxruntime; a pattern that matches no conv is an error naming it."""
+    from onebyone.errors import OneByOneError
+
+    model = generators.resnet(low_rank=0.5)
+    optimized, report = optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), exclude=("conv1", "conv1?"))
+    layers = {l.name: l for l in report.layers}
+    for name in ("conv1", "conv11", "conv12"):
+        assert layers[name].action == "skipped" and "excluded" in layers[name].reason and name in [
+            n.name for n in ir.serde.serialize_model(optimized).graph.node]
+    assert "1x1" in layers["conv13"].reason and "excluded" not in layers["conv13"].reason
+    assert all(layers[n].lossless for n in ("conv2", "conv3", "conv6", "conv7")) and report.verification["passed"]
+    _, budget = optimize(ir.serde.deserialize_model(model), RankPolicy("budget", macs=0.6), verify=False,
+                         exclude=("conv12",))
+    kept = [l for l in budget.layers if l.name != "conv12" and l.kernel != [1, 1]]  # the budget's targets
+    (big,) = [l for l in budget.layers if l.name == "conv12"]
+    assert big.macs_after == big.macs_before and "excluded" in big.reason
+    assert sum(l.macs_after for l in kept) <= 0.6 * sum(l.macs_before for l in kept) + 1
+    with pytest.raises(OneByOneError, match="--exclude 'head/\\*' matches no conv"):
+        optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), exclude=("head/*",), verify=False)

@@ -18,7 +18,7 @@ import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
 from onebyone.passes import forms as form_choice
-from onebyone.passes import plan, rewrite
+from onebyone.passes import exclusion, plan, rewrite
 from onebyone.passes.analysis import DEFAULT_FORMS, analyze, check_forms
 from onebyone.passes.input_shapes import resolve_input_shapes
 from onebyone.passes.plan import Decision
@@ -64,6 +64,7 @@ class BottleneckPass(ir.passes.InPlacePass):
             convs, "pointwise" for 1x1 convs; a conv with several gets the one passes.forms.choose picks);
             convs of other forms are skipped with a reason.
         progress: called as progress(stage, done, total) during long work.
+        exclude: glob patterns of conv names to leave alone before any budget is spent (passes.exclusion).
     """
 
     def __init__(
@@ -77,6 +78,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         keep: dict[str, str] | None = None,
         forms: tuple[str, ...] = DEFAULT_FORMS,
         progress=None,
+        exclude: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         self.policy = policy or RankPolicy()
@@ -88,6 +90,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.keep = dict(keep or {})
         self.forms = check_forms(forms)
         self.progress = progress
+        self.exclude = tuple(exclude)
         self.report: Report | None = None
         self.decisions: list[Decision] = []
         self._interface: tuple | None = None
@@ -120,6 +123,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         shapes = resolve_input_shapes(model, self.input_shapes)
         params_before = count_params(model)
         infos = analyze(model, shapes, self.measure_shapes, self.forms, with_data=self.method == "data")
+        exclusion.exclude(infos, self.exclude)
         candidates = [i for i in infos if i.skip_reason is None]
         self.source.prepare(model, candidates, self.progress)
         self.decisions = [plan.start(i, *self.source.statistics(i)) if i.skip_reason is None else plan.start(i)
