@@ -72,9 +72,10 @@ def optimize(
 ) -> tuple[ir.Model, Report]:
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
     factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output", "spatial", "tucker2" too: each
-    kxk conv in the form passes.forms.choose picks; "pointwise" 1x1 convs too). With `latency` (a onebyone.latency.LatencyModel: "cost
-    time") every candidate conv and its rewritten pairs are timed on that
-    runtime, ranks are chosen among the measured ones that pay (a budget policy with `time` spends measured
+    kxk conv in the form passes.forms.choose picks; "pointwise" 1x1 convs too); `exclude`: globs of conv names left
+    alone before any budget is spent (passes.exclusion). With `latency` (a onebyone.latency.LatencyModel: "cost
+    time") every candidate conv and its rewritten pairs are timed on that runtime, ranks are chosen among the
+    measured ones that pay (a budget policy with `time` spends measured
     milliseconds), and the whole model is timed end to end against the original: rewrites are backed off until it is
     faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
     With `calibration` samples the factorization is data-aware (see BottleneckPass; statistics cached in `cache_dir`
@@ -82,8 +83,6 @@ def optimize(
     `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8 (onebyone.int8, quantized on
     the calibration samples): convs timed as INT8, the end-to-end check and the error search on the quantized
     rewrite, "never slower" against INT8 alone; `report.int8`: the scheme, INT8 alone's verification and speed.
-    `exclude`: glob patterns of conv names left alone before any budget is spent (passes.exclusion; a pattern that
-    matches nothing is an error).
 
     With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
     onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
@@ -98,9 +97,8 @@ def optimize(
     source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
     reference = search.Reference(original, calibration, source) if checked else None
-    rebuild = lambda keep=None: _deployed(quantizer, _rewrite(original, name, policy, input_shapes, source,  # noqa: E731
-                                                              reference, progress, latency, keep, forms, quantizer,
-                                                              exclude))
+    rebuild = lambda keep=None: _deployed(quantizer, _rewrite(  # noqa: E731
+        original, name, policy, input_shapes, source, reference, progress, latency, keep, forms, quantizer, exclude))
     optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes,
                                       tolerances)
     if verify:
