@@ -73,22 +73,20 @@ def optimize(
     """Return (optimized copy of `model`, report). `model` itself is never modified. `forms`: which convs are
     factored and how (passes.analysis.FORMS: "input" kxk convs, the default; "output", "spatial", "tucker2" too: each
     kxk conv in the form passes.forms.choose picks; "pointwise" 1x1 convs too); `exclude`: globs of conv names left
-    alone before any budget is spent (passes.exclusion). With `latency` (a onebyone.latency.LatencyModel: "cost
-    time") every candidate conv and its rewritten pairs are timed on that runtime, ranks are chosen among the
-    measured ones that pay (a budget policy with `time` spends measured
-    milliseconds), and the whole model is timed end to end against the original: rewrites are backed off until it is
-    faster beyond the noise (`report.timing` says what was measured, predicted and backed off).
+    alone before any budget is spent (passes.exclusion). With `latency` (onebyone.latency.LatencyModel: "cost time")
+    every candidate conv and its rewritten pairs are timed on that runtime, ranks are chosen among the measured ones
+    that pay (a budget with `time` spends measured milliseconds), and the whole model is timed end to end against the
+    original: rewrites are backed off until it is faster beyond the noise (`report.timing`: measured, predicted).
     With `calibration` samples the factorization is data-aware (see BottleneckPass; statistics cached in `cache_dir`
     when given); policy 'error' (needs it) finds the smallest MAC budget whose output error on them is within
     `policy.max_error`. With `int8` (needs `calibration`) the rewrite is deployed INT8 (onebyone.int8, quantized on
     the calibration samples): convs timed as INT8, the end-to-end check and the error search on the quantized
     rewrite, "never slower" against INT8 alone; `report.int8`: the scheme, INT8 alone's verification and speed.
 
-    With `verify` (the default) the report's `verification` holds the comparison of original and optimized in
-    onnxruntime on `samples` (4 seeded random samples when None) against `tolerances` (LOSSLESS when every rewrite
-    is lossless, APPROXIMATE otherwise, when None); the optimized model's metadata records what was done and the
-    tolerances met (see `stamp`). A failed verification raises VerificationFailed (`.model` and `.report` hold the
-    result) unless `raise_on_failure` is False."""
+    With `verify` (the default) the report's `verification` compares original and optimized in onnxruntime on
+    `samples` (4 seeded random samples when None) against `tolerances` (None: LOSSLESS when every rewrite is
+    lossless, else APPROXIMATE); the optimized model's metadata records what was done and the tolerances met
+    (`stamp`). Failing it raises VerificationFailed (`.model`, `.report`) unless `raise_on_failure` is False."""
     original, name = _as_model(model)
     policy = policy or RankPolicy()
     if policy.searched and not calibration:
