@@ -100,8 +100,7 @@ def describe(node: ir.Node, weight: np.ndarray | None, x_shape, opset: int,
         return None, fields, reason
     op.raw_input = tuple(x_shape)
     shape_in = x_shape[::-1] if trans_a else x_shape
-    # a model input's first (transA-resolved) dim is the batch
-    own = node.inputs[0].is_graph_input() and shape_in[0] > 0
+    own = node.inputs[0].is_graph_input()  # a model input's first (transA-resolved) dim is the batch
     op.positions = rows_per_item(tuple(shape_in), shape_in[0] if own else batch)
     out_shape = (*shape_in[:-1], w.shape[0])
     nd = len(canonical_shape(shape_in)) - 2
