@@ -10,6 +10,7 @@ from onebyone.calibrated import DataSource, search
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
 from onebyone.passes.analysis import DEFAULT_FORMS
+from onebyone.passes.initializer_inputs import OVERRIDABLE_FROM_IR, constants_by_ir
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
@@ -19,9 +20,17 @@ from onebyone.verify.inputs import Samples, random_samples
 
 
 def _as_model(model: ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:
+    """(model, its name); a model of IR < 4, whose initializers listed as inputs are constants, as a copy whose
+    initializers are not inputs (passes.initializer_inputs): every consumer then reads its weights as constants."""
     if isinstance(model, ir.Model):
-        return model, model.graph.name or "model"
-    return load_model(model), os.path.basename(str(model))
+        name = model.graph.name or "model"
+        if model.ir_version is not None and model.ir_version < OVERRIDABLE_FROM_IR:
+            model = model.clone()
+            constants_by_ir(model)
+        return model, name
+    loaded = load_model(model)
+    constants_by_ir(loaded)
+    return loaded, os.path.basename(str(model))
 
 
 def input_dtypes(model: ir.Model) -> dict:

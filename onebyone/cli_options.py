@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import numpy as np
+import onnx_ir as ir
 import typer
 
 from onebyone.errors import OneByOneError
 from onebyone.passes.analysis import DEFAULT_FORMS, FORMS, check_forms
+from onebyone.passes.initializer_inputs import ConstantInitializersPass
 from onebyone.passes.policies import POLICIES, Policy, RankPolicy
 from onebyone.verify import tolerances as tol
 from onebyone.verify.inputs import ImagePreprocess
@@ -32,6 +34,14 @@ class PolicyOptions:
     forms: Annotated[str, typer.Option("--forms", help="factorization forms, comma-separated: " + ", ".join(FORMS) + " (output: kxk then 1x1; spatial: kh x 1 then 1 x kw, in 3D kd x 1 x 1 then 1 x kh x kw; tucker2: 1x1, kxk, 1x1; a budget chooses each conv's form and rank together by predicted error per MAC or ms saved, other policies the form of lower predicted error; pointwise: 1x1 convs, Gemm and constant-weight MatMul layers too)")] = ",".join(DEFAULT_FORMS)
 
     exclude: Annotated[Optional[list[str]], typer.Option("--exclude", help="leave the convs whose name matches this glob alone (repeatable; names as inspect lists them, e.g. 'head/*'); a budget is then a fraction of the other convs")] = None
+
+    constant_initializers: Annotated[bool, typer.Option("--constant-initializers", help="initializers listed as graph inputs (overridable defaults since IR 4; older exporters list every weight so) are constants: convs reading them are rewritten, and they are no longer inputs of the written model. Under IR < 4 they always are", metavar="")] = False
+
+    def constants(self, model: ir.Model) -> ir.Model:
+        """`model`, its initializer inputs made constants (passes.initializer_inputs) with --constant-initializers."""
+        if self.constant_initializers:
+            ConstantInitializersPass()(model)
+        return model
 
     def excluded(self) -> tuple[str, ...]:
         """The --exclude patterns given, in order."""

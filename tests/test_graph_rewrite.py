@@ -206,3 +206,55 @@ def test_excluded_convs_are_left_alone_before_any_budget_is_spent():
     assert sum(l.macs_after for l in kept) <= 0.6 * sum(l.macs_before for l in kept) + 1
     with pytest.raises(OneByOneError, match="--exclude 'head/\\*' matches no conv"):
         optimize(ir.serde.deserialize_model(model), RankPolicy("exact"), exclude=("head/*",), verify=False)
+
+
+def _weights_listed_as_inputs(ir_version: int, rng) -> onnx.ModelProto:
+    """Two exactly low-rank 3x3 convs (a bias on the first) whose weights are initializers listed as graph inputs,
+    as IR 3 required and older exporters (keep_initializers_as_inputs) write."""
+    arrays = {"W1": low_rank_weight(16, 16, (3, 3), 1, 4, rng), "B1": rng.standard_normal(16).astype(np.float32),
+              "W2": low_rank_weight(16, 16, (3, 3), 1, 4, rng)}
+    nodes = [helper.make_node("Conv", ["x", "W1", "B1"], ["a"], name="c1", pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["a"], ["b"]),
+             helper.make_node("Conv", ["b", "W2"], ["y"], name="c2", pads=[1, 1, 1, 1])]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 10, 10])]
+    inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, list(a.shape)) for n, a in arrays.items()]
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 10, 10])
+    inits = [numpy_helper.from_array(a, n) for n, a in arrays.items()]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, [y], inits),
+                              opset_imports=[helper.make_opsetid("", 8)])
+    model.ir_version = ir_version
+    return model
+
+
+def test_initializers_listed_as_inputs_are_constants_under_ir3_and_overridable_after(rng):
+    """IR < 4: such initializers are constants (onnxruntime does not let them be fed), so both convs are rewritten,
+    data-aware too, and the written model (IR 4) no longer lists them as inputs; the caller's model is untouched.
+    IR >= 4: they are defaults a caller may override, so the convs are skipped with a reason that names
+    --constant-initializers, until ConstantInitializersPass makes them constants."""
+    from onebyone.passes.initializer_inputs import ConstantInitializersPass
+
+    feeds = {"x": rng.standard_normal((1, 16, 10, 10)).astype(np.float32)}
+    old = _weights_listed_as_inputs(3, rng)
+    given = _ir(old)
+    before = ir.serde.serialize_model(given).SerializeToString()
+    calib = [{"x": rng.standard_normal((1, 16, 10, 10)).astype(np.float32)} for _ in range(8)]
+    for calibration in (None, calib):
+        optimized, report = optimize(given, RankPolicy("exact"), calibration=calibration, verify=False)
+        assert [(l.action, l.lossless) for l in report.layers] == [("rewritten", True)] * 2
+        proto = ir.serde.serialize_model(optimized)
+        onnx.checker.check_model(proto, full_check=True)
+        assert proto.ir_version >= 4 and [i.name for i in proto.graph.input] == ["x"]
+        assert rel_err(run_ort(old, feeds)[0], run_ort(proto, feeds)[0]) < 1e-5
+    assert ir.serde.serialize_model(given).SerializeToString() == before
+
+    new = _weights_listed_as_inputs(7, rng)
+    _, report = optimize(_ir(new), RankPolicy("exact"), verify=False)
+    assert [l.action for l in report.layers] == ["skipped"] * 2
+    assert all("--constant-initializers" in l.reason for l in report.layers)
+    model = _ir(new)
+    assert ConstantInitializersPass()(model).modified
+    optimized, report = optimize(model, RankPolicy("exact"), verify=False)
+    assert report.totals.rewritten == 2
+    proto = ir.serde.serialize_model(optimized)
+    assert [i.name for i in proto.graph.input] == ["x"]
+    assert rel_err(run_ort(new, feeds)[0], run_ort(proto, feeds)[0]) < 1e-5

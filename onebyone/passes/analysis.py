@@ -202,7 +202,9 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     info.weight_users = len(w.uses())
     if w.is_graph_input():
         info.weight_source = "graph input"
-        info.skip_reason = "weight is a graph input (can be overridden at run time), not a constant"
+        info.skip_reason = ("weight is a graph input with a default initializer (can be overridden at run time), not a "
+                            "constant: --constant-initializers makes such weights constants" if w.is_initializer() else
+                            "weight is a graph input (can be overridden at run time), not a constant")
         return None
     tensor = constant_tensor(w)
     producer = w.producer()

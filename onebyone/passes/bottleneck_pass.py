@@ -18,9 +18,9 @@ import onnx_ir as ir
 
 from onebyone.modelio import check_opset, has_external_data
 from onebyone.passes import forms as form_choice
-from onebyone.passes import exclusion, plan, rewrite
+from onebyone.passes import exclusion, initializer_inputs, plan, rewrite
 from onebyone.passes.analysis import DEFAULT_FORMS, analyze, check_forms
-from onebyone.passes.input_shapes import resolve_input_shapes
+from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
 from onebyone.passes.plan import Decision
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.passes.sources import Applied, FactorSource, WeightSource
@@ -28,9 +28,10 @@ from onebyone.report import Report, Totals
 
 
 def interface(model: ir.Model) -> tuple:
-    """The model's interface: input/output names, shapes, dtypes, and the model metadata."""
+    """The model's interface: the names, shapes and dtypes of its real inputs (not initializers listed as inputs,
+    which ConstantInitializersPass may make plain constants) and outputs, and the model metadata."""
     sig = lambda vs: tuple((v.name, str(v.shape), str(v.dtype)) for v in vs)  # noqa: E731
-    return sig(model.graph.inputs), sig(model.graph.outputs), tuple(sorted(model.metadata_props.items()))
+    return sig(graph_inputs(model)), sig(model.graph.outputs), tuple(sorted(model.metadata_props.items()))
 
 
 def count_params(model: ir.Model) -> int:
@@ -120,6 +121,7 @@ class BottleneckPass(ir.passes.InPlacePass):
         return (lambda done, total: self.progress(stage, done, total)) if self.progress else None
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        normalized = initializer_inputs.constants_by_ir(model)  # IR < 4: its initializer inputs are constants
         shapes = resolve_input_shapes(model, self.input_shapes)
         params_before = count_params(model)
         infos = analyze(model, shapes, self.measure_shapes, self.forms, with_data=self.method == "data")
@@ -152,15 +154,13 @@ class BottleneckPass(ir.passes.InPlacePass):
                     rewrite.remove_if_unused(model.graph, v)
         layers = [plan.layer_report(d) for d in self.decisions]
         rewritten = [l for l in layers if l.action == "rewritten"]
-        if rewritten and model.ir_version is not None and model.ir_version < 4:
-            model.ir_version = 4  # IR < 4 requires every initializer to be a graph input; the new factors are not
         self.report = Report(
             model=self.model_name, policy=self.policy.describe(), method=self.method,
             input_shapes={k: list(v) for k, v in shapes.items()}, layers=layers,
             totals=_totals(layers, params_before, count_params(model), quantized_convs(model)),
             calibration=self.source.describe(),
         )
-        return ir.passes.PassResult(model, modified=bool(rewritten))
+        return ir.passes.PassResult(model, modified=bool(rewritten) or normalized)
 
     def _undo_approximate(self, applied: list[Applied], model: ir.Model) -> None:
         """Under the exact policy, undo every rewrite the source's measurement found not lossless (a subspace of the

@@ -181,6 +181,15 @@ def _weight_as_input() -> onnx.ModelProto:
                   [_x(), _x((C, C, 3, 3), "W")], [_y()])
 
 
+def _initializer_input(ir_version: int) -> onnx.ModelProto:
+    """The weight an initializer also listed as a graph input (IR 3 required it; old exporters kept doing it)."""
+    w = numpy_helper.from_array(_w(rank=2), "W")
+    m = _model([helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])],
+               [_x(), _x((C, C, 3, 3), "W")], [_y()], [w], opset=8)
+    m.ir_version = ir_version
+    return m
+
+
 def _computed_weight() -> onnx.ModelProto:
     nodes = [helper.make_node("Mul", ["W0", "gain"], ["W"]), helper.make_node("Conv", ["x", "W"], ["y"], pads=[1, 1, 1, 1])]
     return _model(nodes, [_x(), helper.make_tensor_value_info("gain", TensorProto.FLOAT, [])], [_y()],
@@ -289,6 +298,9 @@ CASES: list[Case] = [
     Case("folder-as-model", lambda f: (f / "model.onnx").mkdir(), ("error", "not a file"), file_error=True),
     # weights that are not plain constants
     Case("weight-graph-input", _save(_weight_as_input()), ("skip", "graph input")),
+    Case("weight-initializer-input-ir3", _save(_initializer_input(3)), LOSSLESS),  # a constant under IR < 4
+    Case("weight-initializer-input", _save(_initializer_input(7)), ("skip", "--constant-initializers")),
+    Case("weight-initializer-input-constant", _save(_initializer_input(7)), LOSSLESS, args=("--constant-initializers",)),
     Case("weight-computed", _save(_computed_weight()), ("skip", "not constant")),
     Case("weight-qdq", _save(_qdq()), ("skip", "quantized weight")),
     Case("weight-cast-from-fp16", _save(_cast_fp16_weight()), ("skip", "cast at run time")),
