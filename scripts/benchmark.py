@@ -80,6 +80,7 @@ POLICIES = {
     "error0.03/data/sp/time": RankPolicy("error", max_error=0.03),
     "error0.02/data/sp/time": RankPolicy("error", max_error=0.02),
     "error0.03/data/all/time": RankPolicy("error", max_error=0.03),
+    "budget0.65/data/all/time": RankPolicy("budget", time=0.65),
     # /t2/: the Tucker-2 form too (1x1, kxk, 1x1; --forms input,tucker2)
     "budget0.67/data/t2": RankPolicy("budget", macs=0.67),
     "budget0.5/data/t2/time": RankPolicy("budget", time=0.5),
