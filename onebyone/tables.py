@@ -124,7 +124,8 @@ def totals_line(report: Report, planned: bool = False) -> str:
 
 def verification_table(v: dict[str, Any]) -> Table:
     """One row per output (and one per part of an output that splits): max-abs, worst relative L2, cosine, the
-    elementwise check (when the tolerances have rtol), top-1/top-5 agreement."""
+    elementwise check (when the tolerances have rtol), top-1/top-5 agreement (for integer and boolean outputs, the
+    share of equal elements, with no relative error or cosine)."""
     t = Table(header_style="bold")
     elementwise = v["tolerances"].get("rtol") is not None
     cols = ["output", "shape", "max-abs", "rel L2 (worst)", "cosine"] + (["|Δ|/(atol+rtol·|ref|)"] if elementwise else [])
@@ -135,10 +136,12 @@ def verification_table(v: dict[str, Any]) -> Table:
         rows = [(short_name(o["name"], 28), "x".join(map(str, o["shape"])), o)]
         rows += [("  " + short_name(p["name"][len(o["name"]):], 26), "", p) for p in o.get("parts") or []]
         for label, shape, m in rows:
-            cells = [escape(label), shape, f"{m['max_abs']:.3g}", f"{m['worst_rel_l2']:.3g}", fmt(m["cosine"], ".6f")]
+            agree = m.get("agreement")  # integer/boolean outputs: the share of equal elements, in the top-1 column
+            rel = f"{m['worst_rel_l2']:.3g}" if agree is None else "-"
+            cells = [escape(label), shape, f"{m['max_abs']:.3g}", rel, fmt(m["cosine"], ".6f")]
             if elementwise:
                 cells.append(fmt(m.get("allclose"), ".3g"))
-            cells += [fmt(m.get("top1"), ".3f"), fmt(m.get("top5"), ".3f")]
+            cells += [fmt(m.get("top1") if agree is None else agree, ".3f"), fmt(m.get("top5"), ".3f")]
             t.add_row(*cells)
     return t
 

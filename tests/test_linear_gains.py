@@ -275,3 +275,27 @@ def test_the_exact_probes_measure_a_model_the_rules_do_not_cover(rng, monkeypatc
     assert set(chosen) == set(exact)
     for name in exact:
         np.testing.assert_allclose(chosen[name], exact[name], rtol=1e-6)
+
+
+def test_a_decision_output_is_measured_through_the_scores_it_is_taken_from(rng, monkeypatch):
+    """The linear-tail model with its output replaced by the ArgMax of it (a label, as segmentation and classifier
+    exports often end): no gradient flows through a label and its relative error moves in steps, so the gains, both
+    ways, are those of the scores — equal to the gains of the same model with the scores as its output."""
+    from onebyone.verify.decisions import measured_outputs
+
+    scores, _ = _pooled_head_model(rng)
+    labelled = scores.clone()
+    label = ir.node("ArgMax", [labelled.graph.outputs[0]], attributes={"axis": 1, "keepdims": 0})
+    label.outputs[0].name, label.outputs[0].dtype = "label", ir.DataType.INT64
+    labelled.graph.append(label)
+    labelled.graph.outputs[0] = label.outputs[0]
+    assert measured_outputs(labelled) == ["out"] and measured_outputs(scores) == ["out"]
+    samples = _samples(rng)
+    notes = {}
+    first, exact = _gains_both_ways(labelled, _decisions(labelled, samples), samples, monkeypatch, notes)
+    assert notes["gains_method"] == sensitivity.FIRST_ORDER
+    first_scores, exact_scores = _gains_both_ways(scores, _decisions(scores, samples), samples, monkeypatch)
+    for name in ("conv_a", "conv_b"):
+        np.testing.assert_allclose(first[name], first_scores[name], rtol=1e-6)
+        np.testing.assert_allclose(exact[name], exact_scores[name], rtol=1e-6)
+        assert np.all(np.asarray(first[name]) > 0)

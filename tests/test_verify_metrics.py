@@ -53,3 +53,24 @@ def test_approximate_rewrite_fails_lossless_tolerances_and_passes_loose_ones():
     assert not strict.passed and strict.failures
     loose = verify(model, optimized, tolerances=Tolerances(max_rel_l2=10, min_cosine=-1, min_top1=0))
     assert loose.passed
+
+
+def test_integer_and_boolean_outputs_are_judged_by_the_share_of_equal_elements():
+    """A label map (int64) and a mask (bool) are decisions: their agreement is the share of equal elements (one label
+    of 8 moved from class 0 to class 7 is 7/8 agreement, not a relative error of 7/‖labels‖), checked against
+    min_top1 in place of relative error and cosine; LOSSLESS needs every element equal."""
+    labels = np.array([[0, 1, 2, 3, 4, 5, 6, 0]], np.int64)
+    moved = labels.copy()
+    moved[0, 7] = 7
+    m = compare_output("cls", [labels], [moved])
+    assert m.agreement == pytest.approx(7 / 8) and m.cosine is None and m.max_abs == 7
+    loose = Tolerances(max_rel_l2=1e-9, min_cosine=1.0, min_top1=0.8)
+    assert loose.failures(m) == []  # rel L2 of the labels (7/‖labels‖ ≈ 0.67) is not checked
+    assert Tolerances(max_rel_l2=1.0, min_cosine=0.0, min_top1=0.9).failures(m) == [
+        "cls: 0.8750 of its elements agree < 0.9 (--min-top1)"]
+    assert LOSSLESS.failures(m) and not LOSSLESS.failures(compare_output("cls", [labels], [labels.copy()]))
+    mask = np.array([[True, False, True, True]])
+    flipped = np.array([[True, True, True, True]])
+    m = compare_output("mask", [mask, mask], [mask, flipped])
+    assert m.agreement == pytest.approx(7 / 8)
+    assert [f.split(":")[0] for f in APPROXIMATE.failures(m)] == ["mask"]  # 0.875 < 0.95

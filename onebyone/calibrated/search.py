@@ -13,9 +13,10 @@ from onebyone.passes.analysis import DEFAULT_FORMS, OUTPUT_SIDE
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
+from onebyone.verify.decisions import measured_outputs
 from onebyone.verify.logits import TOP_CLASSES, softmax_input, top_margins_rel_l2, values
 from onebyone.verify.metrics import worst_part_rel_l2
-from onebyone.verify.onnxruntime_run import measure_shapes, run_samples
+from onebyone.verify.onnxruntime_run import Probe, measure_shapes, run_samples
 from onebyone.verify.parts import output_splits
 
 
@@ -37,6 +38,7 @@ class Reference:
 
     def __init__(self, original: ir.Model, samples: list[dict], source: DataSource | None = None) -> None:
         self.original = original
+        self.names = measured_outputs(original)  # the outputs, an ArgMax's (or other decision's) scores in its place
         self.samples = samples
         self.source = source
         self.splits = output_splits(original)
@@ -49,8 +51,16 @@ class Reference:
     @property
     def outputs(self) -> dict:
         if self._outputs is None:
-            self._outputs = run_samples(self.original, self.samples, "original")
+            self._outputs = self._run(self.original, self.samples, "original")
         return self._outputs
+
+    def _run(self, model: ir.Model, samples: list[dict], label: str) -> dict:
+        """`model`'s measured values (verify.decisions.measured_outputs: found in each model by the same rule, as a
+        quantized model may have renamed them) on `samples`, keyed by the original's names."""
+        theirs = measured_outputs(model)
+        theirs = theirs if len(theirs) == len(self.names) else self.names
+        got = run_samples(Probe(model, theirs, label, only=True), samples)
+        return {mine: got[t] for mine, t in zip(self.names, theirs)}
 
     def _from_moments_pass(self) -> dict:
         """What the source's moments pass kept on the held-out samples (empty unless it ran on these samples)."""
@@ -63,15 +73,15 @@ class Reference:
             if self._outputs is not None:
                 self._held_outputs = {k: held_out(v) for k, v in self._outputs.items()}
             elif shared:  # the moments pass also kept the logits behind a Softmax output (check_error reads them)
-                self._held_outputs = {v.name: shared[v.name] for v in self.original.graph.outputs}
+                self._held_outputs = {n: shared[n] for n in self.names}
             else:
-                self._held_outputs = run_samples(self.original, self.held_samples, "original")
+                self._held_outputs = self._run(self.original, self.held_samples, "original")
         return self._held_outputs
 
     def error(self, model: ir.Model, held: bool = False) -> float:
         """The worst output part's relative error of `model` on all (or the held-out) calibration samples."""
         samples, ref = (self.held_samples, self.held_outputs) if held else (self.samples, self.outputs)
-        return worst_part_rel_l2(ref, run_samples(model, samples, "rewritten"), self.splits)
+        return worst_part_rel_l2(ref, self._run(model, samples, "rewritten"), self.splits)
 
     @property
     def check_measure(self) -> str:

@@ -38,6 +38,7 @@ from onebyone.calibrated.gradients import Unsupported
 from onebyone.errors import OneByOneError
 from onebyone.calibrated.blas_threads import alongside_onnxruntime
 from onebyone.passes.plan import Decision, candidate_ranks
+from onebyone.verify.decisions import measured_outputs
 from onebyone.verify.logits import softmax_input, top_margins_rel_l2
 from onebyone.verify.metrics import worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe
@@ -159,7 +160,7 @@ def _measure(model: ir.Model, decisions: list[Decision], samples: list[dict], ro
     rank; to first order (linear_gains) when that costs less and the model's ops all have gradient rules, else by
     running the model. `method` EXACT or FIRST_ORDER forces one (first order then raises what stops it)."""
     softmax = softmax_input(model)
-    outputs = [softmax.name] if softmax else [v.name for v in model.graph.outputs]
+    outputs = [softmax.name] if softmax else measured_outputs(model)  # a decision (ArgMax...): its scores
     splits = output_splits(model)
     plans = [(d, [r for r in probe_ranks(d, round_to) if r < d.numerical]) for d in _live(decisions)]
     how = "exact probes (cheaper here than first order)" if method is None else "exact probes (asked for)"

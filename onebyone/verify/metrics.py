@@ -9,7 +9,9 @@ scale; otherwise the whole output), every part on its own scale:
 - cosine similarity, only on parts whose reference is above the floor;
 - the elementwise test of numerical libraries, |got − ref| ≤ atol + rtol·|ref| (numpy.allclose), when the
   tolerances set rtol; atol is derived per part from the dtype and the part's scale (max |ref|) unless given;
-- top-1/top-5 agreement for outputs shaped like class scores.
+- top-1/top-5 agreement for outputs shaped like class scores;
+- for integer and boolean outputs (label maps, masks, indices: decisions, not quantities) the fraction of elements
+  equal to the reference's, `agreement`, which the tolerances check in place of relative error and cosine.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class OutputMetrics:
     allclose: float | None = None
     worst_part: str | None = None  # the part with the largest worst_rel_l2, when the output has several
     parts: list[PartMetrics] | None = None
+    agreement: float | None = None  # integer/boolean outputs: the fraction of elements equal to the reference's
     below_floor: list[str] = dataclasses.field(default_factory=list)  # parts whose reference is below the floor
 
 
@@ -110,6 +113,11 @@ def cosine(ref: np.ndarray, got: np.ndarray) -> float:
     if nr == 0 or ng == 0:
         return 0.0
     return float(np.dot(r, g) / (nr * ng))
+
+
+def discrete(dtype: np.dtype) -> bool:
+    """Whether values of `dtype` are decisions (integer or boolean: labels, masks, indices) rather than quantities."""
+    return bool(np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.bool_))
 
 
 def looks_like_class_scores(shape: tuple[int, ...]) -> bool:
@@ -183,7 +191,10 @@ def compare_output(name: str, refs: list[np.ndarray], gots: list[np.ndarray], fl
         parts=parts if len(parts) > 1 else None,
         below_floor=[p.name for p in parts if not p.above_floor],
     )
-    if looks_like_class_scores(tuple(r0.shape)):
+    if discrete(r0.dtype):
+        m.agreement = float(np.mean([np.mean(np.asarray(r) == np.asarray(g)) for r, g in zip(refs, gots)]))
+        m.cosine = None
+    elif looks_like_class_scores(tuple(r0.shape)):
         r = np.concatenate([np.asarray(x) for x in refs])
         g = np.concatenate([np.asarray(x) for x in gots])
         m.top1 = topk_agreement(r, g, 1)

@@ -44,6 +44,8 @@ class Tolerances:
 
     def failures(self, m: OutputMetrics) -> list[str]:
         """One line per missed limit, naming the part and the option that loosens it (empty when all are met)."""
+        if m.agreement is not None:  # decisions (labels, masks, indices): the share that agree, as top-1 is
+            return self._discrete_failures(m)
         out = []
         where = m.worst_part or m.name
         if not m.worst_rel_l2 <= self.max_rel_l2:
@@ -60,6 +62,16 @@ class Tolerances:
         if self.rtol is not None and m.allclose is not None and not m.allclose <= 1.0:
             out.append(f"{m.name}: elementwise |got − ref| exceeds atol + rtol·|ref| ({self.rtol:g}) by {m.allclose:.3g}x "
                        f"({OPTION['rtol']}, {OPTION['atol']})")
+        return out
+
+    def _discrete_failures(self, m: OutputMetrics) -> list[str]:
+        """An integer or boolean output: at least min_top1 of its elements equal the reference's (all of them under
+        LOSSLESS), and max-abs when set; relative error and cosine measure quantities, not decisions."""
+        out = []
+        if not m.agreement >= self.min_top1:
+            out.append(f"{m.name}: {m.agreement:.4f} of its elements agree < {self.min_top1} ({OPTION['min_top1']})")
+        if self.max_abs is not None and not m.max_abs <= self.max_abs:
+            out.append(f"{m.name}: max-abs error {m.max_abs:.3g} > {self.max_abs:.3g} ({OPTION['max_abs']})")
         return out
 
     def describe(self) -> str:
