@@ -74,3 +74,30 @@ def test_integer_and_boolean_outputs_are_judged_by_the_share_of_equal_elements()
     m = compare_output("mask", [mask, mask], [mask, flipped])
     assert m.agreement == pytest.approx(7 / 8)
     assert [f.split(":")[0] for f in APPROXIMATE.failures(m)] == ["mask"]  # 0.875 < 0.95
+
+
+def test_decisions_are_measured_through_their_scores_typed_or_not():
+    """verify.decisions.measured_outputs on an untyped graph (exporters may leave outputs without types): an ArgMax
+    label, TopK's indices and Equal(ArgMax(s), 1) all stand for the scores `s` they are taken from; TopK's values are
+    scores themselves; an integer output no decision computes (a Shape) is not measured."""
+    from onnx import TensorProto, helper
+
+    from onebyone.verify.decisions import measured_outputs
+
+    nodes = [helper.make_node("Relu", ["x"], ["s"]), helper.make_node("ArgMax", ["s"], ["a"], axis=1),
+             helper.make_node("TopK", ["s", "k"], ["v", "i"], axis=1), helper.make_node("Equal", ["a", "c"], ["e"]),
+             helper.make_node("Shape", ["s"], ["shape"])]
+    consts = [helper.make_tensor("k", TensorProto.INT64, [1], [2]), helper.make_tensor("c", TensorProto.INT64, [], [1])]
+
+    def model(outputs, typed_shape=False):
+        infos = [helper.ValueInfoProto(name=n) for n in outputs]
+        if typed_shape:
+            infos[-1] = helper.make_tensor_value_info("shape", TensorProto.INT64, [2])
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                                  infos, consts)
+        return ir.serde.deserialize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
+
+    assert measured_outputs(model(["a", "v", "i", "e"])) == ["s", "v"]
+    assert measured_outputs(model(["e"])) == ["s"]
+    assert measured_outputs(model(["a", "shape"], typed_shape=True)) == ["s"]
+    assert measured_outputs(model(["shape"], typed_shape=True)) == ["shape"]  # nothing else to measure

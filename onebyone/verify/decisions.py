@@ -14,7 +14,13 @@ DECIDERS = {"ArgMax", "ArgMin", "TopK", "Greater", "Less", "GreaterOrEqual", "Le
 
 
 def _is_discrete(value: ir.Value) -> bool:
-    return value.dtype is not None and discrete(value.dtype.numpy())
+    """Integer or boolean by its type, or (a model may leave its values untyped) by the decision op computing it."""
+    if value.dtype is not None:
+        return discrete(value.dtype.numpy())
+    producer = value.producer()
+    if producer is None or producer.op_type not in DECIDERS or producer.domain not in ("", "ai.onnx"):
+        return False
+    return producer.op_type != "TopK" or value is producer.outputs[1]  # TopK's values are scores, its indices not
 
 
 def _decided_from(value: ir.Value) -> ir.Value | None:
