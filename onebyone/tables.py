@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from onebyone.passes import initializer_inputs
 from onebyone.report import Report
 
 WEIGHT_SOURCES = {"initializer": "init", "Constant node": "const", "initializer through Identity": "init (Identity)",
@@ -112,6 +113,10 @@ def totals_line(report: Report, planned: bool = False) -> str:
     if t.quantized:
         line += (f"\nnote: {t.quantized} quantized conv(s) (QLinearConv/ConvInteger) are not rewritten: factor the "
                  "float model, then quantize it (--int8 does both, with calibration data)")
+    overridable = sum(initializer_inputs.OPTION in (layer.reason or "") for layer in report.layers)
+    if overridable:
+        line += (f"\nnote: {overridable} conv(s) read weights that are graph inputs with default initializers "
+                 f"(overridable at run time): {initializer_inputs.OPTION} makes them constants")
     c = report.method_check
     if c:
         other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples",

@@ -232,6 +232,7 @@ def test_initializers_listed_as_inputs_are_constants_under_ir3_and_overridable_a
     IR >= 4: they are defaults a caller may override, so the convs are skipped with a reason that names
     --constant-initializers, until ConstantInitializersPass makes them constants."""
     from onebyone.passes.initializer_inputs import ConstantInitializersPass
+    from onebyone.tables import totals_line
 
     feeds = {"x": rng.standard_normal((1, 16, 10, 10)).astype(np.float32)}
     old = _weights_listed_as_inputs(3, rng)
@@ -251,6 +252,7 @@ def test_initializers_listed_as_inputs_are_constants_under_ir3_and_overridable_a
     _, report = optimize(_ir(new), RankPolicy("exact"), verify=False)
     assert [l.action for l in report.layers] == ["skipped"] * 2
     assert all("--constant-initializers" in l.reason for l in report.layers)
+    assert "note: 2 conv(s) read weights that are graph inputs with default initializers" in totals_line(report)
     model = _ir(new)
     assert ConstantInitializersPass()(model).modified
     optimized, report = optimize(model, RankPolicy("exact"), verify=False)

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from onebyone.passes import cost, factorize, matrix
+from onebyone.passes import cost, factorize, initializer_inputs, matrix
 from onebyone.passes.graph_edits import constant_tensor, identity_source
 from onebyone.passes.shapes import static_shapes
 
@@ -202,9 +202,10 @@ def _weight_tensor(node: ir.Node, info: ConvInfo) -> np.ndarray | None:
     info.weight_users = len(w.uses())
     if w.is_graph_input():
         info.weight_source = "graph input"
-        info.skip_reason = ("weight is a graph input with a default initializer (can be overridden at run time), not a "
-                            "constant: --constant-initializers makes such weights constants" if w.is_initializer() else
-                            "weight is a graph input (can be overridden at run time), not a constant")
+        info.skip_reason = "weight is a graph input (can be overridden at run time), not a constant"
+        if w.is_initializer():
+            info.skip_reason = ("weight is a graph input with a default initializer (can be overridden at run time), "
+                                f"not a constant: {initializer_inputs.OPTION} makes such weights constants")
         return None
     tensor = constant_tensor(w)
     producer = w.producer()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 OVERRIDABLE_FROM_IR = 4  # the first IR version where an initializer listed as a graph input may be overridden
+OPTION = "--constant-initializers"  # the command line's way to apply ConstantInitializersPass first
 
 
 class ConstantInitializersPass(ir.passes.InPlacePass):
