@@ -131,8 +131,9 @@ def collect(
     over at most positions_per_sample(len(samples)) positions of each sample (drawn with a fixed seed).
 
     `held_outputs`: a dict that receives the model's outputs on the held-out samples (calibrated.holdout), per output
-    name in sample order (an ArgMax's or other decision's scores in its place, verify.decisions), and the logits behind a Softmax output (verify.logits.softmax_input), taken from the same
-    runs (the model-level check's reference, at no extra run)."""
+    name in sample order (an ArgMax's or other decision's scores in its place, verify.decisions), and the logits
+    behind a Softmax output (verify.logits.softmax_input), taken from the same runs (the model-level check's
+    reference, at no extra run)."""
     outputs = measured_outputs(model) if held_outputs is not None else []
     softmax = softmax_input(model) if outputs else None
     outputs += [softmax.name] if softmax is not None and softmax.name not in outputs else []
