@@ -69,6 +69,7 @@ class Totals:
     params_before: int
     params_after: int
     quantized: int = 0  # QLinearConv and ConvInteger nodes: convs already quantized, not rewritten (and not counted)
+    runtime_fused: int = 0  # onnxruntime's own conv nodes (FusedConv, NCHWc Conv): a model saved after its optimizations
 
     @property
     def mac_ratio(self) -> float:

@@ -113,6 +113,10 @@ def totals_line(report: Report, planned: bool = False) -> str:
     if t.quantized:
         line += (f"\nnote: {t.quantized} quantized conv(s) (QLinearConv/ConvInteger) are not rewritten: factor the "
                  "float model, then quantize it (--int8 does both, with calibration data)")
+    if t.runtime_fused:
+        line += (f"\nnote: {t.runtime_fused} conv(s) are onnxruntime's own fused or NCHWc operators (a model saved "
+                 "after onnxruntime's graph optimizations) and are not rewritten: give onebyone the model from before "
+                 "them (onnxruntime redoes them when it loads the written model)")
     overridable = sum(initializer_inputs.OPTION in (layer.reason or "") for layer in report.layers)
     if overridable:
         line += (f"\nnote: {overridable} conv(s) read weights that are graph inputs with default initializers "

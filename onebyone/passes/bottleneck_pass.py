@@ -157,7 +157,8 @@ class BottleneckPass(ir.passes.InPlacePass):
         self.report = Report(
             model=self.model_name, policy=self.policy.describe(), method=self.method,
             input_shapes={k: list(v) for k, v in shapes.items()}, layers=layers,
-            totals=_totals(layers, params_before, count_params(model), quantized_convs(model)),
+            totals=_totals(layers, params_before, count_params(model), quantized_convs(model),
+                           runtime_fused_convs(model)),
             calibration=self.source.describe(),
         )
         return ir.passes.PassResult(model, modified=bool(rewritten) or normalized)
@@ -219,12 +220,12 @@ class BottleneckPass(ir.passes.InPlacePass):
             raise ir.passes.PostconditionError(f"rewritten model fails the ONNX checker: {exc}") from exc
 
 
-def _totals(layers, params_before: int, params_after: int, quantized: int = 0) -> Totals:
+def _totals(layers, params_before: int, params_after: int, quantized: int = 0, runtime_fused: int = 0) -> Totals:
     rewritten = [l for l in layers if l.action == "rewritten"]
     return Totals(
         convs=len(layers), rewritten=len(rewritten), lossless=sum(l.lossless for l in rewritten),
         macs_before=sum(l.macs_before for l in layers), macs_after=sum(l.macs_after for l in layers),
-        params_before=params_before, params_after=params_after, quantized=quantized,
+        params_before=params_before, params_after=params_after, quantized=quantized, runtime_fused=runtime_fused,
     )
 
 
@@ -236,6 +237,16 @@ def quantized_convs(model: ir.Model) -> int:
     not rewrite: QLinearConv (onnxruntime's QOperator format) and ConvInteger (dynamic quantization)."""
     return sum(n.op_type in QUANTIZED_CONVS and n.domain in ("", "ai.onnx")
                for n in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+RUNTIME_FUSED_CONVS = {("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv")}
+
+
+def runtime_fused_convs(model: ir.Model) -> int:
+    """How many convs of the model (subgraphs included) are onnxruntime's own operators, which a model saved after
+    onnxruntime's graph optimizations holds (FusedConv: a conv with its activation; com.microsoft.nchwc Conv: this
+    CPU's blocked layout) and onebyone does not rewrite."""
+    return sum((n.domain, n.op_type) in RUNTIME_FUSED_CONVS for n in ir.traversal.RecursiveGraphIterator(model.graph))
 
 
 def _check(model: ir.Model) -> None:

@@ -160,6 +160,13 @@ def _qlinear_conv() -> onnx.ModelProto:
     return _model(nodes, [_x(dtype=TensorProto.UINT8)], [_y(dtype=TensorProto.UINT8)], inits)
 
 
+def _fused_conv() -> onnx.ModelProto:
+    """A conv as onnxruntime's graph optimizations save it: com.microsoft FusedConv (the conv with its ReLU)."""
+    node = helper.make_node("FusedConv", ["x", "W"], ["y"], domain="com.microsoft", activation="Relu",
+                            pads=[1, 1, 1, 1])
+    return _model([node], [_x()], [_y()], [numpy_helper.from_array(_w(rank=2), "W")], domains=("com.microsoft",))
+
+
 def _conv_transpose() -> onnx.ModelProto:
     nodes = [helper.make_node("ConvTranspose", ["x", "W"], ["y"], strides=[2, 2])]
     return _model(nodes, [_x()], [_y()], [numpy_helper.from_array(_w(), "W")])
@@ -306,6 +313,7 @@ CASES: list[Case] = [
     Case("weight-cast-from-fp16", _save(_cast_fp16_weight()), ("skip", "cast at run time")),
     Case("conv-integer", _save(_conv_integer()), ("ok", QUANTIZED_NOTE)),
     Case("qlinear-conv", _save(_qlinear_conv()), ("ok", QUANTIZED_NOTE)),
+    Case("onnxruntime-fused-conv", _save(_fused_conv()), ("ok", "1 conv(s) are onnxruntime's own fused")),
     Case("conv-transpose", _save(_conv_transpose()), ("ok", "0 of 0 convs")),
     Case("conv-in-if", _save(_subgraph_model("If")), ("skip", "control-flow")),
     Case("conv-in-loop", _save(_subgraph_model("Loop")), ("skip", "control-flow")),
