@@ -93,12 +93,14 @@ def timing_line(t: dict[str, Any]) -> str:
 
 def int8_line(q: dict[str, Any]) -> str:
     """The INT8 step of --int8, with the error INT8 alone brings (the original quantized the same way)."""
-    alone = q["alone"]
-    worst = max((o["worst_rel_l2"] for o in alone["outputs"]), default=0.0)
-    cos = min((o["cosine"] for o in alone["outputs"] if o["cosine"] is not None), default=1.0)
+    alone = [o for o in q["alone"]["outputs"] if o.get("agreement") is None]
+    decisions = [o["agreement"] for o in q["alone"]["outputs"] if o.get("agreement") is not None]
+    worst = max((o["worst_rel_l2"] for o in alone), default=0.0)
+    cos = min((o["cosine"] for o in alone if o["cosine"] is not None), default=1.0)
+    error = (f"worst rel L2 {worst:.3g}, cosine {cos:.6f}" if alone else "") + (
+        f"{', ' if alone else ''}{min(decisions):.4f} of the decisions agree" if decisions else "")
     return (f"INT8 ({q['format']}, {q['activations']} activations, {q['weights']} weights, ranges from "
-            f"{q['calibration_samples']} calibration samples); INT8 alone vs the original: worst rel L2 {worst:.3g}, "
-            f"cosine {cos:.6f}"
+            f"{q['calibration_samples']} calibration samples); INT8 alone vs the original: {error}"
             + ("" if "alone_speedup" not in q else f"; INT8 alone runs {q['alone_speedup']:.2f}x the float original"
                + ("" if q["alone_faster"] else " (NOT faster: on this runtime quantizing does not pay, deploy float)")))
 

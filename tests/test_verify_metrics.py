@@ -101,3 +101,18 @@ def test_decisions_are_measured_through_their_scores_typed_or_not():
     assert measured_outputs(model(["e"])) == ["s"]
     assert measured_outputs(model(["a", "shape"], typed_shape=True)) == ["s"]
     assert measured_outputs(model(["shape"], typed_shape=True)) == ["shape"]  # nothing else to measure
+
+
+def test_the_int8_line_reports_decisions_by_agreement():
+    """--int8's line on what INT8 alone does: float outputs by relative error and cosine, decisions by agreement (a
+    label map's relative L2 would read as 0.5 here)."""
+    from onebyone.tables import int8_line
+
+    outputs = [{"worst_rel_l2": 0.5, "cosine": None, "agreement": 0.9},
+               {"worst_rel_l2": 0.01, "cosine": 0.999, "agreement": None}]
+    q = {"format": "QDQ", "activations": "uint8", "weights": "int8", "calibration_samples": 8,
+         "alone": {"outputs": outputs}}
+    assert int8_line(q).endswith("INT8 alone vs the original: worst rel L2 0.01, cosine 0.999000, 0.9000 of the "
+                                 "decisions agree")
+    q["alone"]["outputs"] = outputs[:1]
+    assert int8_line(q).endswith("INT8 alone vs the original: 0.9000 of the decisions agree")
