@@ -299,3 +299,30 @@ def test_a_decision_output_is_measured_through_the_scores_it_is_taken_from(rng, 
         np.testing.assert_allclose(first[name], first_scores[name], rtol=1e-6)
         np.testing.assert_allclose(exact[name], exact_scores[name], rtol=1e-6)
         assert np.all(np.asarray(first[name]) > 0)
+
+
+def test_a_label_taken_from_a_softmax_is_measured_through_its_logits_margins(rng, monkeypatch):
+    """A classifier exported as ArgMax(Softmax(z)): its label is measured as a Softmax output is, through the margins
+    of the logits z (verify.logits), so its gains equal those of the same model ending in the Softmax."""
+    from onebyone.calibrated.search import Reference
+    from onebyone.verify.logits import softmax_input
+
+    def ending(ops):
+        model, _ = _pooled_head_model(np.random.default_rng(7))
+        for op, attrs in ops:
+            node = ir.node(op, [model.graph.outputs[0]], attributes=attrs)
+            node.outputs[0].name = op.lower()
+            model.graph.append(node)
+            model.graph.outputs[0] = node.outputs[0]
+        return model
+
+    probabilities = ending([("Softmax", {"axis": 1})])
+    labelled = ending([("Softmax", {"axis": 1}), ("ArgMax", {"axis": 1, "keepdims": 0})])
+    assert softmax_input(labelled) == softmax_input(probabilities) and softmax_input(labelled).name == "out"
+    samples = _samples(rng)
+    assert "margins" in Reference(labelled, samples).check_measure
+    first, exact = _gains_both_ways(labelled, _decisions(labelled, samples), samples, monkeypatch)
+    first_p, exact_p = _gains_both_ways(probabilities, _decisions(probabilities, samples), samples, monkeypatch)
+    for name in ("conv_a", "conv_b"):
+        np.testing.assert_allclose(first[name], first_p[name], rtol=1e-6)
+        np.testing.assert_allclose(exact[name], exact_p[name], rtol=1e-6)

@@ -23,7 +23,7 @@ def _is_discrete(value: ir.Value) -> bool:
     return producer.op_type != "TopK" or value is producer.outputs[1]  # TopK's values are scores, its indices not
 
 
-def _decided_from(value: ir.Value) -> ir.Value | None:
+def decided_from(value: ir.Value) -> ir.Value | None:
     """The float value a decision `value` is taken from, through chains of decisions (Equal(ArgMax(y), k): y); None
     when it is not computed by a decision op or is decided from integers. A value of unknown dtype counts as a
     score unless a decision op computes it (models often carry no types for their intermediate values)."""
@@ -50,7 +50,7 @@ def measured_outputs(model: ir.Model) -> list[str]:
         if not _is_discrete(out):
             names.append(out.name)
             continue
-        source = _decided_from(out)
+        source = decided_from(out)
         if source is not None:
             names.append(source.name)
     names = list(dict.fromkeys(names))

@@ -8,6 +8,7 @@ import dataclasses
 import numpy as np
 import onnx_ir as ir
 
+from onebyone.verify.decisions import decided_from
 from onebyone.verify.metrics import rel_l2
 from onebyone.verify.onnxruntime_run import Probe
 
@@ -16,13 +17,24 @@ MIN_LOGIT_ERROR = 1e-4  # ... and at least this much (float32 noise of a lossles
 TOP_CLASSES = 5  # top_margins_rel_l2 compares each row's this many most likely classes
 
 
-def logits_of(model) -> str | None:
-    """The name of the value a model's single output is the Softmax of (None when it is not one)."""
+def _softmax_node(model, direct: bool = False) -> ir.Node | None:
+    """The Softmax a model's single output is, or (unless `direct`) is decided from (ArgMax(Softmax(z)), a label
+    taken from the probabilities: verify.decisions); None when there is none."""
     outputs = list(model.graph.outputs)
-    producer = outputs[0].producer() if len(outputs) == 1 else None
+    if len(outputs) != 1:
+        return None
+    value = outputs[0] if direct else (decided_from(outputs[0]) or outputs[0])
+    producer = value.producer()
     if producer is None or producer.op_type != "Softmax" or producer.domain not in ("", "ai.onnx"):
         return None
-    return producer.inputs[0].name
+    return producer
+
+
+def logits_of(model, direct: bool = False) -> str | None:
+    """The name of the value a model's single output is the Softmax of, or (unless `direct`) is decided from the
+    Softmax of (None when there is none)."""
+    node = _softmax_node(model, direct)
+    return node.inputs[0].name if node is not None else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,11 +55,12 @@ class SoftmaxInput:
 
 
 def softmax_input(model: ir.Model) -> SoftmaxInput | None:
-    """The Softmax behind a model's single output (None when it is not one)."""
-    name = logits_of(model)
-    if name is None:
+    """The Softmax behind a model's single output: the output itself, or the probabilities a decision of it is
+    taken from (ArgMax(Softmax(z)), verify.decisions); None when there is none."""
+    node = _softmax_node(model)
+    if node is None:
         return None
-    node = model.graph.outputs[0].producer()
+    name = node.inputs[0].name
     opset = model.opset_imports.get("", model.opset_imports.get("ai.onnx", 13))
     return SoftmaxInput(name, node.attributes.get_int("axis", 1 if opset < 13 else -1), opset < 13)
 
@@ -84,7 +97,7 @@ def softmax_logits(reference, candidate) -> tuple[str, str] | None:
     an ir.Model)."""
     if not (isinstance(reference, ir.Model) and isinstance(candidate, ir.Model)):
         return None
-    names = logits_of(reference), logits_of(candidate)
+    names = logits_of(reference, direct=True), logits_of(candidate, direct=True)
     return None if None in names else names
 
 
