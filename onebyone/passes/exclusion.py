@@ -16,8 +16,8 @@ def exclude(infos: list, patterns: tuple[str, ...]) -> None:
     for pattern in patterns:
         matched = [i for i in infos if fnmatch.fnmatchcase(i.name, pattern)]
         if not matched:
-            raise OneByOneError(f"--exclude {pattern!r} matches no conv (the names `onebyone inspect` lists; glob "
-                                "patterns such as 'head/*')")
+            raise OneByOneError(f"exclude pattern {pattern!r} (--exclude) matches no conv (the names `onebyone "
+                                "inspect` lists; glob patterns such as 'head/*')")
         for info in matched:
             if info.skip_reason is None:
-                info.skip_reason = f"excluded (--exclude {pattern!r})"
+                info.skip_reason = f"excluded by pattern {pattern!r} (--exclude)"
