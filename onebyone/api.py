@@ -10,7 +10,7 @@ from onebyone.calibrated import DataSource, search
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
 from onebyone.passes.analysis import DEFAULT_FORMS
-from onebyone.passes.initializer_inputs import OVERRIDABLE_FROM_IR, constants_by_ir
+from onebyone.passes.initializer_inputs import constant_by_ir, constants_by_ir
 from onebyone.passes.input_shapes import graph_inputs, resolve_input_shapes
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
@@ -24,7 +24,7 @@ def _as_model(model: ir.Model | str | os.PathLike) -> tuple[ir.Model, str]:
     initializers are not inputs (passes.initializer_inputs): every consumer then reads its weights as constants."""
     if isinstance(model, ir.Model):
         name = model.graph.name or "model"
-        if model.ir_version is not None and model.ir_version < OVERRIDABLE_FROM_IR:
+        if constant_by_ir(model):
             model = model.clone()
             constants_by_ir(model)
         return model, name

@@ -229,24 +229,28 @@ def _totals(layers, params_before: int, params_after: int, quantized: int = 0, r
     )
 
 
-QUANTIZED_CONVS = ("QLinearConv", "ConvInteger")
-
-
-def quantized_convs(model: ir.Model) -> int:
-    """How many default-domain convs of the model (subgraphs included) are quantized operators, which onebyone does
-    not rewrite: QLinearConv (onnxruntime's QOperator format) and ConvInteger (dynamic quantization)."""
-    return sum(n.op_type in QUANTIZED_CONVS and n.domain in ("", "ai.onnx")
-               for n in ir.traversal.RecursiveGraphIterator(model.graph))
-
-
+QUANTIZED_CONVS = {("", "QLinearConv"), ("", "ConvInteger")}
 RUNTIME_FUSED_CONVS = {("com.microsoft", "FusedConv"), ("com.microsoft.nchwc", "Conv")}
 
 
+def _count_ops(model: ir.Model, kinds: set[tuple[str, str]]) -> int:
+    """How many nodes of the model (subgraphs included) are of one of `kinds`, (domain, op type) pairs ("" for the
+    default domain, also written "ai.onnx")."""
+    return sum((n.domain if n.domain != "ai.onnx" else "", n.op_type) in kinds
+               for n in ir.traversal.RecursiveGraphIterator(model.graph))
+
+
+def quantized_convs(model: ir.Model) -> int:
+    """How many convs of the model are quantized operators, which onebyone does not rewrite: QLinearConv
+    (onnxruntime's QOperator format) and ConvInteger (dynamic quantization)."""
+    return _count_ops(model, QUANTIZED_CONVS)
+
+
 def runtime_fused_convs(model: ir.Model) -> int:
-    """How many convs of the model (subgraphs included) are onnxruntime's own operators, which a model saved after
-    onnxruntime's graph optimizations holds (FusedConv: a conv with its activation; com.microsoft.nchwc Conv: this
-    CPU's blocked layout) and onebyone does not rewrite."""
-    return sum((n.domain, n.op_type) in RUNTIME_FUSED_CONVS for n in ir.traversal.RecursiveGraphIterator(model.graph))
+    """How many convs of the model are onnxruntime's own operators, which a model saved after onnxruntime's graph
+    optimizations holds (FusedConv: a conv with its activation; com.microsoft.nchwc Conv: this CPU's blocked layout)
+    and onebyone does not rewrite."""
+    return _count_ops(model, RUNTIME_FUSED_CONVS)
 
 
 def _check(model: ir.Model) -> None:

@@ -28,15 +28,18 @@ class ConstantInitializersPass(ir.passes.InPlacePass):
         dropped = [v for v in inputs if v.is_initializer()]
         for v in dropped:
             inputs.remove(v)
-        raised = model.ir_version is not None and model.ir_version < OVERRIDABLE_FROM_IR
+        raised = constant_by_ir(model)
         if raised:
             model.ir_version = OVERRIDABLE_FROM_IR
         return ir.passes.PassResult(model, modified=bool(dropped) or raised)
 
 
+def constant_by_ir(model: ir.Model) -> bool:
+    """Whether the model's IR version (< 4) makes its initializers listed as inputs constants."""
+    return model.ir_version is not None and model.ir_version < OVERRIDABLE_FROM_IR
+
+
 def constants_by_ir(model: ir.Model) -> bool:
     """Apply ConstantInitializersPass when the model's IR version (< 4) makes its initializer inputs constants
     anyway; True when the model changed."""
-    if model.ir_version is None or model.ir_version >= OVERRIDABLE_FROM_IR:
-        return False
-    return ConstantInitializersPass()(model).modified
+    return constant_by_ir(model) and ConstantInitializersPass()(model).modified

@@ -13,12 +13,20 @@ from onebyone.verify.metrics import discrete
 DECIDERS = {"ArgMax", "ArgMin", "TopK", "Greater", "Less", "GreaterOrEqual", "LessOrEqual", "Equal"}
 
 
+def _decider(value: ir.Value) -> ir.Node | None:
+    """The decision op (DECIDERS, default domain) computing `value`, or None."""
+    producer = value.producer()
+    if producer is None or producer.op_type not in DECIDERS or producer.domain not in ("", "ai.onnx"):
+        return None
+    return producer
+
+
 def _is_discrete(value: ir.Value) -> bool:
     """Integer or boolean by its type, or (a model may leave its values untyped) by the decision op computing it."""
     if value.dtype is not None:
         return discrete(value.dtype.numpy())
-    producer = value.producer()
-    if producer is None or producer.op_type not in DECIDERS or producer.domain not in ("", "ai.onnx"):
+    producer = _decider(value)
+    if producer is None:
         return False
     return producer.op_type != "TopK" or value is producer.outputs[1]  # TopK's values are scores, its indices not
 
@@ -29,8 +37,8 @@ def decided_from(value: ir.Value) -> ir.Value | None:
     score unless a decision op computes it (models often carry no types for their intermediate values)."""
     seen = 0
     while seen < 16:
-        producer = value.producer()
-        if producer is None or producer.op_type not in DECIDERS or producer.domain not in ("", "ai.onnx"):
+        producer = _decider(value)
+        if producer is None:
             return value if seen and not _is_discrete(value) else None
         inputs = [v for v in producer.inputs if v is not None and v.const_value is None and not v.is_initializer()]
         if not inputs:
