@@ -300,6 +300,7 @@ def test_exclude_on_the_command_line(lowrank_model):
     one_line_error(cli("inspect", lowrank_model, "--exclude", "stem/*"),
                    "exclude pattern 'stem/*' (--exclude) matches no conv")
 
+
 def test_unsupported_op_is_named(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
