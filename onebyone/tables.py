@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from onebyone.calibrated.holdout import CONFIDENCE, RESAMPLES
 from onebyone.passes import initializer_inputs
 from onebyone.report import Report
 
@@ -126,10 +127,14 @@ def totals_line(report: Report, planned: bool = False) -> str:
     c = report.method_check
     if c:
         other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples",
-                                                                             "measure"))
+                                                                             "measure", "confidence"))
         line += (f"\n{c.get('measure', 'model-output relative error')} on {c['samples']} held-out calibration "
                  f"samples: data-aware {c['data']:.4g}, weight-only {c['weight']:.4g}{other} at the same budget → "
                  f"kept {c['kept']}")
+        wins = c.get("confidence", {})
+        if wins:
+            line += (f" (share of {RESAMPLES} resamples of them in which it beat weight-only: "
+                     + ", ".join(f"{k} {v:.0%}" for k, v in wins.items()) + f"; kept over it from {CONFIDENCE:.0%})")
     return line
 
 

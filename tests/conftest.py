@@ -23,6 +23,21 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(a64), 1e-30))
 
 
+def check_errors(check: dict) -> dict[str, float]:
+    """The held-out errors in a report's method_check, by candidate."""
+    return {k: v for k, v in check.items() if k not in ("kept", "samples", "measure", "confidence")}
+
+
+def expected_kept(check: dict) -> str:
+    """The candidate a method_check must have kept: the lowest held-out error among weight-only SVD and the
+    data-aware candidates that beat it in at least CONFIDENCE of the held-out resamples (the rule as documented)."""
+    from onebyone.calibrated.holdout import CONFIDENCE
+
+    errors = check_errors(check)
+    eligible = [k for k in errors if k == "weight" or check["confidence"][k] >= CONFIDENCE]
+    return min(eligible, key=errors.get)
+
+
 def conv_macs_of(model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]) -> int:
     """MACs of all Conv nodes, counted independently from ONNX shape inference (per batch item)."""
     m = onnx.ModelProto()

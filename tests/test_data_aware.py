@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import conv_macs_of, rel_err, run_ort
+from conftest import conv_macs_of, expected_kept, rel_err, run_ort
 from onebyone import RankPolicy, optimize
 from onebyone.models import generators
 from onebyone.models.single_conv import single_conv_model
@@ -269,14 +269,15 @@ def _held_out_error(model_proto, optimized, held) -> float:
 
 def test_budget_keeps_the_rewrite_with_the_lower_held_out_model_error(rng):
     """With data and a budget, both the data-aware and the weight-only rewrite are measured on the held-out
-    calibration samples (every 4th); the report holds both errors and the kept model is the better one."""
+    calibration samples (every 4th); the report holds both errors and the kept model is the better one (the
+    data-aware one only when it is better in most resamples of them)."""
     model = generators.resnet(size=24, seed=3)
     calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32)} for _ in range(8)]
     optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)
     check = report.method_check
-    assert check["samples"] == 2 and check["kept"] == ("data" if check["data"] <= check["weight"] else "weight")
+    assert check["samples"] == 2 and check["kept"] == expected_kept(check)
     assert report.method == check["kept"]
-    assert _held_out_error(model, optimized, calib[3::4]) == pytest.approx(min(check["data"], check["weight"]), rel=1e-4)
+    assert _held_out_error(model, optimized, calib[3::4]) == pytest.approx(check[check["kept"]], rel=1e-4)
 
 
 def _with_softmax(proto):
@@ -309,11 +310,11 @@ def test_behind_a_softmax_the_check_compares_the_top_class_margins(rng):
     optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib, verify=False)
     check = report.method_check
     assert "margins" in check["measure"] and "logits" in check["measure"]
-    assert check["kept"] == ("data" if check["data"] <= check["weight"] else "weight") == report.method
+    assert check["kept"] == expected_kept(check) == report.method
     weight_only, _ = optimize(_ir(model), RankPolicy("budget", macs=0.6), verify=False)
     held = calib[3::4]
     assert _held_out_margins(model, weight_only, held) == pytest.approx(check["weight"], rel=1e-4)
-    assert _held_out_margins(model, optimized, held) == pytest.approx(min(check["data"], check["weight"]), rel=1e-4)
+    assert _held_out_margins(model, optimized, held) == pytest.approx(check[check["kept"]], rel=1e-4)
     assert check["weight"] != pytest.approx(_held_out_error(model, weight_only, held), rel=0.01)  # not the outputs'
 
 
@@ -335,6 +336,31 @@ def test_a_data_rewrite_worse_than_weight_only_is_not_kept(rng, monkeypatch):
     assert report.method_check["data"] > report.method_check["weight"]
     weight_only, _ = optimize(_ir(model), RankPolicy("budget", macs=0.6), verify=False)
     assert _held_out_error(model, optimized, calib) == pytest.approx(_held_out_error(model, weight_only, calib), rel=1e-6)
+
+
+def test_a_data_rewrite_better_only_within_the_held_out_noise_is_not_kept(rng):
+    """The model-level check keeps a data-aware rewrite over weight-only SVD only when it is better in most resamples
+    of the held-out samples: one lower by luck on one sample (exact there, a little worse on the other seven, so
+    lower over all eight) is not kept; one lower on every sample is."""
+    from onebyone.calibrated.holdout import CONFIDENCE, win_share
+    from onebyone.calibrated.search import _kept
+    from onebyone.verify.metrics import part_sums, whole_error
+
+    ref = [rng.standard_normal((1, 16, 4, 4)) for _ in range(8)]
+    noise = [rng.standard_normal(r.shape) for r in ref]
+    weight = [r + 0.1 * n * np.linalg.norm(r) / np.linalg.norm(n) for r, n in zip(ref, noise)]
+    lucky = [r if i == 0 else r + 0.105 * n * np.linalg.norm(r) / np.linalg.norm(n)
+             for i, (r, n) in enumerate(zip(ref, noise))]
+    better = [r + 0.05 * n * np.linalg.norm(r) / np.linalg.norm(n) for r, n in zip(ref, noise)]
+    sums = {k: part_sums({"y": ref}, {"y": v}) for k, v in (("weight", weight), ("lucky", lucky), ("better", better))}
+    errors = {k: whole_error(v) for k, v in sums.items()}
+    for k, got in (("weight", weight), ("lucky", lucky), ("better", better)):  # numpy, over all samples at once
+        assert errors[k] == pytest.approx(rel_err(np.concatenate(ref), np.concatenate(got)), rel=1e-9)
+    assert errors["lucky"] < errors["weight"] and errors["better"] < errors["weight"]
+    assert win_share(sums["lucky"], sums["weight"]) < CONFIDENCE <= win_share(sums["better"], sums["weight"]) == 1.0
+    for data, kept in (("lucky", "weight"), ("better", "data")):
+        best, confidence = _kept(["data", "weight"], [sums[data], sums["weight"]], [errors[data], errors["weight"]])
+        assert ["data", "weight"][best] == kept and set(confidence) == {"data"}
 
 
 def test_error_search_finds_a_smaller_budget_past_a_non_monotone_error(monkeypatch):

@@ -7,15 +7,15 @@ import dataclasses
 
 import onnx_ir as ir
 
-from onebyone.calibrated.holdout import held_out
+from onebyone.calibrated.holdout import CONFIDENCE, held_out, win_share
 from onebyone.calibrated.source import DataSource
 from onebyone.passes.analysis import DEFAULT_FORMS, OUTPUT_SIDE
 from onebyone.passes.bottleneck_pass import BottleneckPass
 from onebyone.passes.policies import Policy, RankPolicy
 from onebyone.report import Report
 from onebyone.verify.decisions import measured_outputs
-from onebyone.verify.logits import TOP_CLASSES, softmax_input, top_margins_rel_l2, values
-from onebyone.verify.metrics import worst_part_rel_l2
+from onebyone.verify.logits import TOP_CLASSES, softmax_input, top_margins_sums, values
+from onebyone.verify.metrics import part_sums, whole_error, worst_part_rel_l2
 from onebyone.verify.onnxruntime_run import Probe, measure_shapes, run_samples
 from onebyone.verify.parts import output_splits
 
@@ -97,23 +97,28 @@ class Reference:
         how far a rewrite moved the decision (open_nsfw: held-out probabilities kept weight-only SVD at --macs
         0.6-0.7, whose margins moved 1.8-2.7x as far as the data-aware rewrite's on held-out crops, 1.2-1.5x on
         evaluation photos)."""
+        return whole_error(self.check_sums(model))
+
+    def check_sums(self, model: ir.Model) -> list:
+        """What check_error measures, as per-sample sums (verify.metrics.part_sums) over the held-out samples."""
         if self.softmax is None:
-            return self.error(model, held=True)
+            return part_sums(self.held_outputs, self._run(model, self.held_samples, "rewritten"), self.splits)
         if self._held_logits is None:
             self._held_logits = (self._from_moments_pass().get(self.softmax.name)
                                  or values(self.original, self.softmax.name, self.held_samples, "original (logits)"))
         theirs = softmax_input(model)
         got = values(model, theirs.name if theirs else self.softmax.name, self.held_samples, "rewritten (logits)")
-        return top_margins_rel_l2(self._held_logits, got, self.softmax)
+        return top_margins_sums(self._held_logits, got, self.softmax)
 
 
 def checked_budget(original, name, policy, input_shapes, source: DataSource, reference: Reference,
                    progress=None, **pass_options) -> tuple[ir.Model, Report]:
     """The data-aware rewrite under a budget, kept only when its model-output error on the held-out calibration
-    samples (Reference.check_error) is at most that of weight-only SVD under the same budget and, when it used the
-    output, spatial, tucker2 or pointwise form, of the data-aware rewrites with fewer forms at the same cost
-    (_narrower, equal_cost: the form choice per conv and the budget read predicted errors; this checks the model);
-    else the best of those. The report's `method_check` holds every error, what was kept and what was measured."""
+    samples (Reference.check_error) is below that of weight-only SVD under the same budget in at least CONFIDENCE of
+    their resamples (_kept) and, when it used the output, spatial, tucker2 or pointwise form, at most that of the
+    data-aware rewrites with fewer forms at the same cost (_narrower, equal_cost: the form choice per conv and the
+    budget read predicted errors; this checks the model); else the best of those. The report's `method_check` holds
+    every error, what was kept, what was measured and each data-aware rewrite's share of wins (`confidence`)."""
     data_model, data_report = rewrite(original, name, policy, input_shapes, source, progress, **pass_options)
     if not data_report.totals.rewritten:
         return data_model, data_report
@@ -124,13 +129,25 @@ def checked_budget(original, name, policy, input_shapes, source: DataSource, ref
         if narrower is not None:
             tried.append((label, *rewrite(original, name, narrower, input_shapes, source, progress,
                                           **{**pass_options, "forms": forms})))
-    errors = [reference.check_error(m) for _, m, _ in tried]
-    best = min(range(len(tried)), key=lambda i: (errors[i], i))
+    sums = [reference.check_sums(m) for _, m, _ in tried]
+    errors = [whole_error(s) for s in sums]
+    best, confidence = _kept([lab for lab, _, _ in tried], sums, errors)
     label, model, report = tried[best]
     report.method_check = {**{lab: e for (lab, _, _), e in zip(tried, errors)}, "kept": label,
-                           "samples": len(reference.held_samples), "measure": reference.check_measure}
+                           "samples": len(reference.held_samples), "measure": reference.check_measure,
+                           "confidence": confidence}
     report.calibration = data_report.calibration
     return model, report
+
+
+def _kept(labels: list[str], sums: list, errors: list[float]) -> tuple[int, dict[str, float]]:
+    """Which candidate the model-level check keeps: the lowest held-out error among weight-only SVD and the
+    data-aware candidates that beat it in at least CONFIDENCE of the resamples of the held-out samples (holdout:
+    a win within their noise goes to weight-only SVD); and each data-aware candidate's share of wins."""
+    weight = labels.index("weight")
+    confidence = {lab: win_share(s, sums[weight]) for i, (lab, s) in enumerate(zip(labels, sums)) if i != weight}
+    eligible = [i for i, lab in enumerate(labels) if i == weight or confidence[lab] >= CONFIDENCE]
+    return min(eligible, key=lambda i: (errors[i], i)), confidence
 
 
 INPUT_SIDE = "data without the output form"  # method_check's labels of the data-aware rewrites with fewer forms

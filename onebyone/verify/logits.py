@@ -9,7 +9,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onebyone.verify.decisions import decided_from
-from onebyone.verify.metrics import rel_l2
+from onebyone.verify.metrics import sample_sums, whole_error
 from onebyone.verify.onnxruntime_run import Probe
 
 UNDERSTATED = 2.0  # the note is written when the logits moved this many times more than the probabilities
@@ -72,6 +72,12 @@ def top_margins_rel_l2(ref: list[np.ndarray], got: list[np.ndarray], softmax: So
     by the reference, each row centred on its mean there (a Softmax ignores a row's shift). With two classes, the
     relative error of the margins. Unlike the probabilities it does not shrink on confident rows; unlike all the
     logits it is not swamped by thousands of classes no input is near (a CTC head's 6,625 characters)."""
+    return whole_error(top_margins_sums(ref, got, softmax, k))
+
+
+def top_margins_sums(ref: list[np.ndarray], got: list[np.ndarray], softmax: SoftmaxInput,
+                     k: int = TOP_CLASSES) -> list[np.ndarray]:
+    """What top_margins_rel_l2 measures, as per-sample sums (one part: verify.metrics.part_sums)."""
     refs, gots = [], []
     for r, g in zip(ref, got):
         r, g = softmax.rows(np.asarray(r, np.float64)), softmax.rows(np.asarray(g, np.float64))
@@ -79,7 +85,7 @@ def top_margins_rel_l2(ref: list[np.ndarray], got: list[np.ndarray], softmax: So
         r, g = np.take_along_axis(r, top, 1), np.take_along_axis(g, top, 1)
         refs.append(r - r.mean(1, keepdims=True))
         gots.append(g - g.mean(1, keepdims=True))
-    return rel_l2(np.concatenate(refs).ravel(), np.concatenate(gots).ravel())
+    return [sample_sums(refs, gots)]
 
 
 def stacked(arrays: list[np.ndarray]) -> np.ndarray:

@@ -91,16 +91,49 @@ def _parts(name: str, arrays: list[np.ndarray], split: Split | None) -> list[tup
     return [(name + label, [p[k][1] for p in per_sample]) for k, (label, _, _) in enumerate(split.bounds)]
 
 
+def part_sums(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
+              splits: dict[str, Split] | None = None) -> list[np.ndarray]:
+    """Per output name and part, one row per sample: Σ(ref − got)², Σref² and the number of values (float64), from
+    which the relative L2 error over any choice of the samples follows (resampled_errors)."""
+    parts = []
+    for k in ref:
+        split = (splits or {}).get(k)
+        for (_, rs), (_, gs) in zip(_parts(k, ref[k], split), _parts(k, got[k], split)):
+            parts.append(sample_sums(rs, gs))
+    return parts
+
+
+def sample_sums(refs: list[np.ndarray], gots: list[np.ndarray]) -> np.ndarray:
+    """[samples, 3]: per sample Σ(ref − got)², Σref² and the number of values, in float64."""
+    out = np.zeros((len(refs), 3))
+    for i, (r, g) in enumerate(zip(refs, gots)):
+        r, g = np.asarray(r, np.float64).ravel(), np.asarray(g, np.float64).ravel()
+        out[i] = float(np.square(r - g).sum()), float(np.square(r).sum()), r.size
+    return out
+
+
+def resampled_errors(parts: list[np.ndarray], draws: np.ndarray, atol: float = 1e-6) -> np.ndarray:
+    """The largest over `parts` (part_sums) of the relative L2 error (rel_l2's) over the samples of each row of
+    `draws` [D, n] (sample indices, repeats allowed): one error per row."""
+    worst = np.zeros(len(draws))
+    for sums in parts:
+        total = sums[draws].sum(axis=1)
+        worst = np.maximum(worst, np.sqrt(total[:, 0]) / rel_l2_denominator(np.sqrt(total[:, 1]), total[:, 2], atol))
+    return worst
+
+
+def whole_error(parts: list[np.ndarray]) -> float:
+    """The largest over `parts` (part_sums) of the relative L2 error over all their samples (0 without parts)."""
+    if not parts:
+        return 0.0
+    return float(resampled_errors(parts, np.arange(len(parts[0]))[None])[0])
+
+
 def worst_part_rel_l2(ref: dict[str, list[np.ndarray]], got: dict[str, list[np.ndarray]],
                       splits: dict[str, Split] | None = None) -> float:
     """The largest, over output names and their parts, of rel_l2 between all samples of `ref` and of `got` (per name,
     one array per sample) taken together: the model-output error that budgets, searches and probes minimise."""
-    worst = 0.0
-    for k in ref:
-        split = (splits or {}).get(k)
-        for (_, rs), (_, gs) in zip(_parts(k, ref[k], split), _parts(k, got[k], split)):
-            worst = max(worst, rel_l2(np.concatenate([a.ravel() for a in rs]), np.concatenate([b.ravel() for b in gs])))
-    return worst
+    return whole_error(part_sums(ref, got, splits))
 
 
 def cosine(ref: np.ndarray, got: np.ndarray) -> float:
