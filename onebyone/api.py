@@ -7,6 +7,7 @@ import os
 import onnx_ir as ir
 
 from onebyone.calibrated import DataSource, search
+from onebyone.calibrated.holdout import HOLDOUT_EVERY, held_out
 from onebyone.errors import OneByOneError, VerificationFailed
 from onebyone.modelio import load_model
 from onebyone.passes.analysis import DEFAULT_FORMS
@@ -93,24 +94,31 @@ def optimize(
     rewrite, "never slower" against INT8 alone; `report.int8`: the scheme, INT8 alone's verification and speed.
 
     With `verify` (the default) the report's `verification` compares original and optimized in onnxruntime on
-    `samples` (4 seeded random samples when None) against `tolerances` (None: LOSSLESS when every rewrite is
-    lossless, else APPROXIMATE); the optimized model's metadata records what was done and the tolerances met
-    (`stamp`). Failing it raises VerificationFailed (`.model`, `.report`) unless `raise_on_failure` is False."""
+    `samples` (None: verification_inputs) against `tolerances` (None: LOSSLESS when every rewrite is lossless, else
+    APPROXIMATE); the model's metadata records what was done and the tolerances met (`stamp`). Failing it raises
+    VerificationFailed (`.model`, `.report`) unless `raise_on_failure` is False."""
     original, name = _as_model(model)
     policy = policy or RankPolicy()
-    if policy.searched and not calibration:
-        raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
+    source = _source(policy, calibration, cache_dir)
     quantizer = _quantizer(int8, calibration, latency, progress)
-    source = DataSource(calibration, cache_dir) if calibration else None  # one per model: rebuilds reuse its statistics
     checked = calibration and (policy.uses_gains or policy.searched)  # model-level checks run the original
     reference = search.Reference(original, calibration, source) if checked else None
     rebuild = lambda keep=None: _deployed(quantizer, _rewrite(  # noqa: E731
         original, name, policy, input_shapes, source, reference, progress, latency, keep, forms, quantizer, exclude))
+    samples, samples_label = verification_inputs(samples, samples_label, calibration)
     optimized, report = _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes,
                                       tolerances)
     if verify:
         _verify_into(report, original, optimized, samples, samples_label, tolerances, input_shapes, raise_on_failure)
     return optimized, report
+
+
+def _source(policy: Policy, calibration: Samples | None, cache_dir) -> DataSource | None:
+    """The calibration data (one source per model: rebuilds reuse its statistics), or None; OneByOneError when the
+    policy measures errors and there is none."""
+    if policy.searched and not calibration:
+        raise OneByOneError(f"policy {policy.kind!r} measures errors on calibration data: give calibration samples")
+    return DataSource(calibration, cache_dir) if calibration else None
 
 
 def _never_slower(original, rebuild, latency, quantizer, samples, samples_label, input_shapes, tolerances=None):
@@ -151,6 +159,18 @@ def _deployed(quantizer, result: tuple[ir.Model, Report]) -> tuple[ir.Model, Rep
     """The rewrite as it will be deployed: quantized when there is a quantizer."""
     model, report = result
     return (quantizer(model) if quantizer else model), report
+
+
+def verification_inputs(samples: Samples | None, label: str, calibration: Samples | None) -> tuple[Samples | None, str]:
+    """(samples, label) to verify on: `samples` when given; else, with calibration data, its held-out samples (those
+    no fit used: calibrated.holdout; all of them when there are too few to hold any out, and the label says so),
+    which are real inputs where seeded random ones are not (a data-aware rewrite fitted to photos is not meant to
+    hold on noise); else None (_or_random's seeded random samples)."""
+    if samples is not None or not calibration:
+        return samples, label
+    if len(calibration) < HOLDOUT_EVERY:
+        return list(calibration), "calibration (also fitted on: too few to hold any out)"
+    return held_out(calibration), "held-out calibration"
 
 
 def _or_random(samples: Samples | None, model: ir.Model, input_shapes) -> Samples:

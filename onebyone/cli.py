@@ -177,6 +177,8 @@ def optimize(
     check_not_input(output, protect)
     feeds, label = _samples(arg, original, shapes, src, img)
     calib = _calibration(arg, original, shapes, cal, img, policy)
+    if label == "random" and calib:  # real inputs to verify on: the calibration samples no fit used
+        feeds, label = api.verification_inputs(None, label, calib)
     latency = costs.latency(policy, cal.cache_dir, calibrated=calib is not None)
     with _Progress() as progress:
         optimized, rep = api.optimize(original, policy, shapes, samples=feeds, samples_label=label, verify=False,

@@ -196,7 +196,9 @@ class InputOptions:
         "--inputs", help=".npz with [K, *shape] per input name, or [K, *shape[1:]] for a batch dim of 1 (see `onebyone "
                          "inputs`)")] = None
     images: Annotated[Optional[Path], typer.Option("--images", help="folder of images to verify on")] = None
-    samples: Annotated[int, typer.Option("--samples", min=1, help="number of random samples when no inputs are given")] = 4
+    samples: Annotated[int, typer.Option("--samples", min=1, help=(
+        "number of random samples when no inputs are given (optimize with --calibration verifies on its held-out "
+        "samples instead)"))] = 4
 
 
 @dataclasses.dataclass

@@ -363,6 +363,26 @@ def test_a_data_rewrite_better_only_within_the_held_out_noise_is_not_kept(rng):
         assert ["data", "weight"][best] == kept and set(confidence) == {"data"}
 
 
+def test_without_verification_inputs_the_held_out_calibration_samples_verify(rng):
+    """Given calibration data and no verification inputs, optimize verifies on the held-out calibration samples (real
+    inputs no fit used) instead of seeded random ones, and says so; with too few to hold any out, on all of them."""
+    from onebyone.calibrated.holdout import held_out
+
+    model = generators.resnet(size=24, seed=3)
+    calib = [{"input": rng.standard_normal((1, 3, 24, 24)).astype(np.float32) + 2.0} for _ in range(8)]
+    optimized, report = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib,
+                                 raise_on_failure=False)
+    v = report.verification
+    assert v["inputs"] == "held-out calibration" and v["samples"] == len(held_out(calib)) == 2
+    proto = ir.serde.serialize_model(optimized)
+    worst = max(rel_err(run_ort(model, f)[0], run_ort(proto, f)[0]) for f in calib[3::4])  # numpy, apart from the tool
+    assert v["outputs"][0]["worst_rel_l2"] == pytest.approx(worst, rel=1e-4)
+    _, few = optimize(_ir(model), RankPolicy("budget", macs=0.6), calibration=calib[:2], raise_on_failure=False)
+    assert few.verification["inputs"].startswith("calibration (also fitted on") and few.verification["samples"] == 2
+    _, weight = optimize(_ir(model), RankPolicy("budget", macs=0.6), raise_on_failure=False)
+    assert weight.verification["inputs"] == "random"
+
+
 def test_error_search_finds_a_smaller_budget_past_a_non_monotone_error(monkeypatch):
     """The model-output error need not fall as the budget grows (the data-aware fit and the model-level check choose
     per budget): the error policy scans budgets, so a budget that meets the target below one that misses it is
