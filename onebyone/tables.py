@@ -175,6 +175,10 @@ def print_verification(console: Console, v: dict[str, Any]) -> None:
     console.print(verification_table(v))
     for note in v.get("notes") or []:
         console.print(f"note: {note}", soft_wrap=True, markup=False)
+    if str(v.get("inputs", "")).startswith(("held-out calibration", "calibration (")):
+        console.print("note: verified on calibration samples (no --inputs or --images given), on which the rewrite "
+                      "may have been chosen: give inputs the fit never saw for an independent verdict",
+                      soft_wrap=True, markup=False)
     if v["passed"]:
         console.print("[bold green]PASS[/]: every output is within tolerance")
     else:

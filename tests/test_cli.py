@@ -420,6 +420,7 @@ def test_output_form_on_the_command_line_says_why_and_is_checked_against_input_o
     said = " ".join(proc.stdout.split())
     assert f"resamples of them in which it beat weight-only: {wins}; kept over it from 90%" in said
     assert "on 2 held-out calibration input(s)" in said and report["verification"]["samples"] == 2  # real, not random
+    assert "give inputs the fit never saw for an independent verdict" in said
     assert report["verification"]["passed"] and out.is_file()
     spatial = [l for l in report["layers"] if l["kernel"] != [1, 1] and l["action"] == "rewritten"]
     assert spatial
