@@ -76,6 +76,9 @@ class Totals:
         return self.macs_after / self.macs_before if self.macs_before else 1.0
 
 
+METHOD_CHECK_FIELDS = ("kept", "samples", "measure", "confidence")  # method_check's keys that are not candidates
+
+
 @dataclasses.dataclass
 class Report:
     """Everything about one optimize (or inspect) run."""
@@ -89,8 +92,9 @@ class Report:
     verification: dict[str, Any] | None = None
     output: str | None = None
     calibration: dict[str, Any] | None = None
-    # budget with data: model-output errors of the data-aware and the weight-only rewrite on held-out calibration
-    # samples, and which one was kept ({"data": e, "weight": e, "kept": "data" | "weight"})
+    # budget with data: model-output errors of the data-aware and the weight-only rewrite (and narrower data-aware
+    # rewrites) on held-out calibration samples, one key per candidate, and the METHOD_CHECK_FIELDS: which one was
+    # kept, over how many samples, what was measured, each data-aware candidate's share of resampled wins
     method_check: dict[str, Any] | None = None
     # --cost time: the runtime, and the whole model timed end to end (original and optimized alternating): time_before_ms,
     # time_after_ms, speedup (measured), predicted_speedup (from the per-conv latencies), ceiling_speedup (every

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from onebyone.calibrated.holdout import CONFIDENCE, RESAMPLES
 from onebyone.passes import initializer_inputs
-from onebyone.report import Report
+from onebyone.report import METHOD_CHECK_FIELDS, Report
 
 WEIGHT_SOURCES = {"initializer": "init", "Constant node": "const", "initializer through Identity": "init (Identity)",
                   "Constant node through Identity": "const (Identity)"}  # the table's short names
@@ -126,8 +126,8 @@ def totals_line(report: Report, planned: bool = False) -> str:
                  f"(overridable at run time): {initializer_inputs.OPTION} makes them constants")
     c = report.method_check
     if c:
-        other = "".join(f", {k} {v:.4g}" for k, v in c.items() if k not in ("data", "weight", "kept", "samples",
-                                                                             "measure", "confidence"))
+        other = "".join(f", {k} {v:.4g}" for k, v in c.items()
+                        if k not in ("data", "weight", *METHOD_CHECK_FIELDS))
         line += (f"\n{c.get('measure', 'model-output relative error')} on {c['samples']} held-out calibration "
                  f"samples: data-aware {c['data']:.4g}, weight-only {c['weight']:.4g}{other} at the same budget → "
                  f"kept {c['kept']}")

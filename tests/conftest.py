@@ -25,7 +25,9 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
 
 def check_errors(check: dict) -> dict[str, float]:
     """The held-out errors in a report's method_check, by candidate."""
-    return {k: v for k, v in check.items() if k not in ("kept", "samples", "measure", "confidence")}
+    from onebyone.report import METHOD_CHECK_FIELDS
+
+    return {k: v for k, v in check.items() if k not in METHOD_CHECK_FIELDS}
 
 
 def expected_kept(check: dict) -> str:

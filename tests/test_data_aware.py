@@ -352,9 +352,10 @@ def test_a_data_rewrite_better_only_within_the_held_out_noise_is_not_kept(rng):
     lucky = [r if i == 0 else r + 0.105 * n * np.linalg.norm(r) / np.linalg.norm(n)
              for i, (r, n) in enumerate(zip(ref, noise))]
     better = [r + 0.05 * n * np.linalg.norm(r) / np.linalg.norm(n) for r, n in zip(ref, noise)]
-    sums = {k: part_sums({"y": ref}, {"y": v}) for k, v in (("weight", weight), ("lucky", lucky), ("better", better))}
+    candidates = {"weight": weight, "lucky": lucky, "better": better}
+    sums = {k: part_sums({"y": ref}, {"y": got}) for k, got in candidates.items()}
     errors = {k: whole_error(v) for k, v in sums.items()}
-    for k, got in (("weight", weight), ("lucky", lucky), ("better", better)):  # numpy, over all samples at once
+    for k, got in candidates.items():  # numpy, over all samples at once
         assert errors[k] == pytest.approx(rel_err(np.concatenate(ref), np.concatenate(got)), rel=1e-9)
     assert errors["lucky"] < errors["weight"] and errors["better"] < errors["weight"]
     assert win_share(sums["lucky"], sums["weight"]) < CONFIDENCE <= win_share(sums["better"], sums["weight"]) == 1.0
